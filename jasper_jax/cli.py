@@ -1,0 +1,67 @@
+"""The `jasper-jax` command: one sub-command per job, each defined in the module that does the job.
+
+Each entry of `COMMANDS` names a module exposing `add_arguments(parser)` and `run(args) -> int`. Modules
+are imported only when their command runs, so `jasper-jax --help` stays fast and a missing optional
+dependency only breaks the command that needs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "encode": ("jasper_jax.encode", "embed texts (one per line) with a model; rows L2-normalised"),
+    "export": ("jasper_jax.convert.export", "write a sentence-transformers / Hugging Face folder"),
+    "corpus": ("jasper_jax.data.corpus_cli", "build the training corpus"),
+    "teachers": ("jasper_jax.data.teachers_cli", "encode, import and check teacher vector stores"),
+    "train": ("jasper_jax.train.cli", "run distillation stages from a config"),
+    "compile-check": ("jasper_jax.train.compile_check", "compile a paper-scale step from abstract shapes"),
+    "eval": ("jasper_jax.eval.cli", "run the offline evaluation tasks"),
+    "demo": ("jasper_jax.demo", "the default end-to-end run"),
+}
+
+
+def _load(module_name: str):
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name and module_name.startswith(error.name):
+            return None  # the command's module itself does not exist yet
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jasper-jax", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        parser = build_parser()
+        if argv and argv[0] not in ("-h", "--help"):
+            parser.print_usage(sys.stderr)
+            print(f"jasper-jax: unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
+            return 2
+        parser.print_help()
+        return 0
+    name, rest = argv[0], argv[1:]
+    module_name, help_text = COMMANDS[name]
+    module = _load(module_name)
+    if module is None:
+        print(f"jasper-jax {name}: not available in this version yet ({help_text}).", file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(prog=f"jasper-jax {name}", description=help_text)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Data: corpus building, teacher vector stores, tokenisation and the Grain input pipeline."""
