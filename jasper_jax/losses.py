@@ -1,0 +1,447 @@
+"""The three distillation losses of Jasper and Stella (arXiv 2412.19048, section 2) and the stage objective.
+
+All functions take raw (B, D) student and teacher matrices, normalise the rows themselves, compute in
+float32 and return a float32 scalar; they are pure, jittable and differentiable. `mask` (B,) bool drops
+rows: the result equals the loss of the valid rows alone.
+
+Zero-norm rows: a row whose student or teacher vector has (near) zero norm has no direction, so it is
+treated exactly like a masked row (dropped) rather than producing NaN; `distillation_objective` reports
+how many rows were kept in its `valid_rows` metric so that a data problem shows up in the logs.
+With fewer than one valid row (cosine), or fewer than two pairs (relative similarity), a loss is 0.
+
+The relative-similarity loss compares every pair of in-batch pairs: P = B(B-1)/2 pairs and C(P, 2) pairs
+of pairs (3.3e7 at B=128, 3.5e13 at B=4096). Ordering the pairs by the teacher turns it into a
+margin-shifted inversion sum, which is computed exactly either densely in row blocks (small batches) or
+by a bottom-up merge over sorted blocks in O(P log^2 P) (large global batches); both give the same value
+and the same (exact, count-based) gradient.
+
+Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jasper_jax.losses import relative_similarity_loss, distillation_objective
+    >>> student = jax.random.normal(jax.random.key(0), (8, 64))
+    >>> teacher = jax.random.normal(jax.random.key(1), (8, 96))
+    >>> loss = relative_similarity_loss(student, teacher)          # float32 scalar
+    >>> total, metrics = distillation_objective({"fc1": student}, teacher,
+    ...                                         config=ObjectiveConfig(full_head="fc1"))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from functools import partial
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+DEFAULT_MARGIN = 0.015
+# Norms below this are "zero-norm rows" (dropped like masked rows).
+ZERO_NORM_EPS = 1e-12
+# Stand-in for +/- infinity that keeps 0 * BIG == 0 (infinity would give NaN).
+_BIG = 1e30
+# Pair counts up to this use the dense inversion sum; above it the merge-based one.
+DENSE_MAX_PAIRS = 2080  # B <= 65
+_DENSE_ROW_CHUNK = 256
+
+
+# --------------------------------------------------------------------------------------------------
+# input checks and normalisation
+
+
+def _check_matrix(name: str, x: Array) -> None:
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a (batch, dim) matrix, got shape {tuple(x.shape)}")
+
+
+def _check_inputs(student: Array, teacher: Array, mask: Array | None, same_width: bool) -> None:
+    _check_matrix("student", student)
+    _check_matrix("teacher", teacher)
+    if student.shape[0] != teacher.shape[0]:
+        raise ValueError(
+            f"student and teacher batch sizes differ: student {tuple(student.shape)}, "
+            f"teacher {tuple(teacher.shape)}"
+        )
+    if same_width and student.shape[1] != teacher.shape[1]:
+        raise ValueError(
+            f"cosine_loss needs equal widths: student {tuple(student.shape)}, teacher {tuple(teacher.shape)}; "
+            "use a head whose width equals the teacher's"
+        )
+    if mask is not None and tuple(mask.shape) != (student.shape[0],):
+        raise ValueError(f"mask must have shape ({student.shape[0]},), got {tuple(mask.shape)}")
+
+
+def _normalize_rows(x: Array) -> tuple[Array, Array]:
+    """(rows / norm, nonzero) in float32; zero-norm rows become 0 with a finite gradient."""
+    x = x.astype(jnp.float32)
+    squared = jnp.sum(x * x, axis=-1, keepdims=True)
+    nonzero = squared > ZERO_NORM_EPS**2
+    norm = jnp.sqrt(jnp.where(nonzero, squared, 1.0))
+    return jnp.where(nonzero, x / norm, 0.0), nonzero[:, 0]
+
+
+def _valid_rows(mask: Array | None, *nonzero: Array) -> Array:
+    valid = nonzero[0]
+    for more in nonzero[1:]:
+        valid = valid & more
+    if mask is not None:
+        valid = valid & mask.astype(bool)
+    return valid
+
+
+# --------------------------------------------------------------------------------------------------
+# the three terms on normalised inputs
+
+
+def _cosine(student: Array, teacher: Array, valid: Array) -> Array:
+    count = jnp.sum(valid)
+    per_row = 1.0 - jnp.sum(student * teacher, axis=-1)
+    return jnp.sum(jnp.where(valid, per_row, 0.0)) / jnp.maximum(count, 1)
+
+
+def _gram(x: Array) -> Array:
+    return jnp.matmul(x, x.T, precision=jax.lax.Precision.HIGHEST)
+
+
+def _similarity(student_gram: Array, teacher_gram: Array, valid: Array) -> Array:
+    count = jnp.sum(valid)
+    pair_valid = valid[:, None] & valid[None, :]
+    squared_error = jnp.square(student_gram - teacher_gram)
+    return jnp.sum(jnp.where(pair_valid, squared_error, 0.0)) / jnp.maximum(count * count, 1)
+
+
+class PairOrder(NamedTuple):
+    """The in-batch pairs (i < j) in ascending teacher similarity, ties in pair order (row-major i<j).
+
+    With this order the official label (+1 if t_b - t_a < 0 else -1, for pair a before pair b) makes every
+    pair of pairs contribute relu(u_early - u_late + margin), u being student similarities in this order.
+    """
+
+    first: Array  # (P,) row index i of each pair, in teacher order
+    second: Array  # (P,) row index j of each pair, in teacher order
+
+
+def _upper_triangle_pairs(batch: int) -> tuple[Array, Array]:
+    """Row and column of the P = B(B-1)/2 pairs i<j in row-major order, built in-graph (no big constants)."""
+    pairs = batch * (batch - 1) // 2
+    rows = jnp.arange(batch, dtype=jnp.int32)
+    per_row = batch - 1 - rows
+    first = jnp.repeat(rows, per_row, total_repeat_length=pairs)
+    row_start = rows * (2 * batch - rows - 1) // 2  # index of the first pair of each row
+    position = jnp.arange(pairs, dtype=jnp.int32)
+    second = position - row_start[first] + first + 1
+    return first, second
+
+
+def teacher_pair_order(teacher_gram: Array) -> PairOrder:
+    """Order the in-batch pairs by the teacher's similarity (stable: exact ties keep pair order)."""
+    first, second = _upper_triangle_pairs(teacher_gram.shape[0])
+    order = jnp.argsort(teacher_gram[first, second], stable=True)
+    return PairOrder(first[order], second[order])
+
+
+def _relative_similarity(
+    student_gram: Array, order: PairOrder, valid: Array, margin: float, method: str
+) -> Array:
+    pair_valid = valid[order.first] & valid[order.second]
+    scores = student_gram[order.first, order.second]
+    left = jnp.where(pair_valid, scores + margin, -_BIG)  # the earlier pair's role: u_i + margin
+    right = jnp.where(pair_valid, scores, _BIG)  # the later pair's role: u_j
+    if method == "auto":
+        method = "dense" if scores.shape[0] <= DENSE_MAX_PAIRS else "merge"
+    if method == "dense":
+        total = _inversion_sum_dense(left, right)
+    elif method == "merge":
+        total = _inversion_sum_merge(left, right)
+    else:
+        raise ValueError(f"relative-similarity method must be 'auto', 'dense' or 'merge', got {method!r}")
+    valid_pairs = jnp.sum(pair_valid).astype(jnp.float32)
+    pairs_of_pairs = valid_pairs * (valid_pairs - 1.0) / 2.0
+    return total / jnp.maximum(pairs_of_pairs, 1.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# sum_{i<j} relu(left_i - right_j): value and exact gradient from comparison counts
+#
+# The gradient of relu(left_i - right_j) is [left_i > right_j] (JAX's relu'(0) = 0), so d/d left_i is the
+# number of later j it beats and d/d right_j minus the number of earlier i that beat it. Both
+# implementations return (total, count_as_left, count_as_right); a custom VJP turns the counts into the
+# gradient, so neither implementation keeps O(P^2) residuals for autodiff.
+
+
+def _make_inversion_sum(stats_fn):
+    @jax.custom_vjp
+    def inversion_sum(left: Array, right: Array) -> Array:
+        return stats_fn(left, right)[0]
+
+    def forward(left, right):
+        total, as_left, as_right = stats_fn(left, right)
+        return total, (as_left, as_right)
+
+    def backward(residuals, cotangent):
+        as_left, as_right = residuals
+        return cotangent * as_left, -cotangent * as_right
+
+    inversion_sum.defvjp(forward, backward)
+    return inversion_sum
+
+
+def _pad_to(x: Array, size: int, value: float) -> Array:
+    return jnp.pad(x, (0, size - x.shape[0]), constant_values=value)
+
+
+def _dense_stats(left: Array, right: Array) -> tuple[Array, Array, Array]:
+    """Row blocks of the (P, P) comparison matrix, one block in memory at a time."""
+    pairs = left.shape[0]
+    chunk = min(_DENSE_ROW_CHUNK, max(pairs, 1))
+    padded = -(-pairs // chunk) * chunk
+    left_blocks = _pad_to(left, padded, -_BIG).reshape(-1, chunk)
+    right_padded = _pad_to(right, padded, _BIG)
+    columns = jnp.arange(padded)
+
+    def block(carry, inputs):
+        total, as_right = carry
+        left_block, start = inputs
+        rows = start + jnp.arange(chunk)
+        active = (rows[:, None] < columns[None, :]) & (left_block[:, None] > right_padded[None, :])
+        gap = jnp.where(active, left_block[:, None] - right_padded[None, :], 0.0)
+        total = total + jnp.sum(gap)
+        as_right = as_right + jnp.sum(active, axis=0, dtype=jnp.float32)
+        return (total, as_right), jnp.sum(active, axis=1, dtype=jnp.float32)
+
+    starts = jnp.arange(0, padded, chunk)
+    init = (jnp.zeros((), jnp.float32), jnp.zeros((padded,), jnp.float32))
+    (total, as_right), as_left = jax.lax.scan(block, init, (left_blocks, starts))
+    return total, as_left.reshape(-1)[:pairs], as_right[:pairs]
+
+
+def _merge_stats(left: Array, right: Array) -> tuple[Array, Array, Array]:
+    """Bottom-up merge: at each level, every earlier half-block meets its later half-block.
+
+    For a later element j, the earlier elements that beat it (left_i > right_j) form a suffix of the
+    earlier half sorted ascending: a binary search gives their count and a reversed cumulative sum their
+    total. For an earlier element i, a binary search in the sorted later half counts those it beats.
+    Sorting costs O(P log P) per level and there are log2 P levels. Padding uses -BIG / +BIG, which
+    never compare as active, so padded and masked entries contribute nothing.
+    """
+    pairs = left.shape[0]
+    size = 1 << max(0, (pairs - 1).bit_length())
+    left = _pad_to(left, size, -_BIG)
+    right = _pad_to(right, size, _BIG)
+    total = jnp.zeros((), jnp.float32)
+    as_left = jnp.zeros((size,), jnp.float32)
+    as_right = jnp.zeros((size,), jnp.float32)
+    half = 1
+    while half < size:
+        left_blocks = left.reshape(-1, 2, half)
+        right_blocks = right.reshape(-1, 2, half)
+        earlier_sorted = jnp.sort(left_blocks[:, 0], axis=-1)  # (blocks, half), ascending
+        later = right_blocks[:, 1]
+        # Earlier elements with left_i > right_j are a suffix of earlier_sorted starting at `first_beating`.
+        first_beating = jax.vmap(partial(jnp.searchsorted, side="right"))(earlier_sorted, later)
+        beaten_by = (half - first_beating).astype(jnp.float32)
+        suffix_sums = jnp.concatenate(
+            [jnp.cumsum(earlier_sorted[:, ::-1], axis=-1)[:, ::-1], jnp.zeros_like(earlier_sorted[:, :1])],
+            axis=-1,
+        )
+        beating_total = jnp.take_along_axis(suffix_sums, first_beating, axis=-1)
+        total = total + jnp.sum(beating_total - jnp.where(beaten_by > 0, beaten_by * later, 0.0))
+        later_sorted = jnp.sort(later, axis=-1)
+        beats = jax.vmap(partial(jnp.searchsorted, side="left"))(later_sorted, left_blocks[:, 0])
+        zeros = jnp.zeros_like(beaten_by)
+        as_left = as_left + jnp.stack([beats.astype(jnp.float32), zeros], axis=1).reshape(-1)
+        as_right = as_right + jnp.stack([zeros, beaten_by], axis=1).reshape(-1)
+        half *= 2
+    return total, as_left[:pairs], as_right[:pairs]
+
+
+_inversion_sum_dense = _make_inversion_sum(_dense_stats)
+_inversion_sum_merge = _make_inversion_sum(_merge_stats)
+
+
+# --------------------------------------------------------------------------------------------------
+# public losses
+
+
+def cosine_loss(student: Array, teacher: Array, mask: Array | None = None) -> Array:
+    """Mean over valid rows of 1 - cos(s_i, t_i) (PAPER Eq. 1 with the official code's batch mean).
+
+    student and teacher are (B, D) with the same D.
+    """
+    _check_inputs(student, teacher, mask, same_width=True)
+    s, s_nonzero = _normalize_rows(student)
+    t, t_nonzero = _normalize_rows(teacher)
+    return _cosine(s, t, _valid_rows(mask, s_nonzero, t_nonzero))
+
+
+def similarity_loss(student: Array, teacher: Array, mask: Array | None = None) -> Array:
+    """MSE between the student's and the teacher's (B, B) cosine-similarity matrices (Eq. 2).
+
+    The mean is over all n*n entries of the valid rows (diagonal included); widths may differ.
+    """
+    _check_inputs(student, teacher, mask, same_width=False)
+    s, s_nonzero = _normalize_rows(student)
+    t, t_nonzero = _normalize_rows(teacher)
+    return _similarity(_gram(s), _gram(t), _valid_rows(mask, s_nonzero, t_nonzero))
+
+
+def relative_similarity_loss(
+    student: Array,
+    teacher: Array,
+    margin: float = DEFAULT_MARGIN,
+    mask: Array | None = None,
+    *,
+    method: Literal["auto", "dense", "merge"] = "auto",
+) -> Array:
+    """CoSENT-like relative-similarity loss (Eq. 3) over all pairs of distinct in-batch pairs.
+
+    For pairs a < b (upper triangle, row-major), relu(label_ab * (s_b - s_a) + margin) with
+    label_ab = +1 if t_b - t_a < 0 else -1 (exact teacher ties get -1), averaged over the C(P, 2) pairs of
+    pairs of the valid rows. `method` picks the exact implementation ("auto": dense for P <= 2080).
+    """
+    _check_inputs(student, teacher, mask, same_width=False)
+    s, s_nonzero = _normalize_rows(student)
+    t, t_nonzero = _normalize_rows(teacher)
+    order = teacher_pair_order(_gram(t))
+    valid = _valid_rows(mask, s_nonzero, t_nonzero)
+    return _relative_similarity(_gram(s), order, valid, margin, method)
+
+
+# --------------------------------------------------------------------------------------------------
+# the stage objective
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    """How the heads' outputs combine into one loss (PAPER: total = 10 L_cos + 200 L_sim + 20 L_resim).
+
+    mrl_mode "heads" (paper / released model): every head is independent; `full_head` (teacher width) gets
+    all three terms, the other (reduced) heads get similarity + relative similarity against the full
+    teacher, each head's weighted terms added to the total.
+    mrl_mode "prefix" (official code): `full_head` alone; cosine on its full vector; for each d in
+    `mrl_dims` its first d components, renormalised, get similarity + relative similarity, and both sums
+    are divided by len(mrl_dims). An empty `mrl_dims` means the full vector only (the official code's 0/0
+    NaN does not happen here).
+    """
+
+    full_head: str = "fc1"
+    cosine_weight: float = 10.0
+    similarity_weight: float = 200.0
+    relative_similarity_weight: float = 20.0
+    margin: float = DEFAULT_MARGIN
+    mrl_mode: Literal["heads", "prefix"] = "heads"
+    mrl_dims: tuple[int, ...] = ()
+    relative_similarity_method: Literal["auto", "dense", "merge"] = "auto"
+
+
+class _TeacherView(NamedTuple):
+    vectors: Array
+    gram: Array
+    order: PairOrder
+    nonzero: Array
+
+
+def _teacher_view(teacher: Array) -> _TeacherView:
+    vectors, nonzero = _normalize_rows(teacher)
+    gram = _gram(vectors)
+    return _TeacherView(vectors, gram, teacher_pair_order(gram), nonzero)
+
+
+def _prefix_grams(student: Array, dims: tuple[int, ...]) -> dict[int, tuple[Array, Array]]:
+    """d -> (cosine gram of the renormalised d-prefixes, nonzero rows), from one pass over column blocks.
+
+    The gram of a longer prefix is the shorter prefix's raw gram plus the next column block's, so every
+    prefix costs one slice of a single (B, B) product instead of a product of its own.
+    """
+    result = {}
+    raw = jnp.zeros((student.shape[0], student.shape[0]), jnp.float32)
+    start = 0
+    for dim in sorted(set(dims)):
+        raw = raw + _gram(student[:, start:dim])
+        start = dim
+        squared = jnp.diagonal(raw)
+        nonzero = squared > ZERO_NORM_EPS**2
+        inverse_norm = jnp.where(nonzero, jax.lax.rsqrt(jnp.where(nonzero, squared, 1.0)), 0.0)
+        result[dim] = (raw * inverse_norm[:, None] * inverse_norm[None, :], nonzero)
+    return result
+
+
+def distillation_objective(
+    head_outputs: Mapping[str, Array],
+    teacher: Array,
+    mask: Array | None = None,
+    *,
+    config: ObjectiveConfig = ObjectiveConfig(),
+) -> tuple[Array, dict[str, Array]]:
+    """The weighted stage loss over the heads' outputs against the (concatenated) teacher vectors.
+
+    Returns (loss, metrics): metrics has `loss`, `valid_rows` and every unweighted term as
+    `cosine/<head>`, `similarity/<head>`, `relative_similarity/<head>` (prefix mode adds `@<d>` per dim).
+    The teacher's similarity matrix and pair order are computed once and shared by every head.
+    """
+    if config.full_head not in head_outputs:
+        raise ValueError(
+            f"the objective's full head {config.full_head!r} is not among the outputs {sorted(head_outputs)}"
+        )
+    for name, output in head_outputs.items():
+        _check_inputs(output, teacher, mask, same_width=False)
+    teacher_view = _teacher_view(teacher)
+    metrics: dict[str, Array] = {}
+    total = jnp.zeros((), jnp.float32)
+    resim = partial(_relative_similarity, margin=config.margin, method=config.relative_similarity_method)
+
+    full, full_nonzero = _normalize_rows(head_outputs[config.full_head])
+    valid = _valid_rows(mask, full_nonzero, teacher_view.nonzero)
+    if full.shape[1] != teacher_view.vectors.shape[1]:
+        raise ValueError(
+            f"the full head {config.full_head!r} has width {full.shape[1]} but the teacher has "
+            f"{teacher_view.vectors.shape[1]}: the cosine term needs equal widths"
+        )
+    cosine = _cosine(full, teacher_view.vectors, valid)
+    metrics[f"cosine/{config.full_head}"] = cosine
+    total = total + config.cosine_weight * cosine
+
+    if config.mrl_mode == "heads":
+        if config.mrl_dims:
+            raise ValueError("mrl_dims is for mrl_mode='prefix'; in 'heads' mode every head has its own width")
+        for name, output in head_outputs.items():
+            if name == config.full_head:
+                vectors, head_valid = full, valid
+            else:
+                vectors, nonzero = _normalize_rows(output)
+                head_valid = _valid_rows(mask, nonzero, teacher_view.nonzero)
+            gram = _gram(vectors)
+            similarity = _similarity(gram, teacher_view.gram, head_valid)
+            relative = resim(gram, teacher_view.order, head_valid)
+            metrics[f"similarity/{name}"] = similarity
+            metrics[f"relative_similarity/{name}"] = relative
+            total = total + config.similarity_weight * similarity + config.relative_similarity_weight * relative
+    elif config.mrl_mode == "prefix":
+        if len(head_outputs) != 1:
+            raise ValueError(f"mrl_mode='prefix' uses one head, got {sorted(head_outputs)}")
+        width = full.shape[1]
+        dims = tuple(config.mrl_dims) or (width,)
+        if any(not 0 < d <= width for d in dims):
+            raise ValueError(f"mrl_dims {dims} must lie in 1..{width} (the width of head {config.full_head!r})")
+        prefix_grams = _prefix_grams(full, dims)
+        similarity_sum = relative_sum = jnp.zeros((), jnp.float32)
+        for dim in dims:
+            gram, nonzero = prefix_grams[dim]
+            prefix_valid = valid & nonzero
+            similarity = _similarity(gram, teacher_view.gram, prefix_valid)
+            relative = resim(gram, teacher_view.order, prefix_valid)
+            metrics[f"similarity/{config.full_head}@{dim}"] = similarity
+            metrics[f"relative_similarity/{config.full_head}@{dim}"] = relative
+            similarity_sum, relative_sum = similarity_sum + similarity, relative_sum + relative
+        similarity, relative = similarity_sum / len(dims), relative_sum / len(dims)
+        metrics[f"similarity/{config.full_head}"] = similarity
+        metrics[f"relative_similarity/{config.full_head}"] = relative
+        total = total + config.similarity_weight * similarity + config.relative_similarity_weight * relative
+    else:
+        raise ValueError(f"mrl_mode must be 'heads' or 'prefix', got {config.mrl_mode!r}")
+
+    metrics["loss"] = total
+    metrics["valid_rows"] = jnp.sum(valid).astype(jnp.float32)
+    return total, metrics
