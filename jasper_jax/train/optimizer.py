@@ -1,0 +1,122 @@
+"""AdamW with warmup + cosine decay, and freezing by trainable-parameter regexes.
+
+Freezing partitions the model's parameters into a trainable and a frozen `nnx.State` (by regexes over
+`"/".join(path)` of `nnx.state(model, nnx.Param)`, e.g. `heads/fc1/.*`, `encoder/layers/(25|26|27)/.*`).
+Only the trainable part is differentiated and optimised, so frozen parameters carry no optimizer state
+(no Adam moments: the memory of stages 1-2 is that of the heads and the last layers) and stay
+bit-identical: they are inputs of the step, never outputs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import optax
+from flax import nnx
+
+
+def path_string(path: Sequence[Any]) -> str:
+    """`"/".join` of a state path (`("encoder", "layers", 3, "mlp", "kernel")` -> `encoder/layers/3/mlp/kernel`)."""
+    names = []
+    for part in path:
+        for attribute in ("key", "idx", "name"):  # jax tree-path keys (DictKey, SequenceKey, GetAttrKey)
+            if hasattr(part, attribute) and not isinstance(part, (str, int)):
+                part = getattr(part, attribute)
+                break
+        names.append(str(part))
+    return "/".join(names)
+
+
+def last_layers_pattern(num_layers: int, count: int, prefix: str = "encoder/layers") -> str:
+    """The regex of the last `count` of `num_layers` layers, e.g. `encoder/layers/(25|26|27)/.*`."""
+    if count <= 0:
+        raise ValueError(f"trainable_last_layers must be positive, got {count}")
+    if count > num_layers:
+        raise ValueError(f"trainable_last_layers={count} but the encoder has only {num_layers} layers")
+    indices = "|".join(str(i) for i in range(num_layers - count, num_layers))
+    return f"{prefix}/({indices})/.*"
+
+
+def trainable_patterns(stage: Mapping[str, Any], num_layers: int) -> tuple[str, ...]:
+    """The stage's trainable regexes: `stage.trainable` plus, if set, the last `trainable_last_layers` layers."""
+    patterns = tuple(stage.get("trainable", ()) or ())
+    last = int(stage.get("trainable_last_layers", 0) or 0)
+    if last:
+        patterns += (last_layers_pattern(num_layers, last),)
+    if not patterns:
+        raise ValueError("the stage trains nothing: set stage.trainable (regexes) or stage.trainable_last_layers")
+    return patterns
+
+
+def trainable_filter(patterns: Sequence[str]):
+    """An NNX filter `(path, value) -> bool` selecting the parameters whose path fully matches a pattern."""
+    compiled = [re.compile(pattern) for pattern in patterns]
+
+    def is_trainable(path: Sequence[Any], value: Any) -> bool:
+        if not isinstance(value, nnx.Param):
+            return False
+        name = path_string(path)
+        return any(pattern.fullmatch(name) for pattern in compiled)
+
+    return is_trainable
+
+
+def split_model(model: nnx.Module, patterns: Sequence[str]):
+    """`(graphdef, trainable, frozen, rest)`: trainable and frozen params, everything else (RNG state).
+
+    Raises ValueError when no parameter matches the patterns (a typo would otherwise train nothing).
+    """
+    graphdef, trainable, frozen, rest = nnx.split(model, trainable_filter(patterns), nnx.Param, ...)
+    if not jax.tree.leaves(trainable):
+        names = [path_string(path) for path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))]
+        raise ValueError(
+            f"no parameter matches the trainable patterns {list(patterns)}; parameter paths look like "
+            f"{names[:3]} ... {names[-3:]}"
+        )
+    return graphdef, trainable, frozen, rest
+
+
+def decay_mask(params: Any) -> Any:
+    """True where weight decay applies: matrices (kernels, embeddings), not biases nor norm scales."""
+    return jax.tree.map(lambda x: getattr(x, "ndim", 0) >= 2, params)
+
+
+def learning_rate_schedule(peak: float, steps: int, warmup_fraction: float, end_fraction: float = 0.0):
+    """Linear warmup over `warmup_fraction * steps` from 0 to `peak`, then cosine decay to `end_fraction * peak`."""
+    warmup = int(round(warmup_fraction * steps))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=peak,
+        warmup_steps=warmup,
+        decay_steps=max(steps, warmup + 1),
+        end_value=peak * end_fraction,
+    )
+
+
+def make_optimizer(config: Mapping[str, Any], peak_lr: float, steps: int):
+    """`(tx, schedule)`: global-norm clipping then AdamW (decay mask above) on the schedule.
+
+    `config` keys: `b1`, `b2`, `eps`, `weight_decay`, `clip_norm` (0 = none), `warmup_fraction`,
+    `end_lr_fraction`.
+    """
+    schedule = learning_rate_schedule(
+        peak_lr, steps, float(config.get("warmup_fraction", 0.05)), float(config.get("end_lr_fraction", 0.0))
+    )
+    parts = []
+    clip = float(config.get("clip_norm", 1.0) or 0.0)
+    if clip > 0:
+        parts.append(optax.clip_by_global_norm(clip))
+    parts.append(
+        optax.adamw(
+            schedule,
+            b1=float(config.get("b1", 0.9)),
+            b2=float(config.get("b2", 0.999)),
+            eps=float(config.get("eps", 1e-8)),
+            weight_decay=float(config.get("weight_decay", 0.01)),
+            mask=decay_mask,
+        )
+    )
+    return optax.chain(*parts), schedule

@@ -1,0 +1,181 @@
+"""The train step: a pure jitted function over `(TrainState, frozen, rest, batch)`.
+
+The model is rebuilt inside the step from its graphdef and three states (`nnx.merge`): the trainable
+params (differentiated and optimised), the frozen params (read only, never returned, so bit-identical)
+and the rest (RNG streams, reseeded from the step number so that a resumed run draws the same dropout
+masks as an uninterrupted one). Parameters are float32 master weights; the model computes in its
+`compute_dtype` (bfloat16 at scale).
+
+The batch is a set of global arrays sharded over the batch axes; the in-batch losses are computed on the
+whole global batch (XLA inserts the gathers), unlike the official code's per-device losses.
+
+A non-finite loss or gradient norm leaves parameters and optimizer state unchanged, increments
+`nonfinite_total` and `nonfinite_consecutive` (reset to 0 by a good step); the loop stops after K in a row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from jasper_jax.train import sharding as sharding_lib
+
+Objective = Callable[[Mapping[str, jax.Array], jax.Array, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+BATCH_KEYS = ("input_ids", "attention_mask", "teacher", "row_mask")
+
+
+@jax.tree_util.register_dataclass
+@dataclass
+class TrainState:
+    """What changes from step to step (and is checkpointed besides the frozen params)."""
+
+    step: jax.Array  # int32 scalar: updates attempted so far (skipped ones included)
+    params: nnx.State  # trainable params, float32
+    opt_state: Any
+    nonfinite_consecutive: jax.Array  # int32 scalar
+    nonfinite_total: jax.Array  # int32 scalar
+
+
+def init_train_state(params: nnx.State, tx: optax.GradientTransformation, step: int = 0) -> TrainState:
+    """A fresh state: optimizer state for `params` only, counters at zero."""
+    return TrainState(
+        step=jnp.asarray(step, jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        nonfinite_consecutive=jnp.zeros((), jnp.int32),
+        nonfinite_total=jnp.zeros((), jnp.int32),
+    )
+
+
+def reseed(rest: nnx.State, step: jax.Array) -> nnx.State:
+    """Every RNG key in `rest` folded with the step number; counts reset (dropout reproducible per step)."""
+
+    def fold(variable: Any) -> Any:
+        if isinstance(variable, nnx.RngKey):
+            return variable.replace(jax.random.fold_in(variable[...], step))
+        if isinstance(variable, nnx.RngCount):
+            return variable.replace(jnp.zeros_like(variable[...]))
+        return variable
+
+    return jax.tree.map(fold, rest, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def objective_from_config(objective_config: Mapping[str, Any]) -> Objective:
+    """The stage objective `(head_outputs, teacher, row_mask) -> (loss, metrics)` from `jasper_jax.losses`."""
+    from jasper_jax.losses import ObjectiveConfig, distillation_objective
+
+    config = ObjectiveConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in dict(objective_config).items()})
+
+    def objective(head_outputs, teacher, row_mask):
+        return distillation_objective(head_outputs, teacher, row_mask, config=config)
+
+    return objective
+
+
+def train_step_fn(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    objective: Objective,
+    schedule: Callable[[jax.Array], jax.Array],
+    *,
+    deterministic: bool = True,
+) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+    """The un-jitted step `(state, frozen, rest, batch) -> (new_state, metrics)`."""
+
+    def step_fn(state: TrainState, frozen: nnx.State, rest: nnx.State, batch: Mapping[str, jax.Array]):
+        rest_now = reseed(rest, state.step)
+
+        def loss_fn(params):
+            # fresh Variable objects for this trace level: dropout mutates its RNG count
+            rest_here = jax.tree.map(lambda x: x, rest_now)
+            model = nnx.merge(graphdef, params, frozen, rest_here)
+            outputs = model(batch["input_ids"], batch["attention_mask"], deterministic=deterministic)
+            outputs = {name: value.astype(jnp.float32) for name, value in outputs.items()}
+            loss, metrics = objective(outputs, batch["teacher"], batch["row_mask"])
+            return loss.astype(jnp.float32), metrics
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        consecutive = jnp.where(finite, 0, state.nonfinite_consecutive + 1).astype(jnp.int32)
+        new_state = TrainState(
+            step=state.step + 1,
+            params=jax.tree.map(keep, new_params, state.params),
+            opt_state=jax.tree.map(keep, new_opt_state, state.opt_state),
+            nonfinite_consecutive=consecutive,
+            nonfinite_total=state.nonfinite_total + jnp.where(finite, 0, 1).astype(jnp.int32),
+        )
+        metrics = dict(metrics)
+        metrics.update(
+            loss=loss,
+            grad_norm=grad_norm,
+            lr=jnp.asarray(schedule(state.step), jnp.float32),
+            finite=finite,
+            tokens=jnp.sum(batch["attention_mask"].astype(jnp.int32)),
+            nonfinite_consecutive=consecutive,
+        )
+        return new_state, metrics
+
+    return step_fn
+
+
+@dataclass
+class StepShardings:
+    """The shardings the step is jitted with (also the restore targets of a checkpoint)."""
+
+    state: TrainState
+    frozen: nnx.State
+    rest: nnx.State
+    batch: dict[str, NamedSharding]
+    params_specs: nnx.State  # trainable + frozen specs, for the checkpoint's full params item
+
+
+def step_shardings(
+    mesh: Mesh,
+    rules: Mapping[str, tuple[str, ...]],
+    abstract_state: TrainState,
+    abstract_frozen: nnx.State,
+    abstract_rest: nnx.State,
+) -> StepShardings:
+    """Shardings from the logical-axis rules: params and their Adam moments alike, scalars replicated."""
+    params_specs = sharding_lib.state_specs(abstract_state.params, rules, mesh)
+    replicated = sharding_lib.replicated(mesh)
+    state = TrainState(
+        step=replicated,
+        params=sharding_lib.state_shardings(abstract_state.params, rules, mesh),
+        opt_state=sharding_lib.tree_shardings_like_params(abstract_state.opt_state, params_specs, mesh),
+        nonfinite_consecutive=replicated,
+        nonfinite_total=replicated,
+    )
+    return StepShardings(
+        state=state,
+        frozen=sharding_lib.state_shardings(abstract_frozen, rules, mesh),
+        rest=jax.tree.map(lambda _: replicated, abstract_rest),
+        batch={key: sharding_lib.batch_sharding(mesh) for key in BATCH_KEYS},
+        params_specs=params_specs,
+    )
+
+
+def jit_train_step(step_fn: Callable, shardings: StepShardings, mesh: Mesh):
+    """`jax.jit` with explicit in/out shardings; the state is donated (updated in place)."""
+    return jax.jit(
+        step_fn,
+        in_shardings=(shardings.state, shardings.frozen, shardings.rest, shardings.batch),
+        out_shardings=(shardings.state, sharding_lib.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+
+
+def place(tree: Any, shardings: Any) -> Any:
+    """Put a (host or device) pytree onto the given shardings."""
+    return jax.tree.map(lambda x, s: jax.device_put(x, s), tree, shardings)
