@@ -1,0 +1,191 @@
+"""Validation of a teacher store: the mistakes that gave NaN or stuck losses to users of the official code.
+
+`check_store` reports, each with the file, the row and what to do: unequal row counts between the texts
+and any teacher (texts misaligned with vectors); file sizes inconsistent with the manifest's dtype and dim,
+naming the float16/float32 mix-up when the size is exactly half or twice the expected one; NaN, Inf and
+all-zero rows; empty or undecodable texts; checksums that no longer match; teachers other than the ones
+the training config expects. It opens every file read-only and never writes: the store is byte-identical
+afterwards, whatever it finds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jasper_jax.data import store as store_lib
+
+MAX_ROWS_NAMED = 5  # per problem kind and file; the count of the rest is given
+SCAN_ROWS = 8192
+
+
+def _rows_text(rows: list[int], total: int) -> str:
+    named = ", ".join(str(row) for row in rows[:MAX_ROWS_NAMED])
+    return named + (f" and {total - MAX_ROWS_NAMED} more" if total > MAX_ROWS_NAMED else "")
+
+
+def _check_texts(path: Path, manifest: dict[str, Any], verify_checksums: bool) -> list[str]:
+    problems: list[str] = []
+    rows = int(manifest["rows"])
+    texts_file = path / manifest["texts"].get("file", store_lib.TEXTS)
+    index_file = path / manifest["texts"].get("index", store_lib.TEXT_INDEX)
+    if not texts_file.exists():
+        return [f"{texts_file}: missing; the store's texts are gone. Rebuild the store (teachers encode/import-rag)."]
+    size = texts_file.stat().st_size
+    if index_file.exists():
+        offsets = np.load(index_file, mmap_mode="r")
+        if offsets.shape != (rows + 1,) or (rows and int(offsets[-1]) != size):
+            problems.append(
+                f"{index_file}: indexes {offsets.shape[0] - 1} rows ending at byte {int(offsets[-1]) if offsets.size else 0}, "
+                f"but the manifest says {rows} rows and {texts_file.name} has {size} bytes: the texts file was "
+                "changed after the store was written. Restore it, or rebuild the store."
+            )
+    empty, bad, counted = [], [], 0
+    bad_reasons: dict[int, str] = {}
+    digest = hashlib.sha256()
+    with open(texts_file, "rb") as handle:
+        for row, line in enumerate(handle):
+            counted += 1
+            digest.update(line)
+            try:
+                text = json.loads(line.decode("utf-8"))["text"]
+                if not isinstance(text, str):
+                    raise TypeError(f"'text' is {type(text).__name__}, not a string")
+            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+                bad.append(row)
+                bad_reasons.setdefault(row, f"{type(error).__name__}: {error}"[:120])
+                continue
+            if not text.strip():
+                empty.append(row)
+    if counted != rows:
+        problems.append(
+            f"{texts_file}: {counted} texts but the manifest says {rows} rows: texts and teacher vectors are "
+            "misaligned (every row after the first difference pairs a text with another text's vector). "
+            "Rebuild the store from the corpus with `jasper-jax teachers encode`."
+        )
+    if bad:
+        first = bad[0]
+        problems.append(
+            f"{texts_file}: undecodable text in row(s) {_rows_text(bad, len(bad))} (line = row + 1; row {first}: "
+            f"{bad_reasons[first]}). Each line must be UTF-8 JSON {{\"text\": \"...\"}}: fix the corpus and re-encode."
+        )
+    if empty:
+        problems.append(
+            f"{texts_file}: empty text in row(s) {_rows_text(empty, len(empty))}. An empty text has no tokens to "
+            "learn from: drop it from the corpus (`jasper-jax corpus build` filters them) and re-encode."
+        )
+    expected = manifest["texts"].get("sha256")
+    if verify_checksums and expected and counted == rows and digest.hexdigest() != expected:
+        problems.append(f"{texts_file}: sha256 differs from manifest.json: the texts changed after encoding. "
+                        "Restore the original file or rebuild the store.")
+    return problems
+
+
+def _size_problem(file: Path, size: int, rows: int, dim: int, dtype: str, teacher: str) -> str | None:
+    itemsize = np.dtype(dtype).itemsize
+    expected = rows * dim * itemsize
+    if size == expected:
+        return None
+    other = "float32" if dtype == "float16" else "float16"
+    if size == rows * dim * np.dtype(other).itemsize and size:
+        return (
+            f"{file}: {size} bytes = {rows} rows x {dim} dims x {np.dtype(other).itemsize} bytes, but the manifest "
+            f"says teacher {teacher!r} is {dtype} ({expected} bytes): this is the float16/float32 mix-up "
+            f"(the writer wrote {other}, the reader would read {dtype}; rows would be garbage or NaN). "
+            f"Set \"dtype\": \"{other}\" for {teacher!r} in manifest.json if the file is right, or re-encode."
+        )
+    row_bytes = dim * itemsize
+    hint = ""
+    if row_bytes and size % row_bytes == 0:
+        hint = f" It holds {size // row_bytes} rows of {dim} {dtype}: rows and vectors are misaligned."
+    elif rows and size % (rows * itemsize) == 0:
+        hint = f" It would fit {rows} rows of dim {size // (rows * itemsize)}: is the manifest's dim wrong?"
+    return (f"{file}: {size} bytes, expected {rows} rows x {dim} dims x {itemsize} bytes ({dtype}) = {expected}."
+            f"{hint} Re-encode this teacher (delete the store and run `jasper-jax teachers encode` again).")
+
+
+def _check_values(file: Path, memmap: np.ndarray, first_row: int, teacher: str) -> list[str]:
+    nan, inf, zero = [], [], []
+    for start in range(0, memmap.shape[0], SCAN_ROWS):
+        block = np.asarray(memmap[start : start + SCAN_ROWS], dtype=np.float32)
+        rows = first_row + start + np.arange(block.shape[0])
+        nan.extend(rows[np.isnan(block).any(axis=1)].tolist())
+        inf.extend(rows[np.isinf(block).any(axis=1)].tolist())
+        zero.extend(rows[~np.any(block != 0, axis=1) & ~np.isnan(block).any(axis=1)].tolist())
+    problems = []
+    for rows, what in ((nan, "NaN"), (inf, "Inf"), (zero, "all-zero")):
+        if rows:
+            problems.append(
+                f"{file}: teacher {teacher!r} has {what} vectors in store row(s) {_rows_text(rows, len(rows))} "
+                f"(file row = store row - {first_row}). They make the losses NaN or meaningless: re-encode those "
+                "rows' texts (check them for being empty or odd), or drop them from the corpus."
+            )
+    return problems
+
+
+def check_store(path: str | Path, expected_teachers: Sequence[str] | Sequence[dict] | None = None, *,
+                verify_checksums: bool = True, check_values: bool = True) -> list[str]:
+    """Problems found in the store at `path` (empty list: fine). Read-only.
+
+    `expected_teachers`: names (or dicts with `name` and optionally `dim`) that the training config expects,
+    in order. `verify_checksums` re-hashes every file against the manifest (reads the whole store).
+    """
+    path = Path(path)
+    try:
+        manifest = store_lib.read_manifest(path)
+    except (FileNotFoundError, ValueError, json.JSONDecodeError) as error:
+        return [str(error)]
+    problems: list[str] = []
+    manifest_file = path / store_lib.MANIFEST
+    if not manifest.get("complete", False):
+        problems.append(f"{manifest_file}: complete=false, the store is unfinished: run the same "
+                        "`jasper-jax teachers encode` command again to finish it.")
+    rows = int(manifest["rows"])
+    problems += _check_texts(path, manifest, verify_checksums)
+    for teacher in manifest["teachers"]:
+        name, dim, dtype = teacher["name"], int(teacher.get("dim") or 0), teacher["dtype"]
+        if dtype not in store_lib.DTYPES:
+            problems.append(f"{manifest_file}: teacher {name!r} has dtype {dtype!r}; expected one of {store_lib.DTYPES}.")
+            continue
+        shard_rows_total = sum(int(shard["rows"]) for shard in teacher["shards"])
+        if shard_rows_total != rows:
+            problems.append(
+                f"{manifest_file}: teacher {name!r} has {shard_rows_total} rows of vectors but the store has {rows} "
+                f"texts: texts and vectors are misaligned. Finish or redo `jasper-jax teachers encode`."
+            )
+        first_row = 0
+        for shard in teacher["shards"]:
+            file = path / shard["file"]
+            count = int(shard["rows"])
+            if not file.exists():
+                problems.append(f"{file}: missing ({name!r}, store rows {first_row}-{first_row + count - 1}). "
+                                "Re-run `jasper-jax teachers encode` into a fresh store.")
+            else:
+                size_problem = _size_problem(file, file.stat().st_size, count, dim, dtype, name)
+                if size_problem:
+                    problems.append(size_problem)
+                else:
+                    if verify_checksums and shard.get("sha256") and store_lib.sha256_file(file) != shard["sha256"]:
+                        problems.append(f"{file}: sha256 differs from manifest.json: the vectors changed after "
+                                        "encoding. Restore the file or re-encode the store.")
+                    if check_values and count and dim:
+                        memmap = np.memmap(file, dtype=dtype, mode="r", shape=(count, dim))
+                        problems += _check_values(file, memmap, first_row, name)
+            first_row += count
+    if expected_teachers is not None:
+        expected = [t if isinstance(t, dict) else {"name": t} for t in expected_teachers]
+        have = [{"name": t["name"], "dim": t.get("dim")} for t in manifest["teachers"]]
+        names_differ = [t["name"] for t in expected] != [t["name"] for t in have]
+        dims_differ = any(e.get("dim") not in (None, h["dim"]) for e, h in zip(expected, have))
+        if names_differ or dims_differ:
+            problems.append(
+                f"{manifest_file}: the store's teachers are {[(t['name'], t['dim']) for t in have]} but the training "
+                f"config expects {[(t['name'], t.get('dim')) for t in expected]}. Point the config at the store "
+                "made with those teachers, or change the config's teachers to these."
+            )
+    return problems

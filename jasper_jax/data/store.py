@@ -1,0 +1,231 @@
+"""The teacher store: texts and each teacher's vectors on disk, read by memory mapping.
+
+The teachers' vectors are computed once (`jasper-jax teachers encode` or `teachers import-rag`) and read
+many times by training. At paper scale the store holds 8M texts x 12288 dims (about 200 GB in float16), so
+nothing here ever loads a whole file: vectors are raw row-major `np.memmap` files and texts are one JSON
+line per row with a byte-offset index.
+
+Layout of a store folder (format version 1)::
+
+    STORE/
+      manifest.json              what is in the store (below); written last, atomically
+      texts.jsonl                one {"text": "..."} per row, UTF-8, in row order
+      texts.index.npy            int64 (rows + 1,): byte offset of each line in texts.jsonl, then its size
+      <teacher>/00000.bin ...    raw row-major (shard rows, dim) arrays in the teacher's dtype, no header
+
+`manifest.json`::
+
+    {"format": "jasper-jax-teacher-store", "version": 1, "rows": N, "shard_rows": S, "complete": true,
+     "texts": {"file": "texts.jsonl", "index": "texts.index.npy", "sha256": "..."},
+     "teachers": [{"name": "minilm", "path": "...", "backend": "torch", "dim": 384, "dtype": "float16",
+                   "prompt": "", "normalisation": "l2",
+                   "shards": [{"file": "minilm/00000.bin", "rows": S, "sha256": "..."}, ...]}]}
+
+Shard k of every teacher holds rows [k*S, min(N, (k+1)*S)). `normalisation` says what the writer did to
+each row ("l2": unit rows; "none": as the model gave them). Whatever it says, the reader normalises each
+teacher's row, concatenates the selected teachers and normalises again (PAPER.md, "Vectors"), in float32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = "jasper-jax-teacher-store"
+VERSION = 1
+MANIFEST = "manifest.json"
+TEXTS = "texts.jsonl"
+TEXT_INDEX = "texts.index.npy"
+DTYPES = ("float16", "float32")
+HASH_CHUNK = 1 << 24
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def text_line(text: str) -> bytes:
+    """The bytes of one row of texts.jsonl (the canonical form the text checksum is taken over)."""
+    return (json.dumps({"text": text}, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def write_json_atomic(path: str | Path, value: Any) -> None:
+    """Write JSON to `path` so that a reader (or a kill) sees either the old file or the new one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as handle:
+        json.dump(value, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def write_bytes_atomic(path: str | Path, array: np.ndarray) -> str:
+    """Write an array's raw bytes to `path` atomically (tmp file, fsync, rename); return their sha256."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    data = np.ascontiguousarray(array).tobytes()
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_texts(folder: str | Path, texts: Sequence[str] | Any) -> tuple[int, str]:
+    """Write texts.jsonl and its offset index into `folder` (atomically); return (rows, sha256)."""
+    folder = Path(folder)
+    tmp_texts = folder / (TEXTS + ".tmp")
+    digest = hashlib.sha256()
+    offsets = [0]
+    with open(tmp_texts, "wb") as handle:
+        for text in texts:
+            line = text_line(text)
+            handle.write(line)
+            digest.update(line)
+            offsets.append(offsets[-1] + len(line))
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp_index = folder / (TEXT_INDEX + ".tmp.npy")
+    np.save(tmp_index, np.asarray(offsets, dtype=np.int64))
+    os.replace(tmp_index, folder / TEXT_INDEX)
+    os.replace(tmp_texts, folder / TEXTS)
+    return len(offsets) - 1, digest.hexdigest()
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of the store at `path`, with a message saying what to do when it is missing."""
+    manifest_path = Path(path) / MANIFEST
+    if not manifest_path.exists():
+        raise FileNotFoundError(
+            f"{manifest_path} not found: {path} is not a teacher store. Create one with "
+            "`jasper-jax teachers encode` or `jasper-jax teachers import-rag`."
+        )
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{manifest_path}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
+    return manifest
+
+
+def shard_count(rows: int, shard_rows: int) -> int:
+    """How many shards hold `rows` rows at `shard_rows` per shard."""
+    return max(0, -(-rows // shard_rows))
+
+
+def shard_rows_of(rows: int, shard_rows: int, shard: int) -> int:
+    """Rows in shard `shard`: shard_rows except for the last one."""
+    return min(shard_rows, rows - shard * shard_rows)
+
+
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    """Rows divided by their L2 norm, in float32; all-zero rows stay zero."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.where(norms > 0, norms, 1.0)
+
+
+class TeacherStore:
+    """Random access to (text, teacher vector) rows of a store folder, memory-mapped.
+
+    The teacher vector of a row is: each selected teacher's vector normalised, concatenated in manifest
+    order, normalised again (float32). `teachers` selects a subset by name (in manifest order).
+
+    >>> store = TeacherStore("runs/store")             # doctest: +SKIP
+    >>> row = store[0]; row["text"], row["teacher"].shape
+    """
+
+    def __init__(self, path: str | Path, teachers: Sequence[str] | None = None):
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path)
+        if not self.manifest.get("complete", False):
+            raise ValueError(
+                f"{self.path} is an unfinished store (manifest.json has complete=false): finish it by running "
+                "the same `jasper-jax teachers encode` command again."
+            )
+        by_name = {teacher["name"]: teacher for teacher in self.manifest["teachers"]}
+        if teachers is not None:
+            missing = [name for name in teachers if name not in by_name]
+            if missing:
+                raise KeyError(f"{self.path} has no teacher {missing}; it holds {list(by_name)}")
+            wanted = set(teachers)
+            self.teachers = [t for t in self.manifest["teachers"] if t["name"] in wanted]
+        else:
+            self.teachers = list(self.manifest["teachers"])
+        self.rows = int(self.manifest["rows"])
+        self.shard_rows = int(self.manifest["shard_rows"])
+        self.dims = [int(teacher["dim"]) for teacher in self.teachers]
+        self.dim = sum(self.dims)
+        self._open()
+
+    def _open(self) -> None:
+        self._text_index = np.load(self.path / TEXT_INDEX, mmap_mode="r")
+        self._texts = np.memmap(self.path / TEXTS, dtype=np.uint8, mode="r") if self.rows else None
+        self._shards = [
+            [
+                np.memmap(self.path / shard["file"], dtype=teacher["dtype"], mode="r",
+                          shape=(int(shard["rows"]), int(teacher["dim"])))
+                for shard in teacher["shards"]
+            ]
+            for teacher in self.teachers
+        ]
+
+    def __getstate__(self) -> dict[str, Any]:  # memmaps are reopened in the receiving process
+        return {"path": self.path, "teacher_names": [t["name"] for t in self.teachers]}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], state["teacher_names"])
+
+    @property
+    def teacher_names(self) -> list[str]:
+        return [teacher["name"] for teacher in self.teachers]
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def texts(self, index: int | Sequence[int] | np.ndarray) -> str | list[str]:
+        """The text of row `index` (an int), or the list of texts of several rows."""
+        if isinstance(index, (int, np.integer)):
+            return self._text(int(index))
+        return [self._text(int(i)) for i in index]
+
+    def _text(self, index: int) -> str:
+        if not 0 <= index < self.rows:
+            raise IndexError(f"row {index} out of range for a store of {self.rows} rows")
+        start, stop = int(self._text_index[index]), int(self._text_index[index + 1])
+        return json.loads(bytes(self._texts[start:stop]).decode("utf-8"))["text"]
+
+    def teacher_vectors(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """(len(indices), dim) float32 teacher vectors of the given rows (any order, repeats allowed)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.size and (indices.min() < 0 or indices.max() >= self.rows):
+            raise IndexError(f"rows out of range for a store of {self.rows} rows")
+        shard_of = indices // self.shard_rows
+        within = indices - shard_of * self.shard_rows
+        parts = []
+        for shards, dim in zip(self._shards, self.dims):
+            block = np.empty((indices.size, dim), dtype=np.float32)
+            for shard in np.unique(shard_of):
+                where = np.nonzero(shard_of == shard)[0]
+                rows = within[where]
+                if rows.size > 1 and np.all(np.diff(rows) == 1):  # contiguous: one slice, one read
+                    block[where] = shards[shard][rows[0] : rows[-1] + 1]
+                else:
+                    block[where] = shards[shard][rows]
+            parts.append(l2_normalise(block))
+        return l2_normalise(np.concatenate(parts, axis=-1)) if parts else np.zeros((indices.size, 0), np.float32)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = int(index)
+        return {"text": self._text(index), "teacher": self.teacher_vectors([index])[0]}
