@@ -1,0 +1,221 @@
+"""The Grain input pipeline: teacher store -> global, sharded training batches with exact resume.
+
+Per step the pipeline yields::
+
+    {"input_ids": (B, L) int32, "attention_mask": (B, L) int32, "teacher": (B, D) float32, "row_mask": (B,) bool}
+
+as global `jax.Array`s sharded over the mesh's batch axes ("data", "fsdp"), built from process-local data
+with `jax.make_array_from_process_local_data`. B is the global batch size; L is one power-of-two bucket
+(`tokenization.bucket_length`, at least 16, at most max_length) for the whole global batch.
+
+How a step is made (a Grain `MapDataset` of global batches of row indices):
+
+1. rows 0..N-1 -> seeded shuffle, re-drawn every epoch (or no shuffle: the official default, so that
+   neighbouring texts, e.g. chunks of one document, share batches) -> repeated for `num_epochs` (None:
+   forever) -> global batches of `global_batch_size` row indices. The order depends only on the store,
+   the seed and B: never on the number of hosts, so a run may resume on a different host count.
+2. each host takes its contiguous slice of the global batch (the rows its devices hold in the sharding)
+   and reads only those rows' teacher vectors (the bulk of the data: D float16s per row);
+3. it tokenises (fast, batched, with the query prompt) the texts of the WHOLE global batch, so that every
+   host computes the same padded length (the bucket of the longest row of the global batch) with no
+   communication, and keeps its own rows;
+4. a final partial batch (finite `num_epochs`) is filled with copies of its first row and `row_mask` False;
+5. Grain runs step 2-4 in `worker_threads` threads with `prefetch` batches buffered (or in
+   `worker_processes` processes via `mp_prefetch`); the iterator makes the global arrays.
+
+Checkpointing (exact resume): the iterator is a `grain.DatasetIterator`, so Orbax saves it with Grain's
+handler beside the model (one JSON file per process)::
+
+    import grain, orbax.checkpoint as ocp
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(max_to_keep=3),
+                                    item_handlers={"model": ocp.StandardCheckpointHandler(),
+                                                   "data_iter": grain.checkpoint.CheckpointHandler()})
+    batch = next(iterator); ...train step...
+    manager.save(step, args=ocp.args.Composite(model=ocp.args.StandardSave(state),
+                                               data_iter=grain.checkpoint.CheckpointSave(iterator)))
+    # on restart: build the iterator with the same arguments, then
+    restored = manager.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore(abstract_state),
+                                                             data_iter=grain.checkpoint.CheckpointRestore(iterator)))
+    # `iterator` now yields exactly the batch an uninterrupted run would yield after `step` batches.
+
+Save the iterator after taking the batch of the step being saved (the state counts the batches taken).
+`get_state()` / `set_state()` give the same JSON-able dict directly; `set_state` refuses a state from a
+pipeline over other data or settings (store texts, B, seed, prompt, max_length, num_epochs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from jasper_jax.data.store import TeacherStore
+from jasper_jax.data.tokenization import TextTokenizer, bucket_length, load_tokenizer, pad_batch
+
+BATCH_AXES = ("data", "fsdp")
+
+
+def batch_sharding(mesh: jax.sharding.Mesh, ndim: int = 1) -> NamedSharding:
+    """Sharding of a (B, ...) batch array: dim 0 over the mesh's batch axes, the rest replicated."""
+    axes = tuple(axis for axis in BATCH_AXES if axis in mesh.axis_names)
+    spec = PartitionSpec(axes if axes else None, *([None] * (ndim - 1)))
+    return NamedSharding(mesh, spec)
+
+
+def host_row_range(global_batch_size: int, mesh: jax.sharding.Mesh | None = None, *,
+                   process_index: int | None = None, process_count: int | None = None) -> tuple[int, int]:
+    """[start, stop) of the global batch rows this host feeds.
+
+    With a mesh and no simulated process: the rows this process's devices hold in `batch_sharding(mesh)`.
+    With `process_index`/`process_count` given: the p-th of P equal contiguous slices.
+    """
+    if process_index is not None or process_count is not None or mesh is None:
+        count = jax.process_count() if process_count is None else process_count
+        index = jax.process_index() if process_index is None else process_index
+        if global_batch_size % count:
+            raise ValueError(f"global_batch_size {global_batch_size} is not divisible by {count} processes")
+        local = global_batch_size // count
+        return index * local, (index + 1) * local
+    sharding = batch_sharding(mesh)
+    slices = sharding.addressable_devices_indices_map((global_batch_size,)).values()
+    covered = sorted({(s[0].start or 0, global_batch_size if s[0].stop is None else s[0].stop) for s in slices})
+    start, stop = covered[0][0], max(end for _, end in covered)
+    if sum(end - begin for begin, end in covered) != stop - start:
+        raise ValueError(f"this process's devices hold non-contiguous batch rows {covered}: build the mesh with "
+                         "jax.make_mesh so each process's devices are adjacent on the batch axes")
+    return start, stop
+
+
+class GlobalBatchLoader:
+    """Grain map: the row indices of one global batch -> this host's numpy batch (picklable for workers)."""
+
+    def __init__(self, store: TeacherStore, tokenizer: TextTokenizer, *, prompt: str, global_batch_size: int,
+                 host_rows: tuple[int, int], with_row_index: bool = False):
+        self.store, self.tokenizer, self.prompt = store, tokenizer, prompt
+        self.global_batch_size, self.host_rows, self.with_row_index = global_batch_size, host_rows, with_row_index
+
+    def __call__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        real = indices.size
+        if real < self.global_batch_size:  # last partial batch: copies of its first row, masked out
+            indices = np.concatenate([indices, np.full(self.global_batch_size - real, indices[0], np.int64)])
+        row_mask = np.arange(self.global_batch_size) < real
+        ids = self.tokenizer.encode(self.store.texts(indices), self.prompt)
+        length = bucket_length(max(len(row) for row in ids), self.tokenizer.max_length)
+        start, stop = self.host_rows
+        batch = pad_batch(ids[start:stop], length, self.tokenizer.pad_id)
+        batch["teacher"] = self.store.teacher_vectors(indices[start:stop])
+        batch["row_mask"] = row_mask[start:stop]
+        if self.with_row_index:
+            batch["row_index"] = indices[start:stop]
+        return batch
+
+
+class TrainBatchIterator(grain.DatasetIterator):
+    """Yields the step's global batch; `get_state`/`set_state` for exact resume (a Grain DatasetIterator)."""
+
+    def __init__(self, parent: grain.DatasetIterator, *, mesh: jax.sharding.Mesh | None, global_batch_size: int,
+                 to_global: bool, fingerprint: dict[str, Any]):
+        super().__init__(parent)
+        self.mesh, self.global_batch_size, self.to_global = mesh, global_batch_size, to_global
+        self.fingerprint = fingerprint
+
+    def __next__(self) -> dict[str, Any]:
+        local = next(self._parent)
+        if not self.to_global:
+            return local
+        batch = {}
+        for key, value in local.items():
+            if key == "row_index":
+                continue
+            global_shape = (self.global_batch_size, *value.shape[1:])
+            batch[key] = jax.make_array_from_process_local_data(batch_sharding(self.mesh, value.ndim), value,
+                                                                global_shape)
+        return batch
+
+    def get_state(self) -> dict[str, Any]:
+        return {"pipeline": dict(self.fingerprint), "grain": self._parent.get_state()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        saved = state.get("pipeline", {})
+        differing = {key: (saved.get(key), value) for key, value in self.fingerprint.items() if saved.get(key) != value}
+        if differing:
+            raise ValueError(
+                "the saved data-iterator state belongs to a pipeline with other settings (saved, now): "
+                f"{differing}. Resume with the store and data settings of the saved run, or start afresh."
+            )
+        self._parent.set_state(state["grain"])
+
+    def start_prefetch(self) -> None:
+        self._parent.start_prefetch()
+
+
+def make_train_iterator(
+    store: TeacherStore | str | Path,
+    tokenizer: TextTokenizer | str | Path,
+    *,
+    global_batch_size: int,
+    mesh: jax.sharding.Mesh | None,
+    max_length: int | None = None,
+    shuffle_seed: int | None = None,
+    prompt: str = "",
+    num_epochs: int | None = None,
+    teachers: Sequence[str] | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    worker_threads: int = 2,
+    prefetch: int = 4,
+    worker_processes: int = 0,
+    with_row_index: bool = False,
+) -> TrainBatchIterator:
+    """The training iterator over `store` (see the module docstring for what it yields and how to save it).
+
+    `tokenizer`: a `TextTokenizer` or a folder with tokenizer.json (loaded with `max_length`).
+    `shuffle_seed`: None = the store's order (official default); an int = a seeded shuffle per epoch.
+    `num_epochs`: None = repeat forever; otherwise the last partial batch is padded with `row_mask` False.
+    `process_index`/`process_count`: simulate one host of several in one process (tests): batches are then
+    this host's numpy arrays (`to_global` is off because JAX has only one real process).
+    `with_row_index`: also yield the store row of each local row (numpy mode only; for tests/debugging).
+    """
+    if not isinstance(store, TeacherStore):
+        store = TeacherStore(store, teachers)
+    if not isinstance(tokenizer, TextTokenizer):
+        tokenizer = load_tokenizer(tokenizer, max_length or 512)
+    if max_length is not None and max_length != tokenizer.max_length:
+        raise ValueError(f"max_length={max_length} but the tokenizer truncates at {tokenizer.max_length}: "
+                         "load it with load_tokenizer(folder, max_length) or pass the folder")
+    if len(store) == 0:
+        raise ValueError(f"{store.path} has no rows")
+    simulated = process_count is not None and process_count != jax.process_count()
+    to_global = mesh is not None and not simulated
+    host_rows = host_row_range(global_batch_size, None if simulated else mesh,
+                               process_index=process_index if simulated else None,
+                               process_count=process_count if simulated else None)
+    if to_global:
+        batch_devices = int(np.prod([mesh.shape[a] for a in BATCH_AXES if a in mesh.axis_names]))
+        if global_batch_size % batch_devices:
+            raise ValueError(f"global_batch_size {global_batch_size} is not divisible by the {batch_devices} "
+                             "devices of the mesh's batch axes ('data', 'fsdp')")
+    dataset = grain.MapDataset.range(len(store))
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(seed=int(shuffle_seed))
+    dataset = dataset.repeat(num_epochs).batch(global_batch_size, drop_remainder=False)
+    loader = GlobalBatchLoader(store, tokenizer, prompt=prompt, global_batch_size=global_batch_size,
+                               host_rows=host_rows, with_row_index=with_row_index)
+    iter_dataset = dataset.map(loader).to_iter_dataset(
+        grain.ReadOptions(num_threads=max(1, worker_threads), prefetch_buffer_size=max(1, prefetch)))
+    if worker_processes:
+        iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_processes))
+    fingerprint = {
+        "texts_sha256": store.manifest["texts"]["sha256"], "rows": len(store), "teachers": store.teacher_names,
+        "global_batch_size": global_batch_size, "shuffle_seed": shuffle_seed, "num_epochs": num_epochs,
+        "max_length": tokenizer.max_length, "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest()[:16],
+    }
+    return TrainBatchIterator(iter(iter_dataset), mesh=mesh, global_batch_size=global_batch_size,
+                              to_global=to_global, fingerprint=fingerprint)
