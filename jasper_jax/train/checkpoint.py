@@ -1,0 +1,253 @@
+"""One Orbax CheckpointManager per stage: asynchronous saves, keep the last K, exact resume.
+
+Items of a checkpoint (directory `workdir/stage{N}/checkpoints/<step>/`):
+- `params`: every parameter of the model (trainable and frozen) as a nested dict with string keys, so a
+  later stage with another trainable split or more heads can read it;
+- `optimizer`: the optimizer state of the trainable params and the step / non-finite counters;
+- `data_iter`: the data iterator's state (Grain's handler, one JSON per process);
+- `meta`: JSON with the config, the step, the stage and the package version.
+Orbax writes each checkpoint under a temporary name and renames it when complete, so a checkpoint a crash
+interrupted is never listed and the latest complete one is resumed. Restoring passes abstract arrays with
+the shardings of the current mesh: a checkpoint saved on 8 devices restores onto 4.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from jasper_jax.train.optimizer import path_string
+from jasper_jax.train.step import TrainState
+
+FORMAT_VERSION = 1
+
+
+def state_to_tree(state: nnx.State) -> dict[str, Any]:
+    """A params State as a nested dict with string keys (`{"encoder": {"layers": {"0": ...}}}`)."""
+    tree: dict[str, Any] = {}
+    for path, variable in nnx.to_flat_state(state):
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(str(part), {})
+        node[str(path[-1])] = variable.get_value() if isinstance(variable, nnx.Variable) else variable
+    return tree
+
+
+def tree_get(tree: Mapping[str, Any], path: tuple[Any, ...]) -> Any:
+    node: Any = tree
+    for part in path:
+        node = node[str(part)]
+    return node
+
+
+def tree_paths(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    """The leaf paths of a nested dict (restore metadata or `state_to_tree` output)."""
+    paths = set()
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            paths |= tree_paths(value, prefix + (str(key),))
+        else:
+            paths.add(prefix + (str(key),))
+    return paths
+
+
+def fill_state(state: nnx.State, tree: Mapping[str, Any]) -> nnx.State:
+    """`state` with each variable whose path is in `tree` replaced by the tree's value."""
+
+    def replace(path, variable):
+        names = tuple(path_string([part]) for part in path)
+        if names and names[-1] == "value":
+            names = names[:-1]
+        try:
+            return tree_get(tree, names)
+        except KeyError:
+            return variable
+
+    return jax.tree_util.tree_map_with_path(replace, state)
+
+
+def abstract_like(tree: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs of `tree`'s leaves carrying `shardings` (restore targets on the current mesh)."""
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+    )
+
+
+class _IteratorState:
+    """Adapts any iterator with `get_state()` / `set_state()` (dict or bytes) to Grain's handler."""
+
+    def __init__(self, iterator: Any):
+        self.iterator = iterator
+
+    def get_state(self) -> bytes:
+        state = self.iterator.get_state()
+        return state if isinstance(state, bytes) else json.dumps(state).encode()
+
+    def set_state(self, state: bytes) -> None:
+        try:
+            self.iterator.set_state(json.loads(state.decode()))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            self.iterator.set_state(state)
+
+    def start_prefetch(self) -> None:
+        start = getattr(self.iterator, "start_prefetch", None)
+        if start is not None:
+            start()
+
+
+class StageCheckpointer:
+    """Saves and restores one stage's checkpoints under `directory`."""
+
+    def __init__(self, directory: str | Path, *, every: int, keep: int, async_save: bool = True):
+        self.directory = Path(directory).absolute()
+        self.every = int(every)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=int(keep),
+            enable_async_checkpointing=async_save,
+            create=True,
+        )
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=options,
+            item_handlers={
+                "params": ocp.StandardCheckpointHandler(),
+                "optimizer": ocp.StandardCheckpointHandler(),
+                "data_iter": grain.checkpoint.CheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler(),
+            },
+        )
+
+    def latest_step(self) -> int | None:
+        """The step of the latest complete checkpoint, or None."""
+        self.manager.reload()
+        return self.manager.latest_step()
+
+    def should_save(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0
+
+    def save(
+        self,
+        step: int,
+        state: TrainState,
+        frozen: nnx.State,
+        data_iterator: Any | None,
+        metadata: Mapping[str, Any],
+    ) -> None:
+        """Start an asynchronous save of everything needed to resume at `step` (returns at once)."""
+        params = state_to_tree(nnx.merge_state(state.params, frozen))
+        optimizer = {
+            "opt_state": state.opt_state,
+            "counters": {
+                "step": state.step,
+                "nonfinite_consecutive": state.nonfinite_consecutive,
+                "nonfinite_total": state.nonfinite_total,
+            },
+        }
+        meta = dict(metadata, step=int(step), format_version=FORMAT_VERSION)
+        items = dict(
+            params=ocp.args.StandardSave(params),
+            optimizer=ocp.args.StandardSave(optimizer),
+            meta=ocp.args.JsonSave(meta),
+        )
+        if data_iterator is not None:
+            items["data_iter"] = grain.checkpoint.CheckpointSave(_IteratorState(data_iterator))
+        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def restore(
+        self,
+        step: int,
+        abstract_state: TrainState,
+        state_shardings: TrainState,
+        abstract_frozen: nnx.State,
+        frozen_shardings: nnx.State,
+        data_iterator: Any | None,
+    ) -> tuple[TrainState, nnx.State, dict[str, Any]]:
+        """The train state, the frozen params and the metadata at `step`, placed on the given shardings.
+
+        The data iterator (if given) is set to its saved position in place.
+        """
+        params_target = state_to_tree(
+            nnx.merge_state(
+                abstract_like(abstract_state.params, state_shardings.params),
+                abstract_like(abstract_frozen, frozen_shardings),
+            )
+        )
+        counters = {k: getattr(abstract_state, k) for k in ("step", "nonfinite_consecutive", "nonfinite_total")}
+        optimizer_target = {
+            "opt_state": abstract_like(abstract_state.opt_state, state_shardings.opt_state),
+            "counters": abstract_like(counters, {k: state_shardings.step for k in counters}),
+        }
+        items = dict(
+            params=ocp.args.StandardRestore(params_target),
+            optimizer=ocp.args.StandardRestore(optimizer_target),
+            meta=ocp.args.JsonRestore(),
+        )
+        if data_iterator is not None:
+            items["data_iter"] = grain.checkpoint.CheckpointRestore(_IteratorState(data_iterator))
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        params = restored["params"]
+        optimizer = restored["optimizer"]
+        state = TrainState(
+            step=optimizer["counters"]["step"],
+            params=fill_state(abstract_state.params, params),
+            opt_state=optimizer["opt_state"],
+            nonfinite_consecutive=optimizer["counters"]["nonfinite_consecutive"],
+            nonfinite_total=optimizer["counters"]["nonfinite_total"],
+        )
+        frozen = fill_state(abstract_frozen, params)
+        return state, frozen, dict(restored["meta"])
+
+    def restore_params(self, step: int, abstract_params: nnx.State, params_shardings: nnx.State) -> dict[str, Any]:
+        """The saved params that `abstract_params` also has (a nested dict), on the given shardings.
+
+        Used to start a stage from the previous stage's final checkpoint: parameters the new model has
+        and the checkpoint lacks (new heads) keep their fresh initialisation; the caller checks the rest.
+        """
+        saved = self.manager.item_metadata(step)["params"]
+        saved_tree = saved.tree if hasattr(saved, "tree") else saved
+        saved_paths = tree_paths(saved_tree)
+        target_full = state_to_tree(abstract_like(abstract_params, params_shardings))
+        target: dict[str, Any] = {}
+        for path in saved_paths & tree_paths(target_full):
+            node = target
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+            node[path[-1]] = tree_get(target_full, path)
+        missing = saved_paths - tree_paths(target_full)
+        if missing:
+            raise ValueError(
+                f"checkpoint {self.directory}/{step} has parameters the model lacks: {sorted(map('/'.join, missing))[:5]}"
+            )
+        for path in saved_paths:
+            shape = tuple(tree_get(saved_tree, path).shape)
+            want = tuple(tree_get(target, path).shape)
+            if shape != want:
+                raise ValueError(f"parameter {'/'.join(path)}: checkpoint shape {shape}, model shape {want}")
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target))
+        )
+        return restored["params"]
+
+    def metadata(self, step: int) -> dict[str, Any]:
+        restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored["meta"])
+
+    def wait(self) -> None:
+        """Block until the pending asynchronous save is complete."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def to_numpy(tree: Any) -> Any:
+    return jax.tree.map(np.asarray, tree)
