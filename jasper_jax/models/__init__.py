@@ -1,0 +1,11 @@
+"""NNX encoders (BERT, Qwen2), shared layers, pooling and the Jasper student."""
+
+from jasper_jax.models.bert import BertConfig, BertEncoder
+from jasper_jax.models.pooling import l2_normalize, pool
+from jasper_jax.models.qwen2 import Qwen2Config, Qwen2Encoder
+from jasper_jax.models.student import JasperStudent, StudentConfig, count_parameters, paper_student_config
+
+__all__ = [
+    "BertConfig", "BertEncoder", "Qwen2Config", "Qwen2Encoder", "JasperStudent", "StudentConfig",
+    "count_parameters", "paper_student_config", "pool", "l2_normalize",
+]

@@ -1,0 +1,282 @@
+"""Layers shared by every encoder family: projections, embeddings, norms, rotary positions, attention, MLPs.
+
+Conventions (all families):
+- Parameters are float32 and carry logical axis names as nnx sharding metadata (`vocab`, `embed`, `heads`,
+  `kv_heads`, `head_dim`, `mlp`, `head_out`, `position`, `token_type`); the trainer maps them to mesh axes.
+- Computation runs in a selectable `dtype` (float32 or bfloat16): weights are cast at use. Norms, softmax
+  and rotary angles are computed in float32 whatever the compute dtype.
+- Attention projections keep the head structure in the kernel: query (embed, heads, head_dim), key/value
+  (embed, kv_heads, head_dim), output (heads, head_dim, embed), so that heads can be sharded directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax.core import meta as flax_meta
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+default_kernel_init = nnx.initializers.normal(stddev=0.02)
+
+
+def parameter_context():
+    """Creation context: without a mesh, record the logical names as metadata only (no eager sharding).
+
+    Flax 0.12 shards variables eagerly when they carry sharding metadata, which needs a mesh; our names
+    are logical (mapped to mesh axes by the trainer's rule table), so outside a mesh we switch it off.
+    """
+    if flax_meta.get_global_mesh() is None:
+        return nnx.use_eager_sharding(False)
+    return contextlib.nullcontext()
+
+
+def make_param(rngs: nnx.Rngs, init: Initializer, shape: Sequence[int], names: Sequence[str]) -> nnx.Param:
+    """A float32 parameter of `shape` initialised by `init`, annotated with one logical name per axis."""
+    assert len(names) == len(shape), (names, shape)
+    return nnx.Param(init(rngs.params(), tuple(shape), jnp.float32), sharding=tuple(names))
+
+
+def as_dtype(dtype: str | jnp.dtype) -> jnp.dtype:
+    """'float32' / 'bfloat16' (or a dtype) -> a jnp dtype."""
+    return jnp.dtype(dtype)
+
+
+class Projection(nnx.Module):
+    """A linear map with a multi-axis kernel: `y = einsum(equation, x, kernel) + bias`.
+
+    `kernel_shape`/`kernel_names` describe the kernel; the bias has the output axes (those of the kernel
+    that the equation does not contract)."""
+
+    def __init__(
+        self,
+        equation: str,
+        kernel_shape: Sequence[int],
+        kernel_names: Sequence[str],
+        bias_shape: Sequence[int] | None,
+        bias_names: Sequence[str] | None,
+        *,
+        dtype: str = "float32",
+        rngs: nnx.Rngs,
+        kernel_init: Initializer = default_kernel_init,
+    ):
+        self.equation = equation
+        self.dtype = as_dtype(dtype)
+        self.kernel = make_param(rngs, kernel_init, kernel_shape, kernel_names)
+        if bias_shape is not None:
+            self.bias = make_param(rngs, nnx.initializers.zeros, bias_shape, bias_names or ())
+        else:
+            self.bias = None
+
+    def __call__(self, x: Array) -> Array:
+        y = jnp.einsum(self.equation, x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+def dense(
+    in_features: int, out_features: int, in_name: str, out_name: str, *, use_bias: bool, dtype: str, rngs: nnx.Rngs
+) -> Projection:
+    """A plain (in, out) linear layer."""
+    return Projection(
+        "...i,io->...o",
+        (in_features, out_features),
+        (in_name, out_name),
+        (out_features,) if use_bias else None,
+        (out_name,),
+        dtype=dtype,
+        rngs=rngs,
+    )
+
+
+class Embedding(nnx.Module):
+    """A lookup table (num, features) with logical names (`table_name`, 'embed')."""
+
+    def __init__(self, num: int, features: int, table_name: str, *, dtype: str = "float32", rngs: nnx.Rngs):
+        self.dtype = as_dtype(dtype)
+        self.embedding = make_param(rngs, default_kernel_init, (num, features), (table_name, "embed"))
+
+    def __call__(self, ids: Array) -> Array:
+        return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm with scale and bias, statistics in float32."""
+
+    def __init__(self, features: int, eps: float, *, dtype: str = "float32", rngs: nnx.Rngs):
+        self.eps = eps
+        self.dtype = as_dtype(dtype)
+        self.scale = make_param(rngs, nnx.initializers.ones, (features,), ("embed",))
+        self.bias = make_param(rngs, nnx.initializers.zeros, (features,), ("embed",))
+
+    def __call__(self, x: Array) -> Array:
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        variance = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(variance + self.eps)
+        return (y * self.scale[...] + self.bias[...]).astype(self.dtype)
+
+
+class RMSNorm(nnx.Module):
+    """RMSNorm as in Qwen2/Llama: normalise in float32, cast back, then scale."""
+
+    def __init__(self, features: int, eps: float, *, dtype: str = "float32", rngs: nnx.Rngs):
+        self.eps = eps
+        self.dtype = as_dtype(dtype)
+        self.scale = make_param(rngs, nnx.initializers.ones, (features,), ("embed",))
+
+    def __call__(self, x: Array) -> Array:
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + self.eps)
+        return self.scale[...].astype(self.dtype) * y.astype(self.dtype)
+
+
+def rotary_angles(positions: Array, head_dim: int, theta: float) -> tuple[Array, Array]:
+    """cos and sin (B, L, head_dim) of the default (non-interleaved, 'rotate half') RoPE, in float32."""
+    inverse_frequency = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles = positions.astype(jnp.float32)[..., None] * inverse_frequency
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rotary(x: Array, cos: Array, sin: Array) -> Array:
+    """Rotate x (B, L, heads, head_dim) by the angles (B, L, head_dim)."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    cos = cos[:, :, None, :].astype(x.dtype)
+    sin = sin[:, :, None, :].astype(x.dtype)
+    return x * cos + rotated * sin
+
+
+class Attention(nnx.Module):
+    """Multi-head or grouped-query self-attention with a padding mask, bidirectional or causal.
+
+    `num_kv_heads` < `num_heads` gives GQA: query head h uses key/value head h // (num_heads // num_kv_heads),
+    as Hugging Face's `repeat_kv`. With `rope_theta` set, rotary embeddings are applied to queries and keys.
+    """
+
+    def __init__(
+        self,
+        hidden: int,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        *,
+        qkv_bias: bool,
+        output_bias: bool,
+        causal: bool = False,
+        rope_theta: float | None = None,
+        dtype: str = "float32",
+        rngs: nnx.Rngs,
+    ):
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}")
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.causal = causal
+        self.rope_theta = rope_theta
+        self.dtype = as_dtype(dtype)
+
+        def qkv(heads: int, heads_name: str) -> Projection:
+            return Projection(
+                "ble,ehd->blhd",
+                (hidden, heads, head_dim),
+                ("embed", heads_name, "head_dim"),
+                (heads, head_dim) if qkv_bias else None,
+                (heads_name, "head_dim"),
+                dtype=dtype,
+                rngs=rngs,
+            )
+
+        self.query = qkv(num_heads, "heads")
+        self.key = qkv(num_kv_heads, "kv_heads")
+        self.value = qkv(num_kv_heads, "kv_heads")
+        self.output = Projection(
+            "blhd,hde->ble",
+            (num_heads, head_dim, hidden),
+            ("heads", "head_dim", "embed"),
+            (hidden,) if output_bias else None,
+            ("embed",),
+            dtype=dtype,
+            rngs=rngs,
+        )
+
+    def __call__(self, x: Array, attention_mask: Array, positions: Array | None = None) -> Array:
+        batch, length, _ = x.shape
+        query, key, value = self.query(x), self.key(x), self.value(x)
+        if self.rope_theta is not None:
+            if positions is None:
+                positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
+            cos, sin = rotary_angles(positions, self.head_dim, self.rope_theta)
+            query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
+        groups = self.num_heads // self.num_kv_heads
+        query = query.reshape(batch, length, self.num_kv_heads, groups, self.head_dim)
+        scores = jnp.einsum("bqkgd,bskd->bkgqs", query, key).astype(jnp.float32) / jnp.sqrt(
+            jnp.float32(self.head_dim)
+        )
+        allowed = attention_mask.astype(bool)[:, None, None, None, :]
+        if self.causal:
+            allowed = allowed & jnp.tril(jnp.ones((length, length), dtype=bool))[None, None, None]
+        scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
+        probabilities = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+        context = jnp.einsum("bkgqs,bskd->bqkgd", probabilities, value)
+        return self.output(context.reshape(batch, length, self.num_heads, self.head_dim))
+
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+}
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+    """The activation called `name` in Hugging Face configs."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unsupported activation {name!r}; supported: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+class MLP(nnx.Module):
+    """`down(act(up(x)))` with biases (BERT style, GELU)."""
+
+    def __init__(self, hidden: int, intermediate: int, act: str, *, dtype: str = "float32", rngs: nnx.Rngs):
+        self.act = act
+        self.up = dense(hidden, intermediate, "embed", "mlp", use_bias=True, dtype=dtype, rngs=rngs)
+        self.down = dense(intermediate, hidden, "mlp", "embed", use_bias=True, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        return self.down(activation(self.act)(self.up(x)))
+
+
+class GatedMLP(nnx.Module):
+    """`down(act(gate(x)) * up(x))` without biases (Qwen2/Llama style, SiLU)."""
+
+    def __init__(self, hidden: int, intermediate: int, act: str = "silu", *, dtype: str = "float32", rngs: nnx.Rngs):
+        self.act = act
+        self.gate = dense(hidden, intermediate, "embed", "mlp", use_bias=False, dtype=dtype, rngs=rngs)
+        self.up = dense(hidden, intermediate, "embed", "mlp", use_bias=False, dtype=dtype, rngs=rngs)
+        self.down = dense(intermediate, hidden, "mlp", "embed", use_bias=False, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        return self.down(activation(self.act)(self.gate(x)) * self.up(x))
+
+
+def run_layers(layers: nnx.List, x: Array, *args, remat: bool = False) -> Array:
+    """Apply `layers` in order; with `remat`, each layer's activations are recomputed in the backward pass."""
+
+    def apply(layer, hidden, *rest):
+        return layer(hidden, *rest)
+
+    step = nnx.remat(apply) if remat else apply
+    for layer in layers:
+        x = step(layer, x, *args)
+    return x

@@ -1,0 +1,121 @@
+"""Qwen2-family encoder: GQA with q/k/v bias, RoPE, RMSNorm (pre-norm), gated SiLU MLP.
+
+Bidirectional by default (stella_en_1.5B_v5 and Jasper use Qwen2 as a bidirectional encoder with a padding
+mask); `causal=True` gives Hugging Face's `Qwen2Model` behaviour.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jasper_jax.models import layers
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen2Config:
+    """Hyper-parameters of a Qwen2 encoder; field names follow Hugging Face's `Qwen2Config`.
+
+    The defaults are stella_en_1.5B_v5's text tower."""
+
+    vocab_size: int = 151646
+    hidden_size: int = 1536
+    num_hidden_layers: int = 28
+    num_attention_heads: int = 12
+    num_key_value_heads: int = 2
+    intermediate_size: int = 8960
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1_000_000.0
+    max_position_embeddings: int = 131072
+    hidden_act: str = "silu"
+    head_dim: int | None = None
+    causal: bool = False
+    pad_token_id: int | None = None
+    model_type: str = "qwen2"
+
+    def __post_init__(self):
+        if self.head_dim is None:
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
+
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any], *, causal: bool = False) -> "Qwen2Config":
+        """From a Hugging Face config.json dict; RoPE theta from `rope_parameters` (transformers 5) or
+        `rope_theta` (older files). Only the default RoPE type is supported."""
+        rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type != "default":
+            raise ValueError(f"Qwen2 rope_type={rope_type!r} is not supported; only 'default'")
+        values = dict(hf)
+        values["rope_theta"] = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
+        values["causal"] = bool(hf.get("jasper_causal", causal))
+        names = {field.name for field in dataclasses.fields(cls)} - {"model_type"}
+        return cls(**{key: values[key] for key in names if key in values and values[key] is not None})
+
+    def to_hf(self) -> dict[str, Any]:
+        """A Hugging Face config.json dict for `Qwen2Model` (transformers 5 style rope_parameters)."""
+        hf = dataclasses.asdict(self)
+        theta = hf.pop("rope_theta")
+        causal = hf.pop("causal")
+        hf.update(
+            architectures=["Qwen2Model"],
+            model_type="qwen2",
+            rope_parameters={"rope_type": "default", "rope_theta": theta},
+            rope_theta=theta,
+            jasper_causal=causal,
+            tie_word_embeddings=False,
+            use_sliding_window=False,
+            attention_dropout=0.0,
+        )
+        return hf
+
+
+class Qwen2Layer(nnx.Module):
+    """Pre-norm block: x = x + attention(norm(x)); x = x + mlp(norm(x))."""
+
+    def __init__(self, config: Qwen2Config, *, dtype: str, rngs: nnx.Rngs):
+        self.input_norm = layers.RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, rngs=rngs)
+        self.attention = layers.Attention(
+            config.hidden_size,
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+            qkv_bias=True,
+            output_bias=False,
+            causal=config.causal,
+            rope_theta=config.rope_theta,
+            dtype=dtype,
+            rngs=rngs,
+        )
+        self.post_attention_norm = layers.RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, rngs=rngs)
+        self.mlp = layers.GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: Array, attention_mask: Array, positions: Array) -> Array:
+        x = x + self.attention(self.input_norm(x), attention_mask, positions)
+        return x + self.mlp(self.post_attention_norm(x))
+
+
+class Qwen2Encoder(nnx.Module):
+    """Token ids -> final-norm hidden states (B, L, hidden), like `Qwen2Model(...).last_hidden_state`.
+
+    Positions are 0..L-1 (right padding), as Hugging Face uses when no position ids are given."""
+
+    def __init__(self, config: Qwen2Config, *, dtype: str = "float32", remat: bool = False, rngs: nnx.Rngs):
+        self.config = config
+        self.remat = remat
+        self.embed = layers.Embedding(config.vocab_size, config.hidden_size, "vocab", dtype=dtype, rngs=rngs)
+        self.layers = nnx.List([Qwen2Layer(config, dtype=dtype, rngs=rngs) for _ in range(config.num_hidden_layers)])
+        self.final_norm = layers.RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, rngs=rngs)
+
+    def __call__(self, input_ids: Array, attention_mask: Array, token_type_ids: Array | None = None) -> Array:
+        del token_type_ids  # Qwen2 has none
+        batch, length = input_ids.shape
+        positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+        x = self.embed(input_ids)
+        x = layers.run_layers(self.layers, x, attention_mask, positions, remat=self.remat)
+        return self.final_norm(x)

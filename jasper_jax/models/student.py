@@ -1,0 +1,124 @@
+"""The Jasper student: an encoder, pooling, optional vector dropout and named linear heads.
+
+Paper layout ("heads"): independent `Linear(hidden -> d, bias)` heads on the pooled vector (fc1 12288,
+fc2 1024, fc3 512, fc4 256); every head's output is L2-normalised. Official-code layout ("prefix",
+`prefix_layout=True`): exactly one head; reduced vectors are its first d components, renormalised (the loss
+and `encode` do the truncation, see `truncate`). A student without heads outputs the normalised pooled vector
+under the name "pooled".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jasper_jax.models import layers
+from jasper_jax.models.bert import BertConfig, BertEncoder
+from jasper_jax.models.pooling import POOLING_MODES, l2_normalize, pool
+from jasper_jax.models.qwen2 import Qwen2Config, Qwen2Encoder
+
+Array = jax.Array
+POOLED = "pooled"
+ENCODER_FAMILIES = {"bert": (BertConfig, BertEncoder), "qwen2": (Qwen2Config, Qwen2Encoder)}
+
+
+@dataclasses.dataclass
+class StudentConfig:
+    """What a `JasperStudent` is made of (see docs/INTERFACES.md)."""
+
+    encoder: BertConfig | Qwen2Config
+    pooling: str = "mean"
+    heads: dict[str, int] = dataclasses.field(default_factory=dict)
+    vector_dropout: float = 0.0
+    compute_dtype: str = "float32"
+    remat: bool = False
+    prefix_layout: bool = False
+
+    def __post_init__(self):
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"pooling={self.pooling!r}; choose from {POOLING_MODES}")
+        if self.prefix_layout and len(self.heads) != 1:
+            raise ValueError(f"prefix_layout needs exactly one head, got heads={self.heads}")
+        if POOLED in self.heads:
+            raise ValueError(f"{POOLED!r} is reserved for the pooled vector; rename that head")
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"compute_dtype={self.compute_dtype!r}; choose 'float32' or 'bfloat16'")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (the encoder as its Hugging Face config dict)."""
+        values = dataclasses.asdict(self)
+        values["encoder"] = self.encoder.to_hf()
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "StudentConfig":
+        """Inverse of `to_dict`."""
+        values = dict(values)
+        encoder = values["encoder"]
+        family = encoder.get("model_type")
+        if family not in ENCODER_FAMILIES:
+            raise ValueError(f"unsupported encoder model_type {family!r}; supported: {sorted(ENCODER_FAMILIES)}")
+        values["encoder"] = ENCODER_FAMILIES[family][0].from_hf(encoder)
+        values["heads"] = dict(values.get("heads", {}))
+        return cls(**values)
+
+
+def truncate(vectors: Array, dim: int) -> Array:
+    """The first `dim` components, renormalised (the prefix/Matryoshka convention)."""
+    return l2_normalize(vectors[..., :dim])
+
+
+class JasperStudent(nnx.Module):
+    """Encoder + pooling + named heads; `model(input_ids, attention_mask)` -> {head: (B, d) L2-normalised}."""
+
+    def __init__(self, config: StudentConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        with layers.parameter_context():
+            family = config.encoder.model_type
+            if family not in ENCODER_FAMILIES:
+                raise ValueError(f"unsupported encoder model_type {family!r}; supported: {sorted(ENCODER_FAMILIES)}")
+            encoder_class = ENCODER_FAMILIES[family][1]
+            self.encoder = encoder_class(config.encoder, dtype=config.compute_dtype, remat=config.remat, rngs=rngs)
+            hidden = config.encoder.hidden_size
+            self.heads = nnx.Dict(
+                {
+                    name: layers.dense(hidden, dim, "embed", "head_out", use_bias=True, dtype="float32", rngs=rngs)
+                    for name, dim in config.heads.items()
+                }
+            )
+            self.dropout = nnx.Dropout(config.vector_dropout, rngs=rngs) if config.vector_dropout > 0 else None
+
+    def pooled(self, input_ids: Array, attention_mask: Array, token_type_ids: Array | None = None) -> Array:
+        """The pooled (not normalised) float32 vector (B, hidden)."""
+        hidden = self.encoder(input_ids, attention_mask, token_type_ids)
+        return pool(hidden, attention_mask, self.config.pooling)
+
+    def __call__(
+        self,
+        input_ids: Array,
+        attention_mask: Array,
+        *,
+        deterministic: bool = True,
+        token_type_ids: Array | None = None,
+    ) -> dict[str, Array]:
+        vector = self.pooled(input_ids, attention_mask, token_type_ids)
+        if not self.heads:
+            return {POOLED: l2_normalize(vector)}
+        if self.dropout is not None:
+            vector = self.dropout(vector, deterministic=deterministic)
+        return {name: l2_normalize(head(vector)) for name, head in self.heads.items()}
+
+
+def count_parameters(model: nnx.Module) -> int:
+    """Number of parameter scalars (works on abstract models too)."""
+    return sum(int(jnp.size(leaf)) if hasattr(leaf, "size") else 0 for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def paper_student_config(vocab_size: int = 151646, heads: dict[str, int] | None = None, **kwargs) -> StudentConfig:
+    """The paper-scale student: stella_en_1.5B_v5's Qwen2 text tower, bidirectional, mean pooling."""
+    heads = {"fc1": 12288, "fc2": 1024, "fc3": 512, "fc4": 256} if heads is None else heads
+    return StudentConfig(encoder=Qwen2Config(vocab_size=vocab_size), heads=heads, **kwargs)
