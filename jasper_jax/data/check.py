@@ -159,6 +159,7 @@ def check_store(path: str | Path, expected_teachers: Sequence[str] | Sequence[di
                 f"texts: texts and vectors are misaligned. Finish or redo `jasper-jax teachers encode`."
             )
         first_row = 0
+        mixups: list[tuple[Path, str]] = []
         for shard in teacher["shards"]:
             file = path / shard["file"]
             count = int(shard["rows"])
@@ -167,7 +168,9 @@ def check_store(path: str | Path, expected_teachers: Sequence[str] | Sequence[di
                                 "Re-run `jasper-jax teachers encode` into a fresh store.")
             else:
                 size_problem = _size_problem(file, file.stat().st_size, count, dim, dtype, name)
-                if size_problem:
+                if size_problem and "mix-up" in size_problem:
+                    mixups.append((file, size_problem))
+                elif size_problem:
                     problems.append(size_problem)
                 else:
                     if verify_checksums and shard.get("sha256") and store_lib.sha256_file(file) != shard["sha256"]:
@@ -177,6 +180,9 @@ def check_store(path: str | Path, expected_teachers: Sequence[str] | Sequence[di
                         memmap = np.memmap(file, dtype=dtype, mode="r", shape=(count, dim))
                         problems += _check_values(file, memmap, first_row, name)
             first_row += count
+        if mixups:  # the same mistake in every shard of a teacher: say it once
+            more = f" (The same holds for {len(mixups) - 1} more file(s) of teacher {name!r}.)" if len(mixups) > 1 else ""
+            problems.append(mixups[0][1] + more)
     if expected_teachers is not None:
         expected = [t if isinstance(t, dict) else {"name": t} for t in expected_teachers]
         have = [{"name": t["name"], "dim": t.get("dim")} for t in manifest["teachers"]]
