@@ -211,6 +211,10 @@ def make_train_iterator(
     iter_dataset = dataset.map(loader).to_iter_dataset(
         grain.ReadOptions(num_threads=max(1, worker_threads), prefetch_buffer_size=max(1, prefetch)))
     if worker_processes:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # Grain reads absl flags; outside absl.app.run nobody parsed them
+            flags.FLAGS.mark_as_parsed()
         iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_processes))
     fingerprint = {
         "texts_sha256": store.manifest["texts"]["sha256"], "rows": len(store), "teachers": store.teacher_names,

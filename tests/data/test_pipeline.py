@@ -198,3 +198,46 @@ def test_orbax_checkpoint_beside_the_model_resumes_exactly(store_path, tokenizer
             model=ocp.args.StandardRestore(model), data_iter=grain.checkpoint.CheckpointRestore(fresh)))
     np.testing.assert_array_equal(restored["model"]["w"], model["w"])
     assert_same_batches(take(fresh, 3), uninterrupted[3:])
+
+
+MULTIPROCESS_SCRIPT = """
+import sys
+sys.path.insert(0, {helpers!r})
+from data_helpers import fake_factory, sample_texts
+from jasper_jax.data.pipeline import make_train_iterator
+from jasper_jax.data.teacher_encoding import TeacherSpec, encode_store
+
+if __name__ == "__main__":
+    store = sys.argv[1]
+    encode_store(sample_texts(50), store, [TeacherSpec("a", "x")], shard_rows=7,
+                 encoder_factory=fake_factory({{"a": 8}}), progress=False)
+    def make(workers):
+        return make_train_iterator(store, {tokenizer!r}, global_batch_size=8, mesh=None, max_length=64,
+                                   shuffle_seed=1, with_row_index=True, process_index=0, process_count=1,
+                                   worker_processes=workers)
+    reference = make(0)
+    expected = [next(reference)["row_index"].tolist() for _ in range(8)]
+    workers = make(2)
+    first = [next(workers)["row_index"].tolist() for _ in range(5)]
+    state = workers.get_state()
+    workers.close()
+    resumed = make(2)
+    resumed.set_state(state)
+    rest = [next(resumed)["row_index"].tolist() for _ in range(3)]
+    resumed.close()
+    print("SAME" if first + rest == expected else f"DIFFERENT {{first + rest}} {{expected}}")
+"""
+
+
+def test_worker_processes_give_the_same_batches_and_resume(tmp_path, minilm_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "workers.py"
+    script.write_text(MULTIPROCESS_SCRIPT.format(helpers=str(Path(__file__).parent), tokenizer=minilm_path))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "store")], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert "SAME" in result.stdout, result.stdout + result.stderr[-3000:]
