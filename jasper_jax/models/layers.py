@@ -39,7 +39,7 @@ def parameter_context():
 def make_param(rngs: nnx.Rngs, init: Initializer, shape: Sequence[int], names: Sequence[str]) -> nnx.Param:
     """A float32 parameter of `shape` initialised by `init`, annotated with one logical name per axis."""
     assert len(names) == len(shape), (names, shape)
-    return nnx.Param(init(rngs.params(), tuple(shape), jnp.float32), sharding=tuple(names))
+    return nnx.Param(init(rngs.params(), tuple(shape), jnp.float32), out_sharding=tuple(names))
 
 
 def as_dtype(dtype: str | jnp.dtype) -> jnp.dtype:
@@ -194,8 +194,10 @@ class Attention(nnx.Module):
             )
 
         self.query = qkv(num_heads, "heads")
-        self.key = qkv(num_kv_heads, "kv_heads")
-        self.value = qkv(num_kv_heads, "kv_heads")
+        # multi-head attention shards keys/values like queries; GQA's few kv heads get their own name
+        kv_name = "heads" if num_kv_heads == num_heads else "kv_heads"
+        self.key = qkv(num_kv_heads, kv_name)
+        self.value = qkv(num_kv_heads, kv_name)
         self.output = Projection(
             "blhd,hde->ble",
             (num_heads, head_dim, hidden),

@@ -10,6 +10,7 @@ under the name "pooled".
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -115,7 +116,7 @@ class JasperStudent(nnx.Module):
 
 def count_parameters(model: nnx.Module) -> int:
     """Number of parameter scalars (works on abstract models too)."""
-    return sum(int(jnp.size(leaf)) if hasattr(leaf, "size") else 0 for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
 def paper_student_config(vocab_size: int = 151646, heads: dict[str, int] | None = None, **kwargs) -> StudentConfig:
