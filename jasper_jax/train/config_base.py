@@ -12,7 +12,7 @@ Schema (all under one `ml_collections.ConfigDict`):
   `teachers`, `verify_checksums`, `worker_threads`, `prefetch`.
 - `optimizer` (AdamW: b1, b2, eps, weight_decay, clip_norm, warmup_fraction, end_lr_fraction);
   `objective` (`jasper_jax.losses.ObjectiveConfig` fields); `checkpoint` (`every`, `keep`, `async_save`);
-  `log_every`; `max_consecutive_nonfinite`; `progress`.
+  `log_every`; `max_consecutive_nonfinite`; `progress`; `debug.nonfinite_steps` (tests: infinite teachers -> NaN loss).
 - `stages.stage{N}`: `trainable` (regexes over parameter paths), `trainable_last_layers` (N: the last N
   encoder layers too), `heads` (name -> dim: the model of this stage), `head_init` ("random", or
   "prefix:<head>" = a new head starts as the first d output columns of that head), `init_from`
@@ -93,6 +93,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.log_every = 1
     config.max_consecutive_nonfinite = 10
     config.progress = True
+    # testing aids: steps whose teacher batch is made infinite (NaN loss) (exercises the non-finite guard end to end)
+    config.debug = dict(nonfinite_steps=())
     config.stages = ml_collections.ConfigDict()
     return config
 

@@ -411,9 +411,12 @@ def _train_loop(config, number, stage, directory, checkpointer, step_fn, state, 
                dynamic_ncols=True, file=sys.stdout)
     last_saved = checkpointer.latest_step()
     tokens, clock = 0, time.perf_counter()
+    poisoned = {int(s) for s in config.debug.nonfinite_steps}
     try:
         for step in range(start + 1, steps + 1):
             batch = next(iterator)
+            if step in poisoned:
+                batch = dict(batch, teacher=batch["teacher"] * float("inf"))  # the losses give NaN
             state, metrics = step_fn(state, frozen, rest, batch)
             metrics = jax.device_get(metrics)
             tokens += int(metrics["tokens"])
