@@ -1,0 +1,151 @@
+"""`jasper-jax export`: write a student as a Hugging Face + sentence-transformers folder (PyTorch side).
+
+The folder holds `config.json` + `model.safetensors` for transformers' AutoModel (a BERT loads as
+`BertModel`; a bidirectional Qwen2 loads as `BidirectionalQwen2Model` from the shipped
+`modeling_jasper_qwen2.py`, a causal one as `Qwen2Model`), the tokenizer files, and the
+sentence-transformers modules: Transformer, Pooling, `JasperHeads` (every head, one active; shipped
+`jasper_heads.py`), Normalize. `config_sentence_transformers.json` carries the prompts; `jasper_jax.json`
+the student's exact config so that import -> export -> import is lossless (bit-identical weights).
+
+    SentenceTransformer(DIR, trust_remote_code=True)                                   # active head
+    SentenceTransformer(DIR, trust_remote_code=True, config_kwargs={"jasper_head": "fc2"})  # another one
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from jasper_jax.convert.hf import encoder_params_to_hf, write_weights
+from jasper_jax.convert.load import JASPER_CONFIG, POOLING_TO_ST, flat_params, load_model_folder
+from jasper_jax.models.student import JasperStudent, StudentConfig
+
+PAPER_PROMPTS = {
+    "s2p_query": "Instruct: Given a web search query, retrieve relevant passages that answer the query.\nQuery: ",
+    "s2s_query": "Instruct: Retrieve semantically similar text.\nQuery: ",
+}
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
+    "merges.txt", "added_tokens.json", "chat_template.jinja",
+)
+SHIPPED = Path(__file__).parent / "pytorch"
+ST_TRANSFORMER = "sentence_transformers.base.modules.transformer.Transformer"
+ST_POOLING = "sentence_transformers.sentence_transformer.modules.pooling.Pooling"
+ST_NORMALIZE = "sentence_transformers.base.modules.normalize.Normalize"
+
+
+def _write_json(path: Path, value) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n")
+
+
+def _encoder_config_json(config: StudentConfig) -> dict:
+    hf = config.encoder.to_hf()
+    hf["dtype"] = "float32"
+    if config.encoder.model_type == "qwen2":
+        hf["use_cache"] = False
+        if not config.encoder.causal:
+            hf["architectures"] = ["BidirectionalQwen2Model"]
+            hf["auto_map"] = {"AutoModel": "modeling_jasper_qwen2.BidirectionalQwen2Model"}
+    return hf
+
+
+def export_model(
+    model: JasperStudent,
+    config: StudentConfig,
+    tokenizer_folder: str | Path,
+    out_dir: str | Path,
+    *,
+    active_head: str | None = None,
+    prompts: dict[str, str] | None = None,
+    max_seq_length: int | None = 512,
+) -> Path:
+    """Write `model` to `out_dir` (created; existing files overwritten). `active_head` defaults to the first head."""
+    out = Path(out_dir)
+    tokenizer_folder = Path(tokenizer_folder)
+    if not (tokenizer_folder / "tokenizer.json").exists():
+        raise FileNotFoundError(
+            f"no tokenizer to export: {tokenizer_folder / 'tokenizer.json'} does not exist; pass the folder of "
+            "the model the student was initialised from"
+        )
+    heads = dict(config.heads)
+    if active_head is not None and active_head not in heads:
+        raise ValueError(f"active head {active_head!r} is not one of the model's heads {sorted(heads)}")
+    active_head = active_head or (next(iter(heads)) if heads else None)
+    out.mkdir(parents=True, exist_ok=True)
+
+    params = flat_params(model)
+    encoder = {key[len("encoder/"):]: value for key, value in params.items() if key.startswith("encoder/")}
+    write_weights(encoder_params_to_hf(encoder, config.encoder), out / "model.safetensors")
+    _write_json(out / "config.json", _encoder_config_json(config))
+    if config.encoder.model_type == "qwen2" and not config.encoder.causal:
+        shutil.copyfile(SHIPPED / "modeling_jasper_qwen2.py", out / "modeling_jasper_qwen2.py")
+    for name in TOKENIZER_FILES:
+        if (tokenizer_folder / name).exists() and (tokenizer_folder / name).resolve() != (out / name).resolve():
+            shutil.copyfile(tokenizer_folder / name, out / name)
+    _write_json(out / "sentence_bert_config.json", {"max_seq_length": max_seq_length, "do_lower_case": False})
+
+    modules = [{"idx": 0, "name": "0", "path": "", "type": ST_TRANSFORMER}]
+    pooling_dir = out / "1_Pooling"
+    pooling_dir.mkdir(exist_ok=True)
+    _write_json(pooling_dir / "config.json", {
+        "embedding_dimension": config.encoder.hidden_size,
+        "pooling_mode": POOLING_TO_ST[config.pooling],
+        "include_prompt": True,
+    })
+    modules.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": ST_POOLING})
+    if heads:
+        heads_dir = out / "2_JasperHeads"
+        heads_dir.mkdir(exist_ok=True)
+        _write_json(heads_dir / "config.json", {
+            "in_features": config.encoder.hidden_size, "heads": heads, "active_head": active_head,
+        })
+        tensors = {}
+        for name in heads:
+            tensors[f"{name}.weight"] = np.ascontiguousarray(params[f"heads/{name}/kernel"].T)
+            tensors[f"{name}.bias"] = params[f"heads/{name}/bias"]
+        write_weights(tensors, heads_dir / "model.safetensors")
+        shutil.copyfile(SHIPPED / "jasper_heads.py", out / "jasper_heads.py")
+        modules.append({"idx": 2, "name": "2", "path": "2_JasperHeads", "type": "jasper_heads.JasperHeads"})
+    normalize_dir = out / f"{len(modules)}_Normalize"
+    normalize_dir.mkdir(exist_ok=True)
+    _write_json(normalize_dir / "config.json", {})
+    modules.append({"idx": len(modules), "name": str(len(modules)), "path": normalize_dir.name, "type": ST_NORMALIZE})
+    _write_json(out / "modules.json", modules)
+
+    _write_json(out / "config_sentence_transformers.json", {
+        "model_type": "SentenceTransformer",
+        "prompts": {**PAPER_PROMPTS, **(prompts or {})},
+        "default_prompt_name": None,
+        "similarity_fn_name": "cosine",
+    })
+    _write_json(out / JASPER_CONFIG, {"student": config.to_dict(), "active_head": active_head, "format": 1})
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", "--model", dest="checkpoint", required=True,
+                        help="model to export: a Hugging Face or sentence-transformers folder, or a jasper-jax export")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--head", default=None, help="the head active by default (default: the first head)")
+    parser.add_argument("--max-seq-length", type=int, default=None, help="sentence-transformers max_seq_length")
+
+
+def run(args: argparse.Namespace) -> int:
+    checkpoint = Path(args.checkpoint)
+    if checkpoint.is_dir() and not (checkpoint / "config.json").exists() and not (checkpoint / "modules.json").exists():
+        raise SystemExit(
+            f"jasper-jax export: {checkpoint} is neither a Hugging Face nor a sentence-transformers folder; "
+            "exporting training checkpoints directly arrives with the trainer (it calls export_model)"
+        )
+    loaded = load_model_folder(checkpoint)
+    out = export_model(
+        loaded.model, loaded.config, loaded.tokenizer_folder, args.out,
+        active_head=args.head or (loaded.default_head if loaded.config.heads else None),
+        prompts=loaded.prompts, max_seq_length=args.max_seq_length or loaded.max_seq_length or 512,
+    )
+    print(f"exported {checkpoint} -> {out} (heads: {', '.join(loaded.config.heads) or 'none'})")
+    return 0
