@@ -109,23 +109,35 @@ def _size_problem(file: Path, size: int, rows: int, dim: int, dtype: str, teache
             f"{hint} Re-encode this teacher (delete the store and run `jasper-jax teachers encode` again).")
 
 
-def _check_values(file: Path, memmap: np.ndarray, first_row: int, teacher: str) -> list[str]:
+def _scan_vectors(file: Path, rows: int, dim: int, dtype: str, first_row: int, teacher: str,
+                  hash_it: bool, check_values: bool) -> tuple[list[str], str | None]:
+    """One read of a shard file: (NaN/Inf/all-zero problems, sha256 or None). Memory: SCAN_ROWS rows at a time."""
     nan, inf, zero = [], [], []
-    for start in range(0, memmap.shape[0], SCAN_ROWS):
-        block = np.asarray(memmap[start : start + SCAN_ROWS], dtype=np.float32)
-        rows = first_row + start + np.arange(block.shape[0])
-        nan.extend(rows[np.isnan(block).any(axis=1)].tolist())
-        inf.extend(rows[np.isinf(block).any(axis=1)].tolist())
-        zero.extend(rows[~np.any(block != 0, axis=1) & ~np.isnan(block).any(axis=1)].tolist())
+    digest = hashlib.sha256() if hash_it else None
+    row_bytes = dim * np.dtype(dtype).itemsize
+    with open(file, "rb") as handle:
+        start = 0
+        while start < rows:
+            chunk = handle.read(SCAN_ROWS * row_bytes)
+            if digest is not None:
+                digest.update(chunk)
+            if check_values:
+                block = np.frombuffer(chunk, dtype=dtype).reshape(-1, dim).astype(np.float32)
+                numbers = first_row + start + np.arange(block.shape[0])
+                has_nan = np.isnan(block).any(axis=1)
+                nan.extend(numbers[has_nan].tolist())
+                inf.extend(numbers[np.isinf(block).any(axis=1)].tolist())
+                zero.extend(numbers[~np.any(block != 0, axis=1) & ~has_nan].tolist())
+            start += SCAN_ROWS
     problems = []
-    for rows, what in ((nan, "NaN"), (inf, "Inf"), (zero, "all-zero")):
-        if rows:
+    for found, what in ((nan, "NaN"), (inf, "Inf"), (zero, "all-zero")):
+        if found:
             problems.append(
-                f"{file}: teacher {teacher!r} has {what} vectors in store row(s) {_rows_text(rows, len(rows))} "
+                f"{file}: teacher {teacher!r} has {what} vectors in store row(s) {_rows_text(found, len(found))} "
                 f"(file row = store row - {first_row}). They make the losses NaN or meaningless: re-encode those "
                 "rows' texts (check them for being empty or odd), or drop them from the corpus."
             )
-    return problems
+    return problems, digest.hexdigest() if digest is not None else None
 
 
 def check_store(path: str | Path, expected_teachers: Sequence[str] | Sequence[dict] | None = None, *,
@@ -172,13 +184,13 @@ def check_store(path: str | Path, expected_teachers: Sequence[str] | Sequence[di
                     mixups.append((file, size_problem))
                 elif size_problem:
                     problems.append(size_problem)
-                else:
-                    if verify_checksums and shard.get("sha256") and store_lib.sha256_file(file) != shard["sha256"]:
+                elif count and dim and (verify_checksums or check_values):
+                    hash_it = verify_checksums and bool(shard.get("sha256"))
+                    found, sha = _scan_vectors(file, count, dim, dtype, first_row, name, hash_it, check_values)
+                    if hash_it and sha != shard["sha256"]:
                         problems.append(f"{file}: sha256 differs from manifest.json: the vectors changed after "
                                         "encoding. Restore the file or re-encode the store.")
-                    if check_values and count and dim:
-                        memmap = np.memmap(file, dtype=dtype, mode="r", shape=(count, dim))
-                        problems += _check_values(file, memmap, first_row, name)
+                    problems += found
             first_row += count
         if mixups:  # the same mistake in every shard of a teacher: say it once
             more = f" (The same holds for {len(mixups) - 1} more file(s) of teacher {name!r}.)" if len(mixups) > 1 else ""
