@@ -236,6 +236,21 @@ class StageCheckpointer:
         )
         return restored["params"]
 
+    def host_params(self, step: int | None = None) -> dict[str, Any]:
+        """All saved params of `step` (default: the latest) as a nested dict of NumPy arrays.
+
+        Works whatever mesh or process count wrote the checkpoint (export, inspection, tests).
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
+        saved = self.manager.item_metadata(step)["params"]
+        saved = saved.tree if hasattr(saved, "tree") else saved
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
+        restored = self.manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
+        return jax.tree.map(np.asarray, restored["params"])
+
     def metadata(self, step: int) -> dict[str, Any]:
         restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return dict(restored["meta"])

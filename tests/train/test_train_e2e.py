@@ -1,18 +1,13 @@
 """configs/tiny.py end to end with the real JasperStudent, data pipeline and losses: stages chained,
-frozen parameters unchanged, the non-finite guard, kill -9 and resume."""
+frozen parameters unchanged, the non-finite guard and resuming after it."""
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import orbax.checkpoint as ocp
-import pytest
 
+from jasper_jax.train.checkpoint import StageCheckpointer
 from jasper_jax.train.config_base import load_config
 from jasper_jax.train.loop import EXIT_NONFINITE, EXIT_OK, train
 
@@ -25,8 +20,10 @@ def tiny(workdir, *overrides):
 
 
 def read_params(directory, step):
-    restored = ocp.CheckpointManager(directory).restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
-    return restored["params"]
+    checkpointer = StageCheckpointer(directory, every=1, keep=10)
+    params = checkpointer.host_params(step)
+    checkpointer.close()
+    return params
 
 
 def flat(tree, prefix=""):
@@ -57,9 +54,8 @@ def test_stages_chain_and_frozen_params_stay_bit_identical(tmp_path):
         assert changed == trainable, (name, changed, trainable)
     # stage 3 adds fc2/fc3 (initialised from fc1's first columns) and trains everything
     assert s3["heads/fc2/kernel"].shape == (32, 16) and s3["heads/fc3/bias"].shape == (8,)
-    assert not np.array_equal(s3["encoder/layers/0/attention/query/kernel"] if "encoder/layers/0/attention/query/kernel" in s3
-                              else s3[[n for n in s3 if n.startswith("encoder/layers/0/")][0]],
-                              s2[[n for n in s3 if n.startswith("encoder/layers/0/")][0]])
+    first_layer = [name for name in s2 if name.startswith("encoder/layers/0/")]
+    assert first_layer and all(not np.array_equal(s3[name], s2[name]) for name in first_layer)
     for stage, steps in ((1, 6), (2, 6), (3, 4)):
         rows = metrics(tmp_path / f"stage{stage}" / "metrics.jsonl")
         assert [r["step"] for r in rows] == list(range(1, steps + 1))
@@ -89,38 +85,3 @@ def test_nonfinite_steps_are_skipped_then_the_run_stops_with_the_last_checkpoint
     assert [r["step"] for r in rows] == list(range(1, 17)) and all(r["finite"] for r in rows[10:])
     after = flat(read_params(checkpoints, 10)) if (checkpoints / "10").exists() else before
     assert all(np.array_equal(before[k], after[k]) for k in before)
-
-
-def _train_command(workdir, *extra):
-    return [sys.executable, "-m", "jasper_jax", "train", "--config", TINY, f"--config.workdir={workdir}",
-            "--config.progress=false", "--stages", "1", "--config.stages.stage1.steps=40",
-            "--config.checkpoint.every=8", *extra]
-
-
-def _env():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-    env["JAX_PLATFORMS"] = "cpu"
-    return env
-
-
-def test_kill_9_then_rerun_gives_the_uninterrupted_metrics(tmp_path):
-    reference, crashed = tmp_path / "reference", tmp_path / "crashed"
-    subprocess.run(_train_command(reference), env=_env(), check=True, capture_output=True, timeout=240)
-    process = subprocess.Popen(_train_command(crashed), env=_env(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    log = crashed / "stage1" / "metrics.jsonl"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if log.exists() and len(log.read_text().splitlines()) >= 21:
-            break
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    logged = len(log.read_text().splitlines())
-    assert 21 <= logged < 40, f"killed after {logged} logged steps"
-    subprocess.run(_train_command(crashed), env=_env(), check=True, capture_output=True, timeout=240)
-    expected = metrics(reference / "stage1" / "metrics.jsonl")
-    resumed = metrics(log)
-    assert [r["step"] for r in resumed] == list(range(1, 41))
-    assert resumed == expected

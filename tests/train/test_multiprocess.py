@@ -1,0 +1,70 @@
+"""2 processes x 4 fake devices (launch/local.sh, gloo) train exactly like 1 process x 8 devices."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from jasper_jax.train.checkpoint import StageCheckpointer
+
+ROOT = Path(__file__).resolve().parents[2]
+ARGS = ["-m", "jasper_jax", "train", "--config", str(ROOT / "configs" / "tiny.py"), "--config.progress=false",
+        "--stages", "1", "--config.stages.stage1.steps=5", "--config.checkpoint.every=5",
+        "--config.stages.stage1.trainable=('heads/.*', 'encoder/layers/1/.*')"]
+
+
+def _env(devices):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        env.pop(name, None)
+    return env
+
+
+def _params(directory):
+    checkpointer = StageCheckpointer(directory, every=1, keep=10)
+    params = checkpointer.host_params(5)
+    checkpointer.close()
+    leaves = {}
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}/")
+            else:
+                leaves[prefix + key] = np.asarray(value)
+
+    walk(params, "")
+    return leaves
+
+
+def test_two_processes_equal_one_process(tmp_path):
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    subprocess.run([sys.executable, *ARGS, f"--config.workdir={single}"], env=_env(8), check=True,
+                   capture_output=True, timeout=300, cwd=ROOT)
+    result = subprocess.run(
+        [str(ROOT / "launch" / "local.sh"), "2", "4", sys.executable, *ARGS, f"--config.workdir={multi}"],
+        env=dict(_env(4), LOCAL_LOG_DIR=str(tmp_path / "logs")), capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Rank 1 is connected" in result.stdout or (tmp_path / "logs" / "process_1.log").exists()
+    expected = [json.loads(line) for line in (single / "stage1" / "metrics.jsonl").read_text().splitlines()]
+    got = [json.loads(line) for line in (multi / "stage1" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in got] == [1, 2, 3, 4, 5]
+    for a, b in zip(expected, got):
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6, err_msg=f"step {a['step']} {key}")
+    single_params, multi_params = _params(single / "stage1" / "checkpoints"), _params(multi / "stage1" / "checkpoints")
+    assert single_params.keys() == multi_params.keys()
+    for name in single_params:
+        np.testing.assert_allclose(multi_params[name], single_params[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_local_launcher_fails_when_a_process_fails(tmp_path):
+    script = "import os, sys; sys.exit(3 if os.environ['JAX_PROCESS_ID'] == '1' else 0)"
+    result = subprocess.run([str(ROOT / "launch" / "local.sh"), "2", "1", sys.executable, "-c", script],
+                            env=dict(_env(1), LOCAL_LOG_DIR=str(tmp_path)), capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "process 1 failed" in result.stderr, result.stderr
