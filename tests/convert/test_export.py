@@ -1,0 +1,95 @@
+"""Export: the folder loads offline in sentence-transformers and transformers, reproduces `encode` for every
+head, and import -> export -> import is bit-identical; for a BERT (MiniLM) and a bidirectional Qwen2 student."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import MINILM, TEXTS  # noqa: E402
+
+from jasper_jax.convert import load_model_folder  # noqa: E402
+from jasper_jax.convert.export import PAPER_PROMPTS, export_model  # noqa: E402
+from jasper_jax.convert.load import flat_params  # noqa: E402
+from jasper_jax.encode import encode_texts  # noqa: E402
+
+HEADS = {"fc1": 48, "fc2": 16, "fc3": 8}
+
+
+@pytest.fixture(scope="module", params=["bert", "qwen2"])
+def exported(request, tmp_path_factory, qwen2_folder):
+    source = MINILM if request.param == "bert" else qwen2_folder[0]
+    loaded = load_model_folder(source, heads=HEADS, rngs=nnx.Rngs(7))
+    out = tmp_path_factory.mktemp(f"export_{request.param}")
+    export_model(loaded.model, loaded.config, loaded.tokenizer_folder, out, active_head="fc2", max_seq_length=128)
+    return request.param, loaded, out
+
+
+def test_import_export_import_is_bit_identical(exported, tmp_path):
+    _, original, out = exported
+    again = load_model_folder(out)
+    assert again.config == original.config and again.default_head == "fc2"
+    before, after = flat_params(original.model), flat_params(again.model)
+    assert before.keys() == after.keys()
+    for key in before:
+        assert before[key].dtype == after[key].dtype and np.array_equal(before[key], after[key]), key
+    export_model(again.model, again.config, again.tokenizer_folder, tmp_path, active_head="fc2", max_seq_length=128)
+    assert (tmp_path / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+    assert (tmp_path / "2_JasperHeads" / "model.safetensors").read_bytes() == (out / "2_JasperHeads" / "model.safetensors").read_bytes()
+
+
+def test_sentence_transformers_reproduces_encode_for_every_head(exported):
+    from sentence_transformers import SentenceTransformer
+
+    _, _, out = exported
+    model = SentenceTransformer(str(out), trust_remote_code=True, device="cpu", local_files_only=True)
+    assert model.prompts["s2p_query"] == PAPER_PROMPTS["s2p_query"]
+    assert model.encode(TEXTS).shape == (len(TEXTS), HEADS["fc2"])  # the active head by default
+    for head in HEADS:
+        ours = encode_texts(out, TEXTS, head=head, progress=False, batch_size=4)
+        theirs = model.encode(TEXTS, head=head, batch_size=3)
+        cosine = (ours * theirs).sum(1)
+        assert cosine.min() >= 0.99999, (head, cosine)
+    selected = SentenceTransformer(str(out), trust_remote_code=True, device="cpu", config_kwargs={"jasper_head": "fc3"})
+    np.testing.assert_allclose(selected.encode(TEXTS), model.encode(TEXTS, head="fc3"), atol=1e-6)
+    ours = encode_texts(out, TEXTS, head="fc1", prompt="s2s_query", progress=False)
+    theirs = model.encode(TEXTS, head="fc1", prompt_name="s2s_query")
+    assert (ours * theirs).sum(1).min() >= 0.99999
+
+
+def test_automodel_reproduces_encode_for_every_head(exported):
+    from safetensors.numpy import load_file
+    from transformers import AutoModel, AutoTokenizer
+
+    family, _, out = exported
+    model = AutoModel.from_pretrained(str(out), trust_remote_code=True, local_files_only=True).eval()
+    expected_class = "BertModel" if family == "bert" else "BidirectionalQwen2Model"
+    assert type(model).__name__ == expected_class
+    tokenizer = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    mask = batch["attention_mask"][..., None].float()
+    pooled = (hidden * mask).sum(1) / mask.sum(1)
+    heads = load_file(str(out / "2_JasperHeads" / "model.safetensors"))
+    for head in HEADS:
+        vectors = pooled.numpy() @ heads[f"{head}.weight"].T + heads[f"{head}.bias"]
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        ours = encode_texts(out, TEXTS, head=head, progress=False)
+        assert (ours * vectors).sum(1).min() >= 0.99999, head
+
+
+def test_export_files(exported):
+    family, _, out = exported
+    config = json.loads((out / "config.json").read_text())
+    modules = json.loads((out / "modules.json").read_text())
+    assert [m["path"] for m in modules] == ["", "1_Pooling", "2_JasperHeads", "3_Normalize"]
+    assert (out / "modeling_jasper_qwen2.py").exists() == (family == "qwen2")
+    if family == "qwen2":
+        assert config["auto_map"]["AutoModel"] == "modeling_jasper_qwen2.BidirectionalQwen2Model"
+    assert json.loads((out / "2_JasperHeads" / "config.json").read_text())["heads"] == HEADS
