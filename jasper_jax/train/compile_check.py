@@ -1,0 +1,155 @@
+"""`jasper-jax compile-check --config configs/jasper_paper.py --stage 3 --devices 8`.
+
+Lowers and compiles one stage's train step at full scale from abstract shapes only (no weights are
+created, no data is read) on N fake CPU devices with the config's mesh and sharding rules, then prints the
+per-device memory of the compiled program (`compiled.memory_analysis()`) and checks it against a budget
+(default 80 GB, an H100/A100-80GB). This is how the paper-scale sharding is verified without the hardware.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+GIB = 1024**3
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="config file (e.g. configs/jasper_paper.py)")
+    parser.add_argument("--stage", type=int, default=3, help="stage number (default 3)")
+    parser.add_argument("--devices", type=int, default=8, help="number of fake CPU devices (default 8)")
+    parser.add_argument("--batch-size", type=int, default=0, help="global batch (default: the stage's)")
+    parser.add_argument("--length", type=int, default=0, help="sequence length (default: data.max_length)")
+    parser.add_argument("--budget-gb", type=float, default=80.0, help="per-device memory budget in GB (default 80)")
+    parser.add_argument("--platform", default="cpu", help="compile for this platform (default cpu: fake devices)")
+    from jasper_jax.train.cli import _accept_config_overrides
+
+    _accept_config_overrides(parser)
+
+
+def _prepare_devices(count: int, platform: str) -> None:
+    if platform == "cpu":
+        os.environ["JAX_PLATFORMS"] = "cpu"
+        flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f]
+        os.environ["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={count}"])
+    import jax
+
+    if platform == "cpu":
+        jax.config.update("jax_num_cpu_devices", count)
+
+
+def compile_stage_step(config, stage_number: int, *, batch_size: int = 0, length: int = 0):
+    """`(compiled, summary)`: the stage's step compiled for the current devices from abstract shapes."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jasper_jax.models import JasperStudent
+    from jasper_jax.train import loop
+    from jasper_jax.train import optimizer as optimizer_lib
+    from jasper_jax.train import sharding as sharding_lib
+    from jasper_jax.train import step as step_lib
+    from jasper_jax.train.mesh import make_mesh
+
+    stage = loop.stage_config(config, stage_number)
+    heads = {name: int(dim) for name, dim in stage.heads.items()}
+    student_config = loop.student_config_from(config, heads, None)
+    with nnx.use_eager_sharding(False):
+        abstract_model = nnx.eval_shape(lambda: JasperStudent(student_config, rngs=nnx.Rngs(params=0, dropout=1)))
+    patterns = optimizer_lib.trainable_patterns(stage, student_config.encoder.num_hidden_layers)
+    graphdef, trainable, frozen, rest = optimizer_lib.split_model(abstract_model, patterns)
+    tx, schedule = optimizer_lib.make_optimizer(config.optimizer, float(stage.lr), int(stage.steps))
+    abstract_state = jax.eval_shape(lambda p: step_lib.init_train_state(p, tx), trainable)
+    mesh = make_mesh(dict(config.mesh))
+    rules = sharding_lib.rules_from_config(config.sharding_rules)
+    shardings = step_lib.step_shardings(mesh, rules, abstract_state, frozen, rest)
+    objective = step_lib.objective_from_config(loop.objective_config(config, stage))
+    step_fn = step_lib.train_step_fn(graphdef, tx, objective, schedule, deterministic=student_config.vector_dropout == 0)
+    jitted = step_lib.jit_train_step(step_fn, shardings, mesh)
+
+    batch = batch_size or int(stage.batch_size)
+    length = length or int(config.data.max_length)
+    teacher_dim = heads[loop.objective_config(config, stage)["full_head"]]
+    shapes = {
+        "input_ids": ((batch, length), jnp.int32),
+        "attention_mask": ((batch, length), jnp.int32),
+        "teacher": ((batch, teacher_dim), jnp.float32),
+        "row_mask": ((batch,), jnp.bool_),
+    }
+    abstract_batch = {k: jax.ShapeDtypeStruct(s, d, sharding=shardings.batch[k]) for k, (s, d) in shapes.items()}
+
+    def with_sharding(tree, tree_shardings):
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, tree_shardings)
+
+    args = (
+        with_sharding(abstract_state, shardings.state),
+        with_sharding(frozen, shardings.frozen),
+        with_sharding(rest, shardings.rest),
+        abstract_batch,
+    )
+    started = time.perf_counter()
+    lowered = jitted.lower(*args)
+    lowered_at = time.perf_counter()
+    compiled = lowered.compile()
+    finished = time.perf_counter()
+    count = lambda tree: sum(int(x.size) for x in jax.tree.leaves(tree))  # noqa: E731
+    summary = {
+        "stage": stage_number,
+        "devices": jax.device_count(),
+        "mesh": dict(mesh.shape),
+        "batch": batch,
+        "length": length,
+        "parameters": count(trainable) + count(frozen),
+        "trainable_parameters": count(trainable),
+        "compute_dtype": student_config.compute_dtype,
+        "remat": student_config.remat,
+        "lower_seconds": lowered_at - started,
+        "compile_seconds": finished - lowered_at,
+    }
+    return compiled, summary
+
+
+def memory_report(compiled) -> dict[str, int]:
+    """Per-device bytes of the compiled program (arguments, outputs, temporaries, aliased, generated code)."""
+    analysis = compiled.memory_analysis()
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0]
+    fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "alias_size_in_bytes",
+              "generated_code_size_in_bytes")
+    report = {field: int(getattr(analysis, field, 0) or 0) for field in fields}
+    # donated state is aliased: its outputs reuse the argument buffers
+    report["peak_estimate_bytes"] = (
+        report["argument_size_in_bytes"] + report["output_size_in_bytes"] - report["alias_size_in_bytes"]
+        + report["temp_size_in_bytes"] + report["generated_code_size_in_bytes"]
+    )
+    return report
+
+
+def run(args: argparse.Namespace) -> int:
+    _prepare_devices(args.devices, args.platform)
+    from jasper_jax.train.config_base import load_config
+
+    config = load_config(args.config, getattr(args, "config_overrides", []))
+    config.model.source = "random"  # shapes only: nothing is loaded
+    print(f"compile-check: {args.config} stage {args.stage} on {args.devices} fake {args.platform} devices ...",
+          flush=True)
+    compiled, summary = compile_stage_step(config, args.stage, batch_size=args.batch_size, length=args.length)
+    report = memory_report(compiled)
+    for key, value in summary.items():
+        print(f"  {key:>22}: {value:.1f}" if isinstance(value, float) else f"  {key:>22}: {value}")
+    print("  per-device memory of the compiled step:")
+    for key, value in report.items():
+        print(f"  {key:>30}: {value / GIB:8.2f} GiB")
+    peak_gb = report["peak_estimate_bytes"] / 1e9
+    fits = peak_gb <= args.budget_gb
+    print(f"  {'peak estimate':>30}: {peak_gb:.2f} GB {'<=' if fits else '>'} budget {args.budget_gb:g} GB: "
+          f"{'fits' if fits else 'DOES NOT FIT'}", flush=True)
+    return 0 if fits else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from jasper_jax.cli import main
+
+    sys.exit(main(["compile-check", *sys.argv[1:]]))
