@@ -1,0 +1,88 @@
+"""Mesh sizes, logical-axis rules, distributed detection, config overrides and the CLI's argument parsing."""
+
+import argparse
+from pathlib import Path
+
+import jax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from jasper_jax.train import distributed
+from jasper_jax.train.cli import add_arguments, parse_stages
+from jasper_jax.train.config_base import apply_override, load_config
+from jasper_jax.train.mesh import make_mesh, mesh_shape
+from jasper_jax.train.sharding import DEFAULT_RULES, logical_to_spec, rules_from_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def test_mesh_shape_fills_minus_one_and_rejects_bad_sizes():
+    assert mesh_shape({"data": -1, "fsdp": 2}, 8) == (4, 2, 1)
+    assert mesh_shape({"fsdp": -1}, 8) == (1, 8, 1)
+    with pytest.raises(ValueError, match="does not divide"):
+        mesh_shape({"data": 3, "fsdp": -1}, 8)
+    with pytest.raises(ValueError, match="at most one"):
+        mesh_shape({"data": -1, "fsdp": -1}, 8)
+    with pytest.raises(ValueError, match="unknown axes"):
+        mesh_shape({"model": 2}, 8)
+    with pytest.raises(ValueError, match="uses 4 devices"):
+        mesh_shape({"data": 4}, 8)
+    mesh = make_mesh({"data": 2, "tensor": -1})
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 1, "tensor": 4}
+    assert all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types)
+
+
+def test_logical_rules_replicate_unknown_and_indivisible_dimensions():
+    mesh = make_mesh({"data": 1, "fsdp": 2, "tensor": 4})
+    rules = rules_from_config(DEFAULT_RULES)
+    assert logical_to_spec(("embed", "mlp"), (64, 128), rules, mesh) == P("fsdp", "tensor")
+    assert logical_to_spec(("embed", "mlp"), (63, 128), rules, mesh) == P(None, "tensor")  # 63 % 2
+    assert logical_to_spec(("embed", "mlp"), (64, 6), rules, mesh) == P("fsdp")  # 6 % 4
+    assert logical_to_spec(("something_new", "embed"), (8, 64), rules, mesh) == P(None, "fsdp")
+    assert logical_to_spec(("mlp", "heads"), (8, 8), rules, mesh) == P("tensor")  # tensor used once
+    assert logical_to_spec(None, (8,), rules, mesh) == P()
+    both = rules_from_config([("embed", ("data", "fsdp"))])
+    assert logical_to_spec(("embed",), (8,), both, make_mesh({"data": 4, "fsdp": 2})) == P(("data", "fsdp"))
+
+
+def test_distributed_detection_order():
+    detect = distributed.detect
+    assert detect(environ={}).source == "single"
+    env = {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "2"}
+    assert detect(environ=env) == distributed.DistributedSetup("env", "h:1", 4, 2)
+    assert detect("c:2", 2, 1, environ=env).source == "explicit"
+    assert detect(environ={"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}).source == "slurm"
+    assert detect(environ={"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}).source == "single"
+    assert detect(environ={"TPU_WORKER_HOSTNAMES": "a,b"}).source == "tpu"
+    with pytest.raises(ValueError, match="JAX_NUM_PROCESSES"):
+        detect(environ={"JAX_COORDINATOR_ADDRESS": "h:1"})
+    with pytest.raises(ValueError, match="needs num_processes"):
+        detect("c:2", environ={})
+
+
+def test_config_overrides_are_typed():
+    config = load_config(str(CONFIGS / "jasper_paper.py"), ["stages.stage3.lr=1e-5", "mesh.fsdp=4", "model.remat=false",
+                                                    "stages.stage1.trainable=('a/.*', 'b/.*')",
+                                                    "data.shuffle_seed=7"])
+    assert config.stages.stage3.lr == 1e-5 and config.mesh.fsdp == 4 and config.model.remat is False
+    assert config.stages.stage1.trainable == ("a/.*", "b/.*") and config.data.shuffle_seed == 7
+    assert config.stages.stage4.available is False
+    with pytest.raises(KeyError, match="no field 'lrr'"):
+        apply_override(config, "stages.stage3.lrr=1")
+    with pytest.raises(ValueError, match="true/false"):
+        apply_override(config, "model.remat=maybe")
+
+
+def test_cli_collects_config_overrides_anywhere():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--config", "configs/tiny.py", "--config.workdir=/tmp/x", "--stages", "1,3",
+                              "--config.seed", "5"])
+    assert args.config == "configs/tiny.py" and parse_stages(args.stages) == [1, 3]
+    assert args.config_overrides == ["config.workdir=/tmp/x", "config.seed=5"]
+
+
+def test_every_config_loads():
+    for name in ("tiny", "minilm_demo", "jasper_paper"):
+        config = load_config(str(CONFIGS / f"{name}.py"))
+        assert config.stages.stage1.heads.fc1 > 0 and config.workdir
