@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from flax.core import meta as flax_meta
+from flax.core import spmd as flax_spmd
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -26,12 +27,14 @@ default_kernel_init = nnx.initializers.normal(stddev=0.02)
 
 
 def parameter_context():
-    """Creation context: without a mesh, record the logical names as metadata only (no eager sharding).
+    """Creation context: record the logical names as metadata only, unless they can be placed right away.
 
-    Flax 0.12 shards variables eagerly when they carry sharding metadata, which needs a mesh; our names
-    are logical (mapped to mesh axes by the trainer's rule table), so outside a mesh we switch it off.
+    Flax 0.12 shards variables eagerly when they carry sharding metadata, which needs a mesh and, for our
+    logical names, a rule table mapping them to mesh axes. Under `jax.set_mesh(mesh)` together with
+    `nnx.logical_axis_rules(rules)` parameters are created sharded; otherwise eager sharding is switched off
+    for the construction and the trainer places parameters itself (nnx.get_partition_spec + its rules).
     """
-    if flax_meta.get_global_mesh() is None:
+    if flax_meta.get_global_mesh() is None or not flax_spmd.get_logical_axis_rules():
         return nnx.use_eager_sharding(False)
     return contextlib.nullcontext()
 
