@@ -12,8 +12,8 @@ With fewer than one valid row (cosine), or fewer than two pairs (relative simila
 The relative-similarity loss compares every pair of in-batch pairs: P = B(B-1)/2 pairs and C(P, 2) pairs
 of pairs (3.3e7 at B=128, 3.5e13 at B=4096). Ordering the pairs by the teacher turns it into a
 margin-shifted inversion sum, which is computed exactly either densely in row blocks (small batches) or
-by a bottom-up merge over sorted blocks in O(P log^2 P) (large global batches); both give the same value
-and the same (exact, count-based) gradient.
+by divide and conquer over positions after one sort by value, in O(P log P) (large global batches); both
+give the same value and the same (exact, count-based) gradient.
 
 Example:
     >>> import jax, jax.numpy as jnp
@@ -218,43 +218,59 @@ def _dense_stats(left: Array, right: Array) -> tuple[Array, Array, Array]:
 
 
 def _merge_stats(left: Array, right: Array) -> tuple[Array, Array, Array]:
-    """Bottom-up merge: at each level, every earlier half-block meets its later half-block.
+    """Divide and conquer over positions, after a single sort by value: O(P log P), no sort per level.
 
-    For a later element j, the earlier elements that beat it (left_i > right_j) form a suffix of the
-    earlier half sorted ascending: a binary search gives their count and a reversed cumulative sum their
-    total. For an earlier element i, a binary search in the sorted later half counts those it beats.
-    Sorting costs O(P log P) per level and there are log2 P levels. Padding uses -BIG / +BIG, which
-    never compare as active, so padded and masked entries contribute nothing.
+    Every position p gives two items: a left-role item (value left_p) and a right-role item (right_p).
+    All 2P items are sorted once by value (ties: left-role first, so equal values never count as
+    left_i > right_j). Level by level, from the whole range down to single positions, the items are kept
+    ordered by (segment, value) where a segment holds the items of 2h consecutive positions; within a
+    segment, a right-role item j of the later half is beaten by exactly the left-role items of the earlier
+    half that come after it in value order (a reversed cumulative count and sum give their number and
+    total), and a left-role item i of the earlier half beats the right-role items of the later half that
+    come before it. A stable partition by the half bit (cumulative counts and one scatter, no comparisons)
+    then yields the order for the next level. Padding and masked entries carry -BIG / +BIG and never
+    compare as active.
     """
     pairs = left.shape[0]
-    size = 1 << max(0, (pairs - 1).bit_length())
-    left = _pad_to(left, size, -_BIG)
-    right = _pad_to(right, size, _BIG)
+    size = max(2, 1 << max(0, (pairs - 1).bit_length()))
+    values = jnp.concatenate([_pad_to(left, size, -_BIG), _pad_to(right, size, _BIG)])
+    item = jnp.argsort(values, stable=True).astype(jnp.int32)  # items < size are left-role
+    value = values[item]
+    coefficient = jnp.zeros((2 * size,), jnp.float32)  # count as left (>=0) or minus count as right
     total = jnp.zeros((), jnp.float32)
-    as_left = jnp.zeros((size,), jnp.float32)
-    as_right = jnp.zeros((size,), jnp.float32)
-    half = 1
-    while half < size:
-        left_blocks = left.reshape(-1, 2, half)
-        right_blocks = right.reshape(-1, 2, half)
-        earlier_sorted = jnp.sort(left_blocks[:, 0], axis=-1)  # (blocks, half), ascending
-        later = right_blocks[:, 1]
-        # Earlier elements with left_i > right_j are a suffix of earlier_sorted starting at `first_beating`.
-        first_beating = jax.vmap(partial(jnp.searchsorted, side="right"))(earlier_sorted, later)
-        beaten_by = (half - first_beating).astype(jnp.float32)
-        suffix_sums = jnp.concatenate(
-            [jnp.cumsum(earlier_sorted[:, ::-1], axis=-1)[:, ::-1], jnp.zeros_like(earlier_sorted[:, :1])],
-            axis=-1,
-        )
-        beating_total = jnp.take_along_axis(suffix_sums, first_beating, axis=-1)
-        total = total + jnp.sum(beating_total - jnp.where(beaten_by > 0, beaten_by * later, 0.0))
-        later_sorted = jnp.sort(later, axis=-1)
-        beats = jax.vmap(partial(jnp.searchsorted, side="left"))(later_sorted, left_blocks[:, 0])
-        zeros = jnp.zeros_like(beaten_by)
-        as_left = as_left + jnp.stack([beats.astype(jnp.float32), zeros], axis=1).reshape(-1)
-        as_right = as_right + jnp.stack([zeros, beaten_by], axis=1).reshape(-1)
-        half *= 2
-    return total, as_left[:pairs], as_right[:pairs]
+    half = size // 2
+    while half >= 1:
+        segment = 4 * half  # items of 2 * half positions, two items per position
+        is_left_role = item < size
+        position = jnp.where(is_left_role, item, item - size)
+        in_later_half = (position // half) % 2 == 1
+        earlier_left = (is_left_role & ~in_later_half).reshape(-1, segment)
+        later_right = (~is_left_role & in_later_half).reshape(-1, segment)
+        segment_value = value.reshape(-1, segment)
+
+        def suffix_sum(x):
+            return jnp.cumsum(x[:, ::-1], axis=1)[:, ::-1]
+
+        beaten_by = suffix_sum(earlier_left.astype(jnp.float32))  # earlier-half left items after it
+        beating_total = suffix_sum(jnp.where(earlier_left, segment_value, 0.0))
+        gaps = jnp.where(later_right, beating_total - jnp.where(later_right, beaten_by * segment_value, 0.0), 0.0)
+        total = total + jnp.sum(gaps)
+        beats = jnp.cumsum(later_right.astype(jnp.float32), axis=1)  # later-half right items before it
+        coefficient = coefficient + jnp.where(
+            earlier_left, beats, jnp.where(later_right, -beaten_by, 0.0)
+        ).reshape(-1)
+        if half > 1:  # stable partition of every segment into its earlier and later half
+            bit = in_later_half.reshape(-1, segment).astype(jnp.int32)
+            ones_before = jnp.cumsum(bit, axis=1) - bit
+            zeros_before = jnp.arange(segment, dtype=jnp.int32)[None, :] - ones_before
+            start = (jnp.arange(bit.shape[0], dtype=jnp.int32) * segment)[:, None]
+            target = (start + jnp.where(bit == 1, segment // 2 + ones_before, zeros_before)).reshape(-1)
+            value, item, coefficient = (
+                jnp.zeros_like(x).at[target].set(x, unique_indices=True) for x in (value, item, coefficient)
+            )
+        half //= 2
+    by_item = jnp.zeros_like(coefficient).at[item].set(coefficient, unique_indices=True)
+    return total, by_item[:pairs], -by_item[size : size + pairs]
 
 
 _inversion_sum_dense = _make_inversion_sum(_dense_stats)
