@@ -66,7 +66,10 @@ def compile_stage_step(config, stage_number: int, *, batch_size: int = 0, length
     rules = sharding_lib.rules_from_config(config.sharding_rules)
     shardings = step_lib.step_shardings(mesh, rules, abstract_state, frozen, rest)
     objective = step_lib.objective_from_config(loop.objective_config(config, stage))
-    step_fn = step_lib.train_step_fn(graphdef, tx, objective, schedule, deterministic=student_config.vector_dropout == 0)
+    step_fn = step_lib.train_step_fn(
+        graphdef, tx, objective, schedule, deterministic=student_config.vector_dropout == 0,
+        activation_sharding=sharding_lib.activation_sharding(mesh, config.activation_sharding),
+    )
     jitted = step_lib.jit_train_step(step_fn, shardings, mesh)
 
     batch = batch_size or int(stage.batch_size)

@@ -55,6 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.seed = 666
     config.mesh = dict(data=-1, fsdp=1, tensor=1)
     config.sharding_rules = tuple((name, axes) for name, axes in DEFAULT_RULES)
+    config.activation_sharding = True  # pin encoder-layer inputs to batch sharding (see step.py)
     config.distributed = dict(coordinator_address="", num_processes=0, process_id=-1)
     config.model = dict(
         source="random",

@@ -383,7 +383,8 @@ def run_stage(config: ml_collections.ConfigDict, number: int, mesh: jax.sharding
     rest = step_lib.place(rest, shardings.rest)
     objective = step_lib.objective_from_config(objective_config(config, stage))
     step_fn = step_lib.jit_train_step(
-        step_lib.train_step_fn(graphdef, tx, objective, schedule, deterministic=student_config.vector_dropout == 0),
+        step_lib.train_step_fn(graphdef, tx, objective, schedule, deterministic=student_config.vector_dropout == 0,
+                               activation_sharding=sharding_lib.activation_sharding(mesh, config.activation_sharding)),
         shardings, mesh,
     )
     metadata = {

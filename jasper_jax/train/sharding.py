@@ -146,3 +146,8 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+def activation_sharding(mesh: Mesh, enabled: bool = True) -> NamedSharding | None:
+    """The sharding encoder-layer inputs are pinned to (batch axes), or None when disabled."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES)) if enabled else None

@@ -23,7 +23,8 @@ def build(mesh_sizes, devices, patterns=(".*",), dropout=0.0, steps=10):
     mesh = make_mesh(mesh_sizes, devices)
     rules = sharding_lib.rules_from_config(None)
     shardings = step_lib.step_shardings(mesh, rules, state, frozen, rest)
-    fn = step_lib.train_step_fn(graphdef, tx, simple_objective, schedule, deterministic=dropout == 0.0)
+    fn = step_lib.train_step_fn(graphdef, tx, simple_objective, schedule, deterministic=dropout == 0.0,
+                                activation_sharding=sharding_lib.activation_sharding(mesh))
     step = step_lib.jit_train_step(fn, shardings, mesh)
     state = step_lib.place(state, shardings.state)
     frozen = step_lib.place(frozen, shardings.frozen)
