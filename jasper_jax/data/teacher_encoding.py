@@ -78,10 +78,17 @@ def load_encoder(spec: TeacherSpec, *, batch_size: int = 64, max_length: int = 5
 
         return encode_torch
     if backend == "jax":
-        from jasper_jax.encode import encode_texts  # written by the encoders issue; imported lazily
+        from jasper_jax.encode import encode_texts  # the encoders issue's JAX path; imported lazily
+
+        try:  # load (and jit) once for all shards; encode_texts caches its compiled encoder on the LoadedModel
+            from jasper_jax.convert import load_model_folder
+
+            model = load_model_folder(spec.path)
+        except ImportError:
+            model = spec.path
 
         def encode_jax(texts: list[str]) -> np.ndarray:
-            return np.asarray(encode_texts(spec.path, texts, prompt=spec.prompt, max_length=max_length,
+            return np.asarray(encode_texts(model, texts, prompt=spec.prompt, max_length=max_length,
                                            batch_size=batch_size, progress=False), dtype=np.float32)
 
         return encode_jax
