@@ -93,3 +93,28 @@ def test_export_files(exported):
     if family == "qwen2":
         assert config["auto_map"]["AutoModel"] == "modeling_jasper_qwen2.BidirectionalQwen2Model"
     assert json.loads((out / "2_JasperHeads" / "config.json").read_text())["heads"] == HEADS
+
+
+def test_export_command_from_a_sentence_transformers_folder(tmp_path):
+    """`jasper-jax export --checkpoint MiniLM --out DIR`: a head-less student exports as Transformer, Pooling,
+    Normalize and sentence-transformers gives the original model's vectors."""
+    from sentence_transformers import SentenceTransformer
+
+    from jasper_jax import cli
+
+    out = tmp_path / "minilm"
+    assert cli.main(["export", "--checkpoint", str(MINILM), "--out", str(out)]) == 0
+    modules = json.loads((out / "modules.json").read_text())
+    assert [m["path"] for m in modules] == ["", "1_Pooling", "2_Normalize"]
+    exported = SentenceTransformer(str(out), trust_remote_code=True, device="cpu").encode(TEXTS)
+    original = SentenceTransformer(str(MINILM), device="cpu").encode(TEXTS)
+    np.testing.assert_allclose(exported, original, atol=1e-6)
+    np.testing.assert_allclose(encode_texts(out, TEXTS, progress=False), original, atol=1e-5)
+
+
+def test_export_command_refuses_a_training_checkpoint(tmp_path):
+    from jasper_jax import cli
+
+    (tmp_path / "ckpt" / "1").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="arrives with the trainer"):
+        cli.main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out")])
