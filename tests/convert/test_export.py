@@ -112,9 +112,40 @@ def test_export_command_from_a_sentence_transformers_folder(tmp_path):
     np.testing.assert_allclose(encode_texts(out, TEXTS, progress=False), original, atol=1e-5)
 
 
-def test_export_command_refuses_a_training_checkpoint(tmp_path):
+def test_export_command_rejects_a_folder_that_is_neither_model_nor_checkpoint(tmp_path):
     from jasper_jax import cli
 
     (tmp_path / "ckpt" / "1").mkdir(parents=True)
-    with pytest.raises(SystemExit, match="arrives with the trainer"):
+    with pytest.raises(FileNotFoundError, match="nor a training checkpoint"):
         cli.main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out")])
+
+
+def test_export_command_from_a_training_checkpoint(tmp_path):
+    """A checkpoint written by the trainer's StageCheckpointer exports like the model it holds."""
+    import jax.numpy as jnp
+
+    from jasper_jax import cli
+    from jasper_jax.train.checkpoint import StageCheckpointer
+    from jasper_jax.train.step import TrainState
+
+    loaded = load_model_folder(MINILM, heads={"fc1": 24, "fc2": 8}, rngs=nnx.Rngs(3))
+    params = nnx.state(loaded.model, nnx.Param)
+    trainable = nnx.filter_state(params, lambda path, _: path[0] == "heads")
+    frozen = nnx.filter_state(params, lambda path, _: path[0] != "heads")
+    zero = jnp.asarray(0, jnp.int32)
+    state = TrainState(step=zero, params=trainable, opt_state={}, nonfinite_consecutive=zero, nonfinite_total=zero)
+    workdir = tmp_path / "work"
+    checkpointer = StageCheckpointer(workdir / "stage1" / "checkpoints", every=1, keep=2, async_save=False)
+    metadata = {"stage": 1, "student_config": loaded.config.to_dict(), "config": {"model": {"source": "minilm"}}}
+    checkpointer.save(7, state, frozen, None, metadata)
+    checkpointer.close()
+
+    out = tmp_path / "out"
+    assert cli.main(["export", "--checkpoint", str(workdir), "--out", str(out), "--head", "fc2"]) == 0
+    again = load_model_folder(out)
+    assert again.config == loaded.config and again.default_head == "fc2"
+    before, after = flat_params(loaded.model), flat_params(again.model)
+    assert all(np.array_equal(before[key], after[key]) for key in before)
+    np.testing.assert_allclose(
+        encode_texts(out, TEXTS, progress=False), encode_texts(loaded, TEXTS, head="fc2", progress=False), atol=1e-6
+    )
