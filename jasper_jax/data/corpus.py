@@ -178,12 +178,16 @@ def read_exclusions(paths: Sequence[str]) -> set[bytes]:
 
 
 def _source_texts(source: SourceSpec, index: int, quota: int | None, config: CorpusConfig, excluded: set[bytes],
-                  seen: set[bytes], stats: dict[str, int]) -> list[list[str]]:
+                  seen: set[bytes], stats: dict[str, int], progress: bool = False) -> list[list[str]]:
     """Texts of one source grouped by document, up to `quota` texts."""
+    from tqdm import tqdm
+
     rng = random.Random(f"{config.seed}:{index}:{source.label}")
     documents: list[list[str]] = []
     total = 0
-    for document in read_documents(source):
+    bar = tqdm(read_documents(source), desc=f"corpus {source.label}", unit="doc", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True)
+    for document in bar:
         if quota is not None and total >= quota:
             break
         stats["documents"] += 1
@@ -223,14 +227,16 @@ def _source_texts(source: SourceSpec, index: int, quota: int | None, config: Cor
         if kept:
             documents.append(kept)
             total += len(kept)
+    bar.close()
     stats["texts"] = total
     if quota is not None and total < quota:
         stats["short_of_quota"] = quota - total
     return documents
 
 
-def build_corpus(sources: Sequence[SourceSpec], config: CorpusConfig) -> tuple[list[tuple[str, str]], dict[str, Any]]:
-    """(text, source label) rows of the corpus, in output order, and the stats."""
+def build_corpus(sources: Sequence[SourceSpec], config: CorpusConfig,
+                 progress: bool = False) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+    """(text, source label) rows of the corpus, in output order, and the stats (progress bars on stderr)."""
     if not sources:
         raise ValueError("no --source given")
     if len({s.label for s in sources}) != len(sources):
@@ -248,7 +254,7 @@ def build_corpus(sources: Sequence[SourceSpec], config: CorpusConfig) -> tuple[l
     for index, (source, quota) in enumerate(zip(sources, quotas)):
         counts = dict.fromkeys(("documents", "excluded", "chunked_documents", "chunks", "too_short", "too_long",
                                 "duplicates", "word_shuffled", "texts"), 0)
-        per_source.append(_source_texts(source, index, quota, config, excluded, seen, counts))
+        per_source.append(_source_texts(source, index, quota, config, excluded, seen, counts, progress))
         stats[source.label] = {"quota": quota, **counts}
     # interleave document by document, weighted by the texts each source has left
     rng = random.Random(f"{config.seed}:mix")

@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--min-chars", type=int, default=10)
     build.add_argument("--max-chars", type=int, default=50_000)
     build.add_argument("--no-dedupe", action="store_true")
+    build.add_argument("--no-progress", action="store_true")
     build.add_argument("--exclude", action="append", default=[],
                        help="held-out texts that must never enter (.txt one per line, or .jsonl/.csv/.parquet)")
 
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
                               max_chunk_sentences=args.max_chunk_sentences,
                               shuffle_words_fraction=args.shuffle_words_fraction, min_chars=args.min_chars,
                               max_chars=args.max_chars, dedupe=not args.no_dedupe, exclude=list(args.exclude))
-        rows, summary = build_corpus(sources, config)
+        rows, summary = build_corpus(sources, config, progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

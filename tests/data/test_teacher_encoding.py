@@ -125,7 +125,7 @@ KILL_SCRIPT = textwrap.dedent(
     def slow(spec):
         encoder = base(spec)
         def encode(texts):
-            time.sleep({delay})
+            time.sleep(0.05 if spec.name == "a" else 0.4)  # the kill lands while teacher b runs
             return encoder(texts)
         return encode
     encode_store(sample_texts(40), sys.argv[1], [TeacherSpec("a", "/fake/a"), TeacherSpec("b", "/fake/b")],
@@ -140,7 +140,7 @@ def test_sigkill_mid_encoding_then_resume_gives_identical_store(tmp_path):
     encode_store(texts, tmp_path / "whole", specs, shard_rows=4, encoder_factory=fake_factory({"a": 8, "b": 4}),
                  progress=False)
     script = tmp_path / "encode.py"
-    script.write_text(KILL_SCRIPT.format(helpers=str(Path(__file__).parent), delay=0.15))
+    script.write_text(KILL_SCRIPT.format(helpers=str(Path(__file__).parent)))
     env = dict(os.environ, PYTHONPATH=str(REPO))
     out = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, str(script), str(out)], env=env)
