@@ -74,6 +74,11 @@ def run(args: argparse.Namespace) -> int:
         try:
             specs = specs_from_arguments(args.teacher, args.name, args.prompt, args.backend)
             texts = read_corpus(args.corpus, args.field)
+            empty = [row for row, text in enumerate(texts) if not text.strip()]
+            if empty:
+                shown = ", ".join(map(str, empty[:5])) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+                raise ValueError(f"{args.corpus}: empty text in row(s) {shown} (0-based): remove them (e.g. with "
+                                 "`jasper-jax corpus build`) before encoding; nothing was encoded.")
             encode_store(texts, args.out, specs, dtype=args.dtype, shard_rows=args.shard_rows,
                          batch_size=args.batch_size, max_length=args.max_length, progress=not args.no_progress)
         except (ValueError, FileNotFoundError) as error:

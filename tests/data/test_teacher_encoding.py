@@ -244,3 +244,13 @@ def test_jax_path_matches_sentence_transformers(tmp_path, minilm_path):
     encode_store(texts, tmp_path / "store", specs, dtype="float32", shard_rows=2, progress=False)
     expected = normalise(SentenceTransformer(minilm_path, device="cpu").encode(texts))
     np.testing.assert_allclose(TeacherStore(tmp_path / "store").teacher_vectors(range(3)), expected, atol=1e-4)
+
+
+def test_cli_encode_refuses_empty_texts_before_encoding(tmp_path, capsys):
+    from jasper_jax.cli import main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a text\n\nanother\n  \n")
+    code = main(["teachers", "encode", "--corpus", str(corpus), "--teacher", "/nowhere", "--out", str(tmp_path / "s")])
+    assert code == 1 and not (tmp_path / "s").exists()
+    assert "empty text in row(s) 1, 3 (0-based)" in capsys.readouterr().err
