@@ -149,3 +149,23 @@ def test_export_command_from_a_training_checkpoint(tmp_path):
     np.testing.assert_allclose(
         encode_texts(out, TEXTS, progress=False), encode_texts(loaded, TEXTS, head="fc2", progress=False), atol=1e-6
     )
+
+
+def test_causal_qwen2_exports_as_plain_qwen2model(qwen2_folder, tmp_path):
+    from transformers import AutoModel, AutoTokenizer
+
+    source, reference = qwen2_folder
+    loaded = load_model_folder(source, heads={"fc1": 8}, causal=True)
+    export_model(loaded.model, loaded.config, loaded.tokenizer_folder, tmp_path)
+    assert not (tmp_path / "modeling_jasper_qwen2.py").exists()
+    assert load_model_folder(tmp_path).config.encoder.causal
+    model = AutoModel.from_pretrained(str(tmp_path), local_files_only=True).eval()
+    assert type(model).__name__ == "Qwen2Model"
+    batch = AutoTokenizer.from_pretrained(str(tmp_path), local_files_only=True)(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state.numpy()
+        expected = reference(**batch).last_hidden_state.numpy()
+    ours = np.asarray(loaded.model.encoder(batch["input_ids"].numpy().astype(np.int32), batch["attention_mask"].numpy().astype(np.int32)))
+    valid = batch["attention_mask"].numpy().astype(bool)
+    assert np.abs(hidden - expected).max() < 1e-5  # same weights (sdpa vs eager attention)
+    assert np.abs(ours[valid] - expected[valid]).max() < 1e-5
