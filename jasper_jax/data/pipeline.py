@@ -13,7 +13,8 @@ How a step is made (a Grain `MapDataset` of global batches of row indices):
 1. rows 0..N-1 -> seeded shuffle, re-drawn every epoch (or no shuffle: the official default, so that
    neighbouring texts, e.g. chunks of one document, share batches) -> repeated for `num_epochs` (None:
    forever) -> global batches of `global_batch_size` row indices. The order depends only on the store,
-   the seed and B: never on the number of hosts, so a run may resume on a different host count.
+   the seed and B, never on the number of hosts (every host's saved state is the same; Grain's Orbax
+   handler still writes one file per process, so restoring through it needs the same process count).
 2. each host takes its contiguous slice of the global batch (the rows its devices hold in the sharding)
    and reads only those rows' teacher vectors (the bulk of the data: D float16s per row);
 3. it tokenises (fast, batched, with the query prompt) the texts of the WHOLE global batch, so that every
@@ -176,6 +177,7 @@ def make_train_iterator(
 ) -> TrainBatchIterator:
     """The training iterator over `store` (see the module docstring for what it yields and how to save it).
 
+    `mesh`: the training mesh (batches become global jax.Arrays); None = this host's numpy batches.
     `tokenizer`: a `TextTokenizer` or a folder with tokenizer.json (loaded with `max_length`).
     `shuffle_seed`: None = the store's order (official default); an int = a seeded shuffle per epoch.
     `num_epochs`: None = repeat forever; otherwise the last partial batch is padded with `row_mask` False.
