@@ -7,7 +7,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from jasper_jax.data.teacher_encoding import TeacherSpec, encode_store
+from jasper_jax.data.teacher_encoding import TeacherSpec
 
 
 def fake_vectors(texts: list[str], dim: int, salt: str = "") -> np.ndarray:
