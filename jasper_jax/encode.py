@@ -78,7 +78,23 @@ def _loaded(model_path_or_model, tokenizer) -> LoadedModel:
         folder = tokenizer if not isinstance(tokenizer, TextTokenizer) else Path(".")
         default = next(iter(model_path_or_model.config.heads), POOLED)
         return LoadedModel(model_path_or_model, model_path_or_model.config, Path(folder), default_head=default)
-    return load_model_folder(model_path_or_model)
+    return load_any(model_path_or_model)
+
+
+def load_any(path: str | Path, compute_dtype: str | None = None) -> LoadedModel:
+    """A model folder (`load_model_folder`) or a trainer checkpoint (its tokenizer from the training config)."""
+    from jasper_jax.convert.export import is_model_folder
+
+    path = Path(path)
+    if not path.is_dir() or is_model_folder(path):
+        return load_model_folder(path, compute_dtype=compute_dtype)
+    from jasper_jax.convert.export import load_checkpoint, tokenizer_from_training_config
+
+    model, config, metadata = load_checkpoint(path)
+    tokenizer = tokenizer_from_training_config(metadata.get("config", {}))
+    if tokenizer is None:
+        raise FileNotFoundError(f"no tokenizer for checkpoint {path}: its training config names no folder with tokenizer.json")
+    return LoadedModel(model, config, tokenizer, default_head=next(iter(config.heads), POOLED))
 
 
 def encode_texts(
@@ -94,7 +110,8 @@ def encode_texts(
 ) -> np.ndarray:
     """Embed `texts`: float32 (N, d), rows L2-normalised, in input order.
 
-    `model_path_or_model`: a model folder (see `jasper_jax.convert.load_model`), a `LoadedModel`, or a
+    `model_path_or_model`: a model folder (see `jasper_jax.convert.load_model`) or a trainer checkpoint
+    directory, a `LoadedModel`, or a
     `JasperStudent` together with `tokenizer`. `max_length` is capped by the model's own max_seq_length."""
     loaded = _loaded(model_path_or_model, tokenizer)
     name, truncate_dim = parse_head(head, loaded.model, loaded.default_head)
@@ -144,7 +161,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     texts = Path(args.input).read_text(encoding="utf-8").splitlines()
-    loaded = load_model_folder(args.model, compute_dtype=args.dtype)
+    loaded = load_any(args.model, compute_dtype=args.dtype)
     vectors = encode_texts(
         loaded, texts, head=args.head, prompt=args.prompt or "", max_length=args.max_length,
         batch_size=args.batch_size, progress=not args.no_progress,

@@ -147,7 +147,8 @@ def _checkpoint_location(path: Path) -> tuple[Path, int | None]:
     )
 
 
-def _tokenizer_from_training_config(config: dict) -> Path | None:
+def tokenizer_from_training_config(config: dict) -> Path | None:
+    """The tokenizer folder a training config points at (data.tokenizer, model.source, workdir/data/tokenizer)."""
     candidates = [config.get("data", {}).get("tokenizer"), config.get("model", {}).get("source")]
     workdir = config.get("workdir")
     if workdir:
@@ -160,6 +161,11 @@ def _tokenizer_from_training_config(config: dict) -> Path | None:
         if candidate and candidate != "random" and (Path(candidate) / "tokenizer.json").exists():
             return Path(candidate)
     return None
+
+
+def is_model_folder(path: Path) -> bool:
+    """Whether `path` is a Hugging Face / sentence-transformers folder (as opposed to a training checkpoint)."""
+    return (Path(path) / "config.json").exists() or (Path(path) / "modules.json").exists()
 
 
 def load_checkpoint(checkpoint: str | Path, *, step: int | None = None) -> tuple[JasperStudent, StudentConfig, dict]:
@@ -218,7 +224,7 @@ def export_checkpoint(
 ) -> Path:
     """Export a trainer checkpoint; the tokenizer comes from `tokenizer_folder` or the training config."""
     model, config, metadata = load_checkpoint(checkpoint, step=step)
-    tokenizer = Path(tokenizer_folder) if tokenizer_folder else _tokenizer_from_training_config(metadata.get("config", {}))
+    tokenizer = Path(tokenizer_folder) if tokenizer_folder else tokenizer_from_training_config(metadata.get("config", {}))
     if tokenizer is None:
         raise FileNotFoundError(
             f"no tokenizer for checkpoint {checkpoint}: the training config names none with a tokenizer.json; "
@@ -242,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint)
     if not checkpoint.exists():
         raise SystemExit(f"jasper-jax export: {checkpoint} does not exist")
-    if (checkpoint / "config.json").exists() or (checkpoint / "modules.json").exists():
+    if is_model_folder(checkpoint):
         loaded = load_model_folder(checkpoint)
         out = export_model(
             loaded.model, loaded.config, args.tokenizer or loaded.tokenizer_folder, args.out,
