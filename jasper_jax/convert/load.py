@@ -35,6 +35,7 @@ class LoadedModel:
     max_seq_length: int | None = None
     prompts: dict[str, str] = dataclasses.field(default_factory=dict)
     default_head: str = POOLED
+    _jitted: object = dataclasses.field(default=None, repr=False, compare=False)  # encode's compiled model
 
 
 @dataclasses.dataclass
@@ -63,14 +64,22 @@ def assign_params(model: nnx.Module, values: dict[str, np.ndarray]) -> None:
     nnx.update(model, nnx.from_flat_state(flat))
 
 
+# sentence-transformers < 3 wrote one boolean per mode instead of `pooling_mode`
+_POOLING_FLAGS = {
+    "pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_lasttoken": "lasttoken",
+    "pooling_mode_max_tokens": "max", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+}
+
+
 def _pooling_mode(folder: Path) -> str:
+    """Our pooling name from a sentence-transformers Pooling config (new or old format)."""
     config = read_json(folder / "config.json")
     mode = config.get("pooling_mode")
     if mode is None:
-        flags = [name for name in ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens", "lasttoken")
-                 if config.get(f"pooling_mode_{name}")]
-        mode = {"cls_token": "cls", "mean_tokens": "mean", "lasttoken": "lasttoken"}.get(flags[0], flags[0]) if len(flags) == 1 else "+".join(flags)
-    if isinstance(mode, list) or mode not in POOLING_FROM_ST:
+        modes = [name for flag, name in _POOLING_FLAGS.items() if config.get(flag)]
+        mode = modes[0] if len(modes) == 1 else "+".join(modes) or "none"
+    if not isinstance(mode, str) or mode not in POOLING_FROM_ST:
         raise ConversionError(f"{folder}: pooling mode {mode!r} is not supported; supported: {sorted(POOLING_FROM_ST)}")
     return POOLING_FROM_ST[mode]
 

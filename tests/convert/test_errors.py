@@ -110,3 +110,15 @@ def test_unknown_head_lists_the_heads():
     loaded = load_model_folder(MINILM, heads={"fc1": 8})
     with pytest.raises(ValueError, match="unknown head 'fc9'; this model has: fc1, pooled"):
         encode_texts(loaded, ["hello"], head="fc9", progress=False)
+
+
+def test_unsupported_pooling_is_named(tmp_path):
+    folder = tmp_path / "st"
+    (folder / "1_Pooling").mkdir(parents=True)
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]))
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_max_tokens": True}))
+    with pytest.raises(ConversionError, match="pooling mode 'max' is not supported"):
+        load_model(folder)
