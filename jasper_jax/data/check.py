@@ -110,11 +110,15 @@ def _size_problem(file: Path, size: int, rows: int, dim: int, dtype: str, teache
 
 
 def _scan_vectors(file: Path, rows: int, dim: int, dtype: str, first_row: int, teacher: str,
-                  hash_it: bool, check_values: bool) -> tuple[list[str], str | None]:
-    """One read of a shard file: (NaN/Inf/all-zero problems, sha256 or None). Memory: SCAN_ROWS rows at a time."""
+                  hash_it: bool, check_values: bool, columns: tuple[int, int] | None = None) -> tuple[list[str], str | None]:
+    """One read of a shard file: (NaN/Inf/all-zero problems, sha256 or None). Memory: SCAN_ROWS rows at a time.
+
+    `dim` is the file's row width; `columns` restricts the value checks to one teacher's columns (wrapped files).
+    """
     nan, inf, zero = [], [], []
     digest = hashlib.sha256() if hash_it else None
     row_bytes = dim * np.dtype(dtype).itemsize
+    first_column, last_column = columns or (0, dim)
     with open(file, "rb") as handle:
         start = 0
         while start < rows:
@@ -122,7 +126,8 @@ def _scan_vectors(file: Path, rows: int, dim: int, dtype: str, first_row: int, t
             if digest is not None:
                 digest.update(chunk)
             if check_values:
-                block = np.frombuffer(chunk, dtype=dtype).reshape(-1, dim).astype(np.float32)
+                block = np.frombuffer(chunk, dtype=dtype).reshape(-1, dim)[:, first_column:last_column]
+                block = block.astype(np.float32)
                 numbers = first_row + start + np.arange(block.shape[0])
                 has_nan = np.isnan(block).any(axis=1)
                 nan.extend(numbers[has_nan].tolist())
@@ -175,18 +180,20 @@ def check_store(path: str | Path, expected_teachers: Sequence[str] | Sequence[di
         for shard in teacher["shards"]:
             file = path / shard["file"]
             count = int(shard["rows"])
+            width, column = int(shard.get("row_width", dim)), int(shard.get("column", 0))  # wrapped files
             if not file.exists():
                 problems.append(f"{file}: missing ({name!r}, store rows {first_row}-{first_row + count - 1}). "
                                 "Re-run `jasper-jax teachers encode` into a fresh store.")
             else:
-                size_problem = _size_problem(file, file.stat().st_size, count, dim, dtype, name)
+                size_problem = _size_problem(file, file.stat().st_size, count, width, dtype, name)
                 if size_problem and "mix-up" in size_problem:
                     mixups.append((file, size_problem))
                 elif size_problem:
                     problems.append(size_problem)
                 elif count and dim and (verify_checksums or check_values):
                     hash_it = verify_checksums and bool(shard.get("sha256"))
-                    found, sha = _scan_vectors(file, count, dim, dtype, first_row, name, hash_it, check_values)
+                    found, sha = _scan_vectors(file, count, width, dtype, first_row, name, hash_it, check_values,
+                                               (column, column + dim))
                     if hash_it and sha != shard["sha256"]:
                         problems.append(f"{file}: sha256 differs from manifest.json: the vectors changed after "
                                         "encoding. Restore the file or re-encode the store.")

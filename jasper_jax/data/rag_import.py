@@ -4,7 +4,8 @@ The official code stores a float32 `np.memmap` of shape (N, D) with no header, t
 column-wise, next to `<name>.text.jsonl` with one `{"query": text}` per row in the same order (PAPER.md,
 "Data"). `import_rag` validates the pair before writing anything (row counts, the size of the vector file
 against N x D x 4 bytes, naming the float16/float32 mix-up), then copies the vectors shard by shard into
-a store (one teacher per column block given by `teacher_dims`) and the texts into texts.jsonl.
+a store (one teacher per column block given by `teacher_dims`) and the texts into texts.jsonl; or, with
+`wrap=True`, leaves the vectors where they are and points the store at them (no 400 GB copy at paper scale).
 """
 
 from __future__ import annotations
@@ -58,11 +59,15 @@ def vector_file_problem(path: str | Path, rows: int, dim: int, dtype: str = "flo
 
 def import_rag(vectors: str | Path, texts: str | Path, dim: int, out: str | Path, *,
                teacher_dims: Sequence[int] | None = None, names: Sequence[str] | None = None,
-               source_dtype: str = "float32", dtype: str = "float32", shard_rows: int = 16384) -> dict[str, Any]:
-    """Copy the official (vectors, text.jsonl) pair into a new store at `out`; returns the manifest.
+               source_dtype: str = "float32", dtype: str = "float32", shard_rows: int = 16384,
+               wrap: bool = False) -> dict[str, Any]:
+    """Copy (or, with `wrap`, reference) the official (vectors, text.jsonl) pair as a new store at `out`.
 
     `teacher_dims` splits the D columns into teachers (e.g. 4096,8192 for NV-Embed-v2 + stella); default one
-    teacher of D columns. The vectors are copied as they are (`normalisation: "none"`; the reader normalises).
+    teacher of D columns. The vectors are taken as they are (`normalisation: "none"`; the reader normalises).
+    `wrap`: write only the texts and the manifest; the store reads the official file in place (its absolute
+    path is recorded, so it must stay where it is, unchanged; `dtype` is then the source dtype).
+    Returns the manifest.
     """
     out = Path(out)
     if (out / store_lib.MANIFEST).exists():
@@ -85,7 +90,17 @@ def import_rag(vectors: str | Path, texts: str | Path, dim: int, out: str | Path
     _, texts_sha = store_lib.write_texts(out, text_list)
     entries = []
     column = 0
-    for name, width in zip(names, teacher_dims):
+    if wrap:
+        absolute = str(Path(vectors).resolve())
+        for name, width in zip(names, teacher_dims):
+            entries.append({"name": name, "path": absolute, "backend": "import-rag", "dim": width,
+                            "dtype": source_dtype, "prompt": "", "normalisation": "none",
+                            "columns": [column, column + width],
+                            "shards": [{"file": absolute, "rows": rows, "sha256": None, "row_width": dim,
+                                        "column": column}] if rows else []})
+            column += width
+        shard_rows = max(rows, 1)
+    for name, width in ([] if wrap else zip(names, teacher_dims)):
         (out / name).mkdir(exist_ok=True)
         shards = []
         for shard in range(store_lib.shard_count(rows, shard_rows)):
@@ -101,7 +116,8 @@ def import_rag(vectors: str | Path, texts: str | Path, dim: int, out: str | Path
         column += width
     manifest = {
         "format": store_lib.FORMAT, "version": store_lib.VERSION, "rows": rows, "shard_rows": shard_rows,
-        "complete": True, "source": {"vectors": str(vectors), "texts": str(texts), "dtype": source_dtype},
+        "complete": True,
+        "source": {"vectors": str(vectors), "texts": str(texts), "dtype": source_dtype, "wrapped": wrap},
         "texts": {"file": store_lib.TEXTS, "index": store_lib.TEXT_INDEX, "sha256": texts_sha},
         "teachers": entries,
     }

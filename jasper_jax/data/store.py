@@ -21,7 +21,10 @@ Layout of a store folder (format version 1)::
                    "prompt": "", "normalisation": "l2",
                    "shards": [{"file": "minilm/00000.bin", "rows": S, "sha256": "..."}, ...]}]}
 
-Shard k of every teacher holds rows [k*S, min(N, (k+1)*S)). `normalisation` says what the writer did to
+Shard k of every teacher holds rows [k*S, min(N, (k+1)*S)). A store made by `teachers import-rag --wrap`
+does not copy the official vector file: each teacher has one shard whose `file` is that file's absolute
+path, with `"row_width": D` (the file's columns) and `"column": c` (where this teacher's columns begin),
+and `"sha256": null` (hashing hundreds of GB is left to `teachers check`'s size and value checks). `normalisation` says what the writer did to
 each row ("l2": unit rows; "none": as the model gave them). Whatever it says, the reader normalises each
 teacher's row, concatenates the selected teachers and normalises again (PAPER.md, "Vectors"), in float32.
 """
@@ -175,9 +178,14 @@ class TeacherStore:
         self._shards = [
             [
                 np.memmap(self.path / shard["file"], dtype=teacher["dtype"], mode="r",
-                          shape=(int(shard["rows"]), int(teacher["dim"])))
+                          shape=(int(shard["rows"]), int(shard.get("row_width", teacher["dim"]))))
                 for shard in teacher["shards"]
             ]
+            for teacher in self.teachers
+        ]
+        self._columns = [
+            [(int(shard.get("column", 0)), int(shard.get("column", 0)) + int(teacher["dim"]))
+             for shard in teacher["shards"]]
             for teacher in self.teachers
         ]
 
@@ -214,15 +222,16 @@ class TeacherStore:
         shard_of = indices // self.shard_rows
         within = indices - shard_of * self.shard_rows
         parts = []
-        for shards, dim in zip(self._shards, self.dims):
+        for shards, columns, dim in zip(self._shards, self._columns, self.dims):
             block = np.empty((indices.size, dim), dtype=np.float32)
             for shard in np.unique(shard_of):
                 where = np.nonzero(shard_of == shard)[0]
                 rows = within[where]
+                first, last = columns[shard]
                 if rows.size > 1 and np.all(np.diff(rows) == 1):  # contiguous: one slice, one read
-                    block[where] = shards[shard][rows[0] : rows[-1] + 1]
+                    block[where] = shards[shard][rows[0] : rows[-1] + 1, first:last]
                 else:
-                    block[where] = shards[shard][rows]
+                    block[where] = shards[shard][rows][:, first:last]
             parts.append(l2_normalise(block))
         return l2_normalise(np.concatenate(parts, axis=-1)) if parts else np.zeros((indices.size, 0), np.float32)
 

@@ -4,7 +4,7 @@
         [--name N ...] [--prompt P ...] [--backend auto|torch|jax ...] [--dtype float16|float32]
         [--shard-rows 16384] [--batch-size 64] [--max-length 512]
     jasper-jax teachers import-rag --vectors FILE --texts FILE --dim D --out STORE
-        [--teacher-dims 4096,8192] [--names nv,stella] [--source-dtype float32] [--dtype float32]
+        [--teacher-dims 4096,8192] [--names nv,stella] [--source-dtype float32] [--dtype float32] [--wrap]
     jasper-jax teachers check STORE [--expect-teachers a,b] [--no-checksums]
 
 `encode` resumes: killed at any moment, the same command continues from the last finished shard.
@@ -48,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="dtype the vectors file was written in (the official code: float32)")
     rag.add_argument("--dtype", default="float32", choices=["float16", "float32"], help="dtype in the store")
     rag.add_argument("--shard-rows", type=int, default=16384)
+    rag.add_argument("--wrap", action="store_true",
+                     help="do not copy the vectors: the store reads the official file in place (keep it there)")
 
     check = sub.add_parser("check", help="validate a store (read-only); exit 1 when something is wrong")
     check.add_argument("store")
@@ -93,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
             import_rag(args.vectors, args.texts, args.dim, args.out,
                        teacher_dims=[int(d) for d in args.teacher_dims.split(",")] if args.teacher_dims else None,
                        names=args.names.split(",") if args.names else None, source_dtype=args.source_dtype,
-                       dtype=args.dtype, shard_rows=args.shard_rows)
+                       dtype=args.dtype, shard_rows=args.shard_rows, wrap=args.wrap)
         except (ValueError, FileNotFoundError, FileExistsError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 1

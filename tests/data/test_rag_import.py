@@ -89,3 +89,34 @@ def test_cli_import_then_check_flags_nan_rows(tmp_path, capsys):
     assert main(["teachers", "import-rag", "--vectors", str(tmp_path / "train.npy"), "--texts",
                  str(tmp_path / "train.text.jsonl"), "--dim", "12", "--out", str(tmp_path / "store")]) == 1
     assert "already holds a store" in capsys.readouterr().err
+
+
+def test_wrap_reads_the_official_file_in_place(tmp_path):
+    from data_helpers import tree_hash as hashes
+
+    from jasper_jax.data.check import check_store
+
+    vectors, texts = write_official(tmp_path)
+    official = hashes(tmp_path)
+    import_rag(tmp_path / "train.npy", tmp_path / "train.text.jsonl", 12, tmp_path / "copy",
+               teacher_dims=[4, 8], names=["nv", "stella"], shard_rows=4)
+    assert main(["teachers", "import-rag", "--vectors", str(tmp_path / "train.npy"), "--texts",
+                 str(tmp_path / "train.text.jsonl"), "--dim", "12", "--teacher-dims", "4,8", "--names", "nv,stella",
+                 "--out", str(tmp_path / "wrapped"), "--wrap"]) == 0
+    assert not list((tmp_path / "wrapped").rglob("*.bin")), "wrap must not copy the vectors"
+    copied, wrapped = TeacherStore(tmp_path / "copy"), TeacherStore(tmp_path / "wrapped")
+    rows = np.array([10, 0, 3, 4, 5, 9])
+    np.testing.assert_array_equal(wrapped.teacher_vectors(rows), copied.teacher_vectors(rows))
+    np.testing.assert_array_equal(TeacherStore(tmp_path / "wrapped", ["stella"]).teacher_vectors(rows),
+                                  TeacherStore(tmp_path / "copy", ["stella"]).teacher_vectors(rows))
+    assert wrapped.texts(list(rows)) == [texts[i] for i in rows]
+    assert check_store(tmp_path / "wrapped", ["nv", "stella"]) == []
+    assert hashes(tmp_path)["train.npy"] == official["train.npy"], "reading and checking left the file as it was"
+    # a NaN in the official file's stella columns is found in the wrapped store, for stella only, at its row
+    memmap = np.memmap(tmp_path / "train.npy", dtype=np.float32, mode="r+", shape=vectors.shape)
+    memmap[6, 7] = np.nan
+    memmap.flush()
+    problems = check_store(tmp_path / "wrapped")
+    assert len(problems) == 1 and "teacher 'stella' has NaN vectors in store row(s) 6 " in problems[0]
+    (tmp_path / "train.npy").rename(tmp_path / "moved.npy")
+    assert any("train.npy: missing" in p for p in check_store(tmp_path / "wrapped"))
