@@ -3,7 +3,7 @@
 Schema (all under one `ml_collections.ConfigDict`):
 - `workdir`: where each stage writes `stage{N}/` (checkpoints, metrics.jsonl, tensorboard/).
 - `seed`; `mesh` (`data`, `fsdp`, `tensor` sizes, -1 = the rest); `sharding_rules` (logical name -> mesh
-  axes); `distributed` (explicit `coordinator_address` / `num_processes` / `process_id`; empty = from env).
+  axes); `activation_sharding` (pin encoder-layer inputs to the batch axes); `distributed` (explicit `coordinator_address` / `num_processes` / `process_id`; empty = from env).
 - `model`: `source` ("random", "minilm" = the offline kit's all-MiniLM-L6-v2, or a folder for
   `jasper_jax.convert.load_model`), `family` + `encoder` (random models), `pooling`, `compute_dtype`,
   `remat`, `vector_dropout`.

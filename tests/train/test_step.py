@@ -110,3 +110,40 @@ def test_trainable_patterns_errors():
         optimizer_lib.split_model(make_student(), ("heads/typo/.*",))
     with pytest.raises(ValueError, match="only 3 layers"):
         optimizer_lib.trainable_patterns({"trainable_last_layers": 4}, 3)
+
+
+@pytest.mark.parametrize("sizes", [{"data": 2, "fsdp": 4}, {"data": 2, "tensor": 4}])
+def test_real_student_and_objective_sharded_equals_single_device(sizes):
+    from jasper_jax.models import BertConfig, JasperStudent, StudentConfig
+
+    config = StudentConfig(
+        encoder=BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=64, max_position_embeddings=16),
+        heads={"fc1": 24, "fc2": 8},
+    )
+    objective = step_lib.objective_from_config({"full_head": "fc1"})
+
+    def run_real(mesh_sizes, devices):
+        with nnx.use_eager_sharding(False):
+            model = JasperStudent(config, rngs=nnx.Rngs(params=0, dropout=1))
+        graphdef, trainable, frozen, rest = optimizer_lib.split_model(model, ("heads/.*", "encoder/layers/1/.*"))
+        tx, schedule = optimizer_lib.make_optimizer(OPT, 1e-2, 10)
+        state = step_lib.init_train_state(trainable, tx)
+        mesh = make_mesh(mesh_sizes, devices)
+        shardings = step_lib.step_shardings(mesh, sharding_lib.rules_from_config(None), state, frozen, rest)
+        step = step_lib.jit_train_step(
+            step_lib.train_step_fn(graphdef, tx, objective, schedule,
+                                   activation_sharding=sharding_lib.activation_sharding(mesh)), shardings, mesh)
+        state, frozen, rest = (step_lib.place(x, s) for x, s in
+                               ((state, shardings.state), (frozen, shardings.frozen), (rest, shardings.rest)))
+        losses = []
+        for i in range(3):
+            state, metrics = step(state, frozen, rest, step_lib.place(make_batch(seed=i), shardings.batch))
+            losses.append(float(metrics["loss"]))
+        return losses, state
+
+    single_losses, single = run_real({"data": 1}, jax.devices()[:1])
+    losses, sharded = run_real(sizes, jax.devices())
+    np.testing.assert_allclose(losses, single_losses, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(sharded.params), jax.tree.leaves(single.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
