@@ -387,8 +387,10 @@ def run_stage(config: ml_collections.ConfigDict, number: int, mesh: jax.sharding
                                activation_sharding=sharding_lib.activation_sharding(mesh, config.activation_sharding)),
         shardings, mesh,
     )
+    run_config = json.loads(config.to_json_best_effort())  # as run: data paths resolved (export reads them)
+    run_config["data"].update(store=str(paths.store.absolute()), tokenizer=str(paths.tokenizer.absolute()))
     metadata = {
-        "stage": number, "version": VERSION, "config": json.loads(config.to_json_best_effort()),
+        "stage": number, "version": VERSION, "config": run_config,
         "student_config": student_config.to_dict(), "trainable": list(patterns),
     }
     start = int(state.step)
