@@ -45,6 +45,8 @@ _BIG = 1e30
 # Pair counts up to this use the dense inversion sum; above it the merge-based one.
 DENSE_MAX_PAIRS = 2080  # B <= 65
 _DENSE_ROW_CHUNK = 256
+# Below this many consecutive positions the merge compares pairs directly (fuses without temporaries).
+_MERGE_DENSE_BLOCK = 32
 
 
 # --------------------------------------------------------------------------------------------------
@@ -218,59 +220,74 @@ def _dense_stats(left: Array, right: Array) -> tuple[Array, Array, Array]:
 
 
 def _merge_stats(left: Array, right: Array) -> tuple[Array, Array, Array]:
-    """Divide and conquer over positions, after a single sort by value: O(P log P), no sort per level.
+    """Divide and conquer over positions after one sort by value: O(P log P) with no sort per level.
 
-    Every position p gives two items: a left-role item (value left_p) and a right-role item (right_p).
-    All 2P items are sorted once by value (ties: left-role first, so equal values never count as
-    left_i > right_j). Level by level, from the whole range down to single positions, the items are kept
-    ordered by (segment, value) where a segment holds the items of 2h consecutive positions; within a
-    segment, a right-role item j of the later half is beaten by exactly the left-role items of the earlier
-    half that come after it in value order (a reversed cumulative count and sum give their number and
-    total), and a left-role item i of the earlier half beats the right-role items of the later half that
-    come before it. A stable partition by the half bit (cumulative counts and one scatter, no comparisons)
-    then yields the order for the next level. Padding and masked entries carry -BIG / +BIG and never
-    compare as active.
+    Requires the structure `_relative_similarity` builds: left = right + margin where valid, and
+    (-BIG, +BIG) where not, so one argsort of `right` orders both roles. Every position p gives two items, a
+    left-role item (value left_p) and a right-role item (right_p); merging the two sorted lists puts all
+    2P items in value order (ties: left-role first, so equal values never count as left_i > right_j).
+    Level by level, from the whole range down to blocks of 32 positions (compared directly), the items are kept ordered by
+    (segment, value), a segment holding the items of 2h consecutive positions. Within a segment a
+    right-role item j of the later half is beaten by exactly the left-role items of the earlier half that
+    come after it, and a left-role item i of the earlier half beats the right-role items of the later half
+    that come before it: cumulative counts (exact int32) give both. A stable partition by the half bit
+    (cumulative counts and a scatter, no comparisons) gives the next level's order. The value follows from
+    the counts at the end: sum_i left_i * beats_i - sum_j right_j * beaten_j.
     """
     pairs = left.shape[0]
     size = max(2, 1 << max(0, (pairs - 1).bit_length()))
-    values = jnp.concatenate([_pad_to(left, size, -_BIG), _pad_to(right, size, _BIG)])
-    item = jnp.argsort(values, stable=True).astype(jnp.int32)  # items < size are left-role
-    value = values[item]
-    coefficient = jnp.zeros((2 * size,), jnp.float32)  # count as left (>=0) or minus count as right
-    total = jnp.zeros((), jnp.float32)
-    half = size // 2
-    while half >= 1:
-        segment = 4 * half  # items of 2 * half positions, two items per position
+    left = _pad_to(left, size, -_BIG)
+    right = _pad_to(right, size, _BIG)
+    # One sort orders both roles: invalid items sit at the top of `right` and at the bottom of `left`.
+    right_order = jnp.argsort(right).astype(jnp.int32)
+    invalid = jnp.sum(right >= _BIG).astype(jnp.int32)
+    left_order = jnp.roll(right_order, invalid)
+    left_sorted, right_sorted = left[left_order], right[right_order]
+    rank = jnp.arange(size, dtype=jnp.int32)
+    left_slot = rank + jnp.searchsorted(right_sorted, left_sorted, side="left").astype(jnp.int32)
+    right_slot = rank + jnp.searchsorted(left_sorted, right_sorted, side="right").astype(jnp.int32)
+    item = jnp.zeros((2 * size,), jnp.int32)  # items < size are left-role, the others right-role
+    item = item.at[left_slot].set(left_order, unique_indices=True)
+    item = item.at[right_slot].set(right_order + size, unique_indices=True)
+
+    coefficient = jnp.zeros((2 * size,), jnp.int32)  # beats (left-role) or minus beaten (right-role)
+    block = min(size, _MERGE_DENSE_BLOCK)
+    block_bits = block.bit_length() - 1
+    shift = size.bit_length() - 2  # log2(size // 2)
+    while shift >= block_bits:
+        segment = 4 << shift  # two items for each of 2 * 2**shift positions
         is_left_role = item < size
-        position = jnp.where(is_left_role, item, item - size)
-        in_later_half = (position // half) % 2 == 1
-        earlier_left = (is_left_role & ~in_later_half).reshape(-1, segment)
-        later_right = (~is_left_role & in_later_half).reshape(-1, segment)
-        segment_value = value.reshape(-1, segment)
-
-        def suffix_sum(x):
-            return jnp.cumsum(x[:, ::-1], axis=1)[:, ::-1]
-
-        beaten_by = suffix_sum(earlier_left.astype(jnp.float32))  # earlier-half left items after it
-        beating_total = suffix_sum(jnp.where(earlier_left, segment_value, 0.0))
-        gaps = jnp.where(later_right, beating_total - jnp.where(later_right, beaten_by * segment_value, 0.0), 0.0)
-        total = total + jnp.sum(gaps)
-        beats = jnp.cumsum(later_right.astype(jnp.float32), axis=1)  # later-half right items before it
-        coefficient = coefficient + jnp.where(
-            earlier_left, beats, jnp.where(later_right, -beaten_by, 0.0)
-        ).reshape(-1)
-        if half > 1:  # stable partition of every segment into its earlier and later half
+        in_later_half = ((item >> shift) & 1).astype(bool)  # bit `shift` of the position
+        earlier_left = (is_left_role & ~in_later_half).reshape(-1, segment).astype(jnp.int32)
+        later_right = (~is_left_role & in_later_half).reshape(-1, segment).astype(jnp.int32)
+        earlier_left_before = jnp.cumsum(earlier_left, axis=1) - earlier_left
+        beaten = jnp.sum(earlier_left, axis=1, keepdims=True) - earlier_left_before - earlier_left
+        beats = jnp.cumsum(later_right, axis=1) - later_right
+        coefficient = coefficient + (earlier_left * beats - later_right * beaten).reshape(-1)
+        if shift > block_bits:  # stable partition of every segment into its earlier and later half
             bit = in_later_half.reshape(-1, segment).astype(jnp.int32)
             ones_before = jnp.cumsum(bit, axis=1) - bit
             zeros_before = jnp.arange(segment, dtype=jnp.int32)[None, :] - ones_before
             start = (jnp.arange(bit.shape[0], dtype=jnp.int32) * segment)[:, None]
             target = (start + jnp.where(bit == 1, segment // 2 + ones_before, zeros_before)).reshape(-1)
-            value, item, coefficient = (
-                jnp.zeros_like(x).at[target].set(x, unique_indices=True) for x in (value, item, coefficient)
-            )
-        half //= 2
+            item = jnp.zeros_like(item).at[target].set(item, unique_indices=True)
+            coefficient = jnp.zeros_like(coefficient).at[target].set(coefficient, unique_indices=True)
+        shift -= 1
     by_item = jnp.zeros_like(coefficient).at[item].set(coefficient, unique_indices=True)
-    return total, by_item[:pairs], -by_item[size : size + pairs]
+    # Pairs inside a block of `block` consecutive positions: compared directly (fused, no temporaries).
+    left_blocks, right_blocks = left.reshape(-1, block), right.reshape(-1, block)
+    upper = jnp.arange(block)[:, None] < jnp.arange(block)[None, :]
+    active = upper & (left_blocks[:, :, None] > right_blocks[:, None, :])
+    as_left = (by_item[:size] + jnp.sum(active, axis=2, dtype=jnp.int32).reshape(-1)).astype(jnp.float32)
+    as_right = (jnp.sum(active, axis=1, dtype=jnp.int32).reshape(-1) - by_item[size:]).astype(jnp.float32)
+    # Centre the values before weighting by counts (up to P) to keep the float32 sums small;
+    # sum(as_left) == sum(as_right), so the centre cancels exactly in exact arithmetic.
+    valid = right < _BIG
+    centre = jnp.sum(jnp.where(valid, right, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+    total = jnp.sum(jnp.where(valid, left - centre, 0.0) * as_left) - jnp.sum(
+        jnp.where(valid, right - centre, 0.0) * as_right
+    )
+    return total, as_left[:pairs], as_right[:pairs]
 
 
 _inversion_sum_dense = _make_inversion_sum(_dense_stats)
