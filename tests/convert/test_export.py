@@ -11,7 +11,7 @@ import torch
 from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import MINILM, TEXTS  # noqa: E402
+from convert_helpers import MINILM, TEXTS  # noqa: E402
 
 from jasper_jax.convert import load_model_folder  # noqa: E402
 from jasper_jax.convert.export import PAPER_PROMPTS, export_model  # noqa: E402

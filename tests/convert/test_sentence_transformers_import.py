@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import TEXTS, bidirectional_hidden  # noqa: E402
+from convert_helpers import TEXTS, bidirectional_hidden  # noqa: E402
 
 from jasper_jax.convert import load_model_folder  # noqa: E402
 from jasper_jax.data.tokenization import load_tokenizer  # noqa: E402
