@@ -254,6 +254,7 @@ class MLP(nnx.Module):
     """`down(act(up(x)))` with biases (BERT style, GELU)."""
 
     def __init__(self, hidden: int, intermediate: int, act: str, *, dtype: str = "float32", rngs: nnx.Rngs):
+        activation(act)  # fail at construction on an unknown activation
         self.act = act
         self.up = dense(hidden, intermediate, "embed", "mlp", use_bias=True, dtype=dtype, rngs=rngs)
         self.down = dense(intermediate, hidden, "mlp", "embed", use_bias=True, dtype=dtype, rngs=rngs)
@@ -266,6 +267,7 @@ class GatedMLP(nnx.Module):
     """`down(act(gate(x)) * up(x))` without biases (Qwen2/Llama style, SiLU)."""
 
     def __init__(self, hidden: int, intermediate: int, act: str = "silu", *, dtype: str = "float32", rngs: nnx.Rngs):
+        activation(act)  # fail at construction on an unknown activation
         self.act = act
         self.gate = dense(hidden, intermediate, "embed", "mlp", use_bias=False, dtype=dtype, rngs=rngs)
         self.up = dense(hidden, intermediate, "embed", "mlp", use_bias=False, dtype=dtype, rngs=rngs)

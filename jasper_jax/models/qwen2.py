@@ -51,6 +51,8 @@ class Qwen2Config:
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type != "default":
             raise ValueError(f"Qwen2 rope_type={rope_type!r} is not supported; only 'default'")
+        if hf.get("use_sliding_window"):
+            raise ValueError("Qwen2 use_sliding_window=true is not supported (encoders attend over the whole text)")
         values = dict(hf)
         values["rope_theta"] = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
         values["causal"] = bool(hf.get("jasper_causal", causal))
