@@ -15,6 +15,7 @@ import numpy as np
 
 from jasper_jax.models.bert import BertConfig
 from jasper_jax.models.qwen2 import Qwen2Config
+from jasper_jax.models.siglip import MODEL_TYPE as SIGLIP_MODEL_TYPE
 
 Hook = Callable[[np.ndarray, object], np.ndarray]
 
@@ -121,6 +122,30 @@ QWEN2_RULES: list[KeyRule] = [
     _copy("final_norm/scale", "norm.weight"),
 ]
 
+def _patch_kernel_to_ours(w, config):
+    """HF Conv2d weight (hidden, channels, patch_h, patch_w) -> ours (patch_h, patch_w, channels, hidden)."""
+    return w.transpose(2, 3, 1, 0)
+
+
+def _patch_kernel_to_hf(w, config):
+    return w.transpose(3, 2, 0, 1)
+
+
+SIGLIP_VISION_RULES: list[KeyRule] = [
+    KeyRule("patch_embedding/kernel", "embeddings.patch_embedding.weight", _patch_kernel_to_ours, _patch_kernel_to_hf),
+    _copy("patch_embedding/bias", "embeddings.patch_embedding.bias"),
+    _copy("position_embedding/embedding", "embeddings.position_embedding.weight"),
+    *_layer_norm("layers/{i}/attention_norm", "encoder.layers.{i}.layer_norm1"),
+    *_rules_for_projection("layers/{i}/attention/query", "encoder.layers.{i}.self_attn.q_proj", "q", True),
+    *_rules_for_projection("layers/{i}/attention/key", "encoder.layers.{i}.self_attn.k_proj", "kv", True),
+    *_rules_for_projection("layers/{i}/attention/value", "encoder.layers.{i}.self_attn.v_proj", "kv", True),
+    *_rules_for_output("layers/{i}/attention/output", "encoder.layers.{i}.self_attn.out_proj", True),
+    *_layer_norm("layers/{i}/mlp_norm", "encoder.layers.{i}.layer_norm2"),
+    *_linear("layers/{i}/mlp/up", "encoder.layers.{i}.mlp.fc1"),
+    *_linear("layers/{i}/mlp/down", "encoder.layers.{i}.mlp.fc2"),
+    *_layer_norm("post_norm", "post_layernorm"),
+]
+
 # Per family: rules, the prefixes a checkpoint may put before the keys, keys that are not encoder weights.
 FAMILIES: dict[str, dict] = {
     "bert": {
@@ -132,6 +157,12 @@ FAMILIES: dict[str, dict] = {
         "rules": QWEN2_RULES,
         "prefixes": ("model.",),
         "ignored": (r"^lm_head\.", r"rotary_emb\.inv_freq$", r"^score\."),
+    },
+    # SigLIP's attention-pooling head is not used by Jasper; a full SiglipModel also carries the text tower
+    SIGLIP_MODEL_TYPE: {
+        "rules": SIGLIP_VISION_RULES,
+        "prefixes": ("vision_model.", "vision_model.vision_model.", "vision."),
+        "ignored": (r"^head\.", r"position_ids$", r"^text_model\.", r"^logit_(scale|bias)$"),
     },
 }
 
