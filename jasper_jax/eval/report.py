@@ -1,0 +1,188 @@
+"""The demo report: a markdown file with the score tables and the quality targets, and PNG plots.
+
+`write_report(out, results, config, step_seconds, settings)` writes into `out/report/`:
+- `REPORT.md`: the run (settings, time per step), the scores of every model and head (Lee Spearman, News
+  nDCG@10 / MRR@10), held-out agreement per stage, JAX vs PyTorch agreement, and the quality targets of
+  issue 6, each marked met or MISSED with the numbers behind it;
+- `losses_stage{N}.png`: every loss term of stage N over its steps (from `train/stage{N}/metrics.jsonl`);
+- `score_vs_dim.png`: each task score of the distilled student's heads against the head's dimension, with
+  the undistilled student and the concatenated teacher as horizontal lines.
+
+`results` are the `eval/<model>.json` documents of `jasper_jax.demo` (name, kind, scores, dims, agreement).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+SCORES = (("lee_spearman", "Lee Spearman"), ("news_ndcg_at_10", "News nDCG@10"), ("news_mrr_at_10", "News MRR@10"))
+LOSS_PREFIXES = ("loss", "cosine/", "similarity/", "relative_similarity/")
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_losses(metrics: list[dict[str, Any]], title: str, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for row in metrics for k in row if k == "loss" or k.startswith(LOSS_PREFIXES[1:])})
+    figure, axes = plt.subplots(1, len(keys) or 1, figsize=(3.2 * max(len(keys), 1), 3), squeeze=False)
+    for axis, key in zip(axes[0], keys):
+        rows = [row for row in metrics if key in row]
+        axis.plot([row["step"] for row in rows], [row[key] for row in rows], linewidth=1)
+        axis.set_title(key, fontsize=9)
+        axis.set_xlabel("step", fontsize=8)
+        axis.tick_params(labelsize=7)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(out, dpi=90)
+    plt.close(figure)
+
+
+def plot_scores_vs_dim(student: dict, references: dict[str, dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    heads = sorted((h for h in student["scores"] if h != "pooled"), key=lambda h: student["dims"][h])
+    figure, axes = plt.subplots(1, len(SCORES), figsize=(4 * len(SCORES), 3.2), squeeze=False)
+    for axis, (key, label) in zip(axes[0], SCORES):
+        dims = [student["dims"][h] for h in heads]
+        axis.plot(dims, [student["scores"][h][key] for h in heads], "o-", label=student["name"])
+        for head, dim in zip(heads, dims):
+            axis.annotate(head, (dim, student["scores"][head][key]), fontsize=7)
+        for (name, reference), style in zip(references.items(), ("--", ":", "-.")):
+            axis.axhline(reference["scores"]["pooled"][key], linestyle=style, color="gray", label=name)
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("head dimension", fontsize=8)
+        axis.set_title(label, fontsize=9)
+        axis.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(out, dpi=90)
+    plt.close(figure)
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def quality_targets(results: dict[str, dict], stage_names: list[str], full_head: str) -> list[dict[str, Any]]:
+    """Issue 6's targets, each {target, met, detail}."""
+    targets = []
+    stages = [results[name] for name in stage_names if name in results]
+    cosines = [s.get("agreement", {}).get("mean_cosine") for s in stages]
+    mses = [s.get("agreement", {}).get("similarity_mse") for s in stages]
+    if len(stages) >= 2 and None not in cosines and None not in mses:
+        improves = all(b > a for a, b in zip(cosines, cosines[1:])) and all(b < a for a, b in zip(mses, mses[1:]))
+        targets.append({"target": "held-out agreement improves stage over stage (cosine up, similarity MSE down)",
+                        "met": improves,
+                        "detail": "cosine " + " -> ".join(_fmt(c) for c in cosines) + "; MSE "
+                                  + " -> ".join(_fmt(m, 5) for m in mses)})
+    final = stages[-1] if stages else None
+    undistilled = results.get("undistilled")
+    teacher = results.get("teachers_concatenated")
+    if final and undistilled and teacher and full_head in final["scores"]:
+        for key, label in SCORES[:2]:
+            student_score = final["scores"][full_head][key]
+            base = undistilled["scores"]["pooled"][key]
+            top = teacher["scores"]["pooled"][key]
+            targets.append({"target": f"{label}: distilled {full_head} >= undistilled", "met": student_score >= base,
+                            "detail": f"{_fmt(student_score)} vs {_fmt(base)}"})
+            gap = top - base
+            closed = (student_score - base) / gap if gap > 0 else None
+            targets.append({
+                "target": f"{label}: closes >= half the gap to the concatenated teacher",
+                "met": (closed is not None and closed >= 0.5) or (gap <= 0 and student_score >= base),
+                "detail": (f"closed {closed:.0%} of the gap {_fmt(base)} -> {_fmt(top)}" if closed is not None
+                           else f"no gap (teacher {_fmt(top)} <= undistilled {_fmt(base)})"),
+            })
+    if final:
+        heads = [h for h in final["scores"] if h not in ("pooled", full_head)]
+        if heads and full_head in final["scores"]:
+            smallest = min(heads, key=lambda h: final["dims"][h])
+            for key, label in SCORES[:2]:
+                full_score, small_score = final["scores"][full_head][key], final["scores"][smallest][key]
+                ratio = small_score / full_score if full_score > 0 else None
+                targets.append({"target": f"{label}: smallest head {smallest} ({final['dims'][smallest]}) keeps >= 95% of {full_head}",
+                                "met": ratio is not None and ratio >= 0.95,
+                                "detail": f"{_fmt(small_score)} / {_fmt(full_score)} = {_fmt(ratio, 3)}"})
+    export = results.get("export_pytorch")
+    if export and "max_backend_difference" in export:
+        targets.append({"target": "JAX student and exported PyTorch folder agree within 1e-3 on every score",
+                        "met": export["max_backend_difference"] <= 1e-3,
+                        "detail": f"max |difference| {export['max_backend_difference']:.2e}"})
+    return targets
+
+
+def write_report(out: Path, results: list[dict], config, step_seconds: dict[str, float], settings) -> Path:
+    """Write `out/report/` (see the module docstring); the path of REPORT.md."""
+    folder = out / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    by_name = {r["name"]: r for r in results}
+    full_head = config.objective.full_head
+    stage_names = [r["name"] for r in results if r["kind"] == "stage"]
+
+    lines = ["# jasper-jax demo report", ""]
+    lines += ["## Run", "",
+              f"- artifacts: `{out}`; training config `{settings.config}` (workdir `{out / 'train'}`)",
+              f"- teachers: {', '.join(f'{t.name} ({t.backend}, `{t.path}`)' for t in settings.teachers)}",
+              f"- corpus: {settings.corpus_size} texts requested (NewsArticles minus the {settings.heldout_size} held-out "
+              f"articles, plus Lee background); max length {settings.max_length} tokens in training and evaluation; no prompts",
+              "- time per step (seconds, as first run): " + ", ".join(f"{k} {v:.0f}" for k, v in step_seconds.items())
+              + f"; total {sum(step_seconds.values()):.0f} s", ""]
+
+    lines += ["## Scores (mteb.evaluate, offline tasks)", "",
+              "| model | backend | head | dim | " + " | ".join(label for _, label in SCORES) + " |",
+              "|---|---|---|---|" + "---|" * len(SCORES)]
+    for result in results:
+        for head, values in result["scores"].items():
+            lines.append(f"| {result['name']} | {result['backend']} | {head} | {result['dims'].get(head, '')} | "
+                         + " | ".join(_fmt(values.get(key)) for key, _ in SCORES) + " |")
+    lines.append("")
+
+    lines += ["## Held-out agreement with the concatenated teacher", "",
+              f"On the {settings.heldout_size} held-out NewsArticles texts and their titles (never trained on): "
+              f"mean cosine of {full_head} to the teacher vector, and MSE between the student's and the teacher's "
+              "similarity matrices (the undistilled student's pooled vector has another width: MSE only).", "",
+              f"| model | mean cosine ({full_head}) | similarity MSE | Lee Spearman ({full_head}) | News nDCG@10 ({full_head}) |",
+              "|---|---|---|---|---|"]
+    for result in results:
+        if "agreement" not in result:
+            continue
+        head = full_head if full_head in result["scores"] else "pooled"
+        lines.append(f"| {result['name']} | {_fmt(result['agreement'].get('mean_cosine'))} | "
+                     f"{_fmt(result['agreement']['similarity_mse'], 5)} | {_fmt(result['scores'][head]['lee_spearman'])} | "
+                     f"{_fmt(result['scores'][head]['news_ndcg_at_10'])} |")
+    lines.append("")
+
+    targets = quality_targets(by_name, stage_names, full_head)
+    lines += ["## Quality targets", "", "| target | result | numbers |", "|---|---|---|"]
+    for target in targets:
+        lines.append(f"| {target['target']} | {'met' if target['met'] else '**MISSED**'} | {target['detail']} |")
+    lines.append("")
+
+    lines += ["## Plots", ""]
+    for name in stage_names:
+        metrics = _read_metrics(Path(config.workdir) / name / "metrics.jsonl")
+        if metrics:
+            plot_losses(metrics, f"{name}: loss terms over steps", folder / f"losses_{name}.png")
+            lines.append(f"![{name} losses](losses_{name}.png)")
+    if stage_names and stage_names[-1] in by_name:
+        references = {k: by_name[k] for k in ("undistilled", "teachers_concatenated") if k in by_name}
+        plot_scores_vs_dim(by_name[stage_names[-1]], references, folder / "score_vs_dim.png")
+        lines.append("![score vs head dimension](score_vs_dim.png)")
+    lines.append("")
+    (folder / "targets.json").write_text(json.dumps(targets, indent=1) + "\n")
+    path = folder / "REPORT.md"
+    path.write_text("\n".join(lines))
+    return path
