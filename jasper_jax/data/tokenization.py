@@ -85,3 +85,54 @@ def pad_batch(ids: list[list[int]], length: int, pad_id: int) -> dict[str, np.nd
         input_ids[row, : len(tokens)] = tokens
         attention_mask[row, : len(tokens)] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+# ------------------------------------------------------------------------------------------------ images
+
+
+def add_image_tokens(tokenizer: TextTokenizer | tokenizers.Tokenizer) -> tuple[int, int, int]:
+    """Add `<|jasper_img_start|>`, `<|jasper_img_token|>`, `<|jasper_img_end|>` as special tokens (kept if
+    present, as in Jasper's released tokenizer); returns their ids (start, token, end)."""
+    from jasper_jax.models.image_inputs import IMAGE_MARKERS
+
+    raw = tokenizer.tokenizer if isinstance(tokenizer, TextTokenizer) else tokenizer
+    missing = [marker for marker in IMAGE_MARKERS if raw.token_to_id(marker) is None]
+    if missing:
+        raw.add_special_tokens([tokenizers.AddedToken(marker, special=True, normalized=False) for marker in missing])
+    return tuple(int(raw.token_to_id(marker)) for marker in IMAGE_MARKERS)
+
+
+def image_token_ids(tokenizer: TextTokenizer, n_tokens: int, prompt: str = "") -> list[int]:
+    """Token ids of an image input: `prompt` + start + n x image token + end, with the tokenizer's own
+    special tokens ([CLS]/[SEP] for BERT, none for Qwen2). Needs `add_image_tokens` first; refuses a
+    max_length that would cut the image."""
+    from jasper_jax.models.image_inputs import IMAGE_END, IMAGE_START, IMAGE_TOKEN
+
+    if tokenizer.tokenizer.token_to_id(IMAGE_TOKEN) is None:
+        raise ValueError("the tokenizer has no image tokens: call add_image_tokens(tokenizer) first")
+    raw = tokenizer.tokenizer
+    raw.no_truncation()
+    try:
+        ids = raw.encode(prompt + IMAGE_START + IMAGE_TOKEN * n_tokens + IMAGE_END).ids
+    finally:
+        raw.enable_truncation(max_length=tokenizer.max_length)
+    if len(ids) > tokenizer.max_length:
+        raise ValueError(
+            f"an image input takes {len(ids)} tokens ({n_tokens} image tokens + markers and prompt) but "
+            f"max_length={tokenizer.max_length}; raise max_length or lower image_tokens"
+        )
+    return ids
+
+
+def save_tokenizer(tokenizer: TextTokenizer, source_folder: str | Path, out_folder: str | Path) -> Path:
+    """Write `tokenizer` (e.g. with image tokens added) to `out_folder/tokenizer.json`, copying the
+    source folder's tokenizer_config.json / special_tokens_map.json (pad token and the like)."""
+    import shutil
+
+    out = Path(out_folder)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.tokenizer.save(str(out / "tokenizer.json"))
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        if (Path(source_folder) / name).exists() and (Path(source_folder) / name).resolve() != (out / name).resolve():
+            shutil.copyfile(Path(source_folder) / name, out / name)
+    return out

@@ -86,7 +86,14 @@ class BertEncoder(nnx.Module):
             [BertLayer(config, dtype=dtype, rngs=rngs) for _ in range(config.num_hidden_layers)]
         )
 
-    def __call__(self, input_ids: Array, attention_mask: Array, token_type_ids: Array | None = None) -> Array:
+    def __call__(
+        self,
+        input_ids: Array,
+        attention_mask: Array,
+        token_type_ids: Array | None = None,
+        inputs_embeds: Array | None = None,
+    ) -> Array:
+        """`inputs_embeds` (B, L, hidden), if given, replaces the word embeddings (as in Hugging Face)."""
         length = input_ids.shape[1]
         if length > self.config.max_position_embeddings:
             raise ValueError(
@@ -94,8 +101,9 @@ class BertEncoder(nnx.Module):
             )
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
+        words = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.word_embeddings.dtype)
         x = (
-            self.word_embeddings(input_ids)
+            words
             + self.position_embeddings(jnp.arange(length))[None]
             + self.token_type_embeddings(token_type_ids)
         )

@@ -114,10 +114,17 @@ class Qwen2Encoder(nnx.Module):
         self.layers = nnx.List([Qwen2Layer(config, dtype=dtype, rngs=rngs) for _ in range(config.num_hidden_layers)])
         self.final_norm = layers.RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, rngs=rngs)
 
-    def __call__(self, input_ids: Array, attention_mask: Array, token_type_ids: Array | None = None) -> Array:
+    def __call__(
+        self,
+        input_ids: Array,
+        attention_mask: Array,
+        token_type_ids: Array | None = None,
+        inputs_embeds: Array | None = None,
+    ) -> Array:
+        """`inputs_embeds` (B, L, hidden), if given, replaces the token embeddings (as in Hugging Face)."""
         del token_type_ids  # Qwen2 has none
         batch, length = input_ids.shape
         positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-        x = self.embed(input_ids)
+        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.embed.dtype)
         x = layers.run_layers(self.layers, x, attention_mask, positions, remat=self.remat)
         return self.final_norm(x)

@@ -19,8 +19,10 @@ from flax import nnx
 
 from jasper_jax.models import layers
 from jasper_jax.models.bert import BertConfig, BertEncoder
+from jasper_jax.models.image_inputs import ImageInputs
 from jasper_jax.models.pooling import POOLING_MODES, l2_normalize, pool
 from jasper_jax.models.qwen2 import Qwen2Config, Qwen2Encoder
+from jasper_jax.models.siglip import SiglipVisionConfig
 
 Array = jax.Array
 POOLED = "pooled"
@@ -38,8 +40,19 @@ class StudentConfig:
     compute_dtype: str = "float32"
     remat: bool = False
     prefix_layout: bool = False
+    # images (stage 4): a SigLIP tower, n pooled rows per image, the (start, token, end) marker token ids
+    vision: SiglipVisionConfig | None = None
+    image_tokens: int = 0
+    image_token_ids: tuple[int, int, int] | None = None
 
     def __post_init__(self):
+        if self.vision is not None and (self.image_tokens <= 0 or self.image_token_ids is None):
+            raise ValueError(
+                f"a student with a vision tower needs image_tokens > 0 (got {self.image_tokens}) and "
+                f"image_token_ids (start, token, end) (got {self.image_token_ids}); see add_image_tokens"
+            )
+        if self.image_token_ids is not None:
+            object.__setattr__(self, "image_token_ids", tuple(int(i) for i in self.image_token_ids))
         if self.pooling not in POOLING_MODES:
             raise ValueError(f"pooling={self.pooling!r}; choose from {POOLING_MODES}")
         if self.prefix_layout and len(self.heads) != 1:
@@ -53,6 +66,7 @@ class StudentConfig:
         """JSON-able dict (the encoder as its Hugging Face config dict)."""
         values = dataclasses.asdict(self)
         values["encoder"] = self.encoder.to_hf()
+        values["vision"] = self.vision.to_hf() if self.vision is not None else None
         return values
 
     @classmethod
@@ -65,6 +79,8 @@ class StudentConfig:
             raise ValueError(f"unsupported encoder model_type {family!r}; supported: {sorted(ENCODER_FAMILIES)}")
         values["encoder"] = ENCODER_FAMILIES[family][0].from_hf(encoder)
         values["heads"] = dict(values.get("heads", {}))
+        if values.get("vision"):
+            values["vision"] = SiglipVisionConfig.from_hf(values["vision"])
         return cls(**values)
 
 
@@ -92,10 +108,36 @@ class JasperStudent(nnx.Module):
                 }
             )
             self.dropout = nnx.Dropout(config.vector_dropout, rngs=rngs) if config.vector_dropout > 0 else None
+            self.vision = None
+            if config.vision is not None:
+                self.vision = nnx.data(ImageInputs(
+                    config.vision, hidden, config.image_tokens, config.image_token_ids,
+                    dtype=config.compute_dtype, remat=config.remat, rngs=rngs,
+                ))
 
-    def pooled(self, input_ids: Array, attention_mask: Array, token_type_ids: Array | None = None) -> Array:
-        """The pooled (not normalised) float32 vector (B, hidden)."""
-        hidden = self.encoder(input_ids, attention_mask, token_type_ids)
+    def token_embeddings(self, input_ids: Array) -> Array:
+        """The encoder's token embeddings (B, L, hidden) of `input_ids`."""
+        table = self.encoder.word_embeddings if hasattr(self.encoder, "word_embeddings") else self.encoder.embed
+        return table(input_ids)
+
+    def pooled(
+        self,
+        input_ids: Array,
+        attention_mask: Array,
+        token_type_ids: Array | None = None,
+        pixel_values: Array | None = None,
+    ) -> Array:
+        """The pooled (not normalised) float32 vector (B, hidden).
+
+        `pixel_values` (B, H, W, C): one image per row, whose pooled rows replace the embeddings at that
+        row's image-token positions (see `image_inputs.py`); rows without image tokens ignore theirs."""
+        if self.vision is None:
+            if pixel_values is not None:
+                raise ValueError("pixel_values given but this student has no vision tower (StudentConfig.vision)")
+            hidden = self.encoder(input_ids, attention_mask, token_type_ids)
+        else:
+            embeddings = self.vision.embed(input_ids, self.token_embeddings(input_ids), pixel_values)
+            hidden = self.encoder(input_ids, attention_mask, token_type_ids, inputs_embeds=embeddings)
         return pool(hidden, attention_mask, self.config.pooling)
 
     def __call__(
@@ -105,8 +147,9 @@ class JasperStudent(nnx.Module):
         *,
         deterministic: bool = True,
         token_type_ids: Array | None = None,
+        pixel_values: Array | None = None,
     ) -> dict[str, Array]:
-        vector = self.pooled(input_ids, attention_mask, token_type_ids)
+        vector = self.pooled(input_ids, attention_mask, token_type_ids, pixel_values)
         if not self.heads:
             return {POOLED: l2_normalize(vector)}
         if self.dropout is not None:
