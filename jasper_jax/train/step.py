@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
@@ -29,6 +30,13 @@ from jasper_jax.train import sharding as sharding_lib
 
 Objective = Callable[[Mapping[str, jax.Array], jax.Array, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
 BATCH_KEYS = ("input_ids", "attention_mask", "teacher", "row_mask")
+# `forward(model, batch, deterministic) -> (student outputs, teacher)`: what the objective compares
+Forward = Callable[[nnx.Module, Mapping[str, jax.Array], bool], tuple[Mapping[str, jax.Array], Any]]
+
+
+def text_forward(model: nnx.Module, batch: Mapping[str, jax.Array], deterministic: bool):
+    """Stages 1-3: the student's head outputs on the texts; the teacher vectors come with the batch."""
+    return model(batch["input_ids"], batch["attention_mask"], deterministic=deterministic), batch["teacher"]
 
 
 @jax.tree_util.register_dataclass
@@ -111,10 +119,13 @@ def train_step_fn(
     *,
     deterministic: bool = True,
     activation_sharding: NamedSharding | None = None,
+    forward: Forward = text_forward,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """The un-jitted step `(state, frozen, rest, batch) -> (new_state, metrics)`.
 
     `activation_sharding`: if given, each encoder layer's input is constrained to it (batch axes).
+    `forward`: the model's outputs and the teacher the objective compares (default: texts vs the batch's
+    teacher vectors; stage 4: `jasper_jax.train.image_stage.image_caption_forward`).
     """
 
     def step_fn(state: TrainState, frozen: nnx.State, rest: nnx.State, batch: Mapping[str, jax.Array]):
@@ -126,9 +137,9 @@ def train_step_fn(
             model = nnx.merge(graphdef, params, frozen, rest_here)
             if activation_sharding is not None:
                 constrain_layer_inputs(model, activation_sharding)
-            outputs = model(batch["input_ids"], batch["attention_mask"], deterministic=deterministic)
+            outputs, teacher = forward(model, batch, deterministic)
             outputs = {name: value.astype(jnp.float32) for name, value in outputs.items()}
-            loss, metrics = objective(outputs, batch["teacher"], batch["row_mask"])
+            loss, metrics = objective(outputs, teacher, batch["row_mask"])
             return loss.astype(jnp.float32), metrics
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -176,8 +187,10 @@ def step_shardings(
     abstract_state: TrainState,
     abstract_frozen: nnx.State,
     abstract_rest: nnx.State,
+    batch_keys: tuple[str, ...] = BATCH_KEYS,
 ) -> StepShardings:
-    """Shardings from the logical-axis rules: params and their Adam moments alike, scalars replicated."""
+    """Shardings from the logical-axis rules: params and their Adam moments alike, scalars replicated;
+    every batch array (`batch_keys`) split over the batch axes."""
     params_specs = sharding_lib.state_specs(abstract_state.params, rules, mesh)
     replicated = sharding_lib.replicated(mesh)
     state = TrainState(
@@ -191,7 +204,7 @@ def step_shardings(
         state=state,
         frozen=sharding_lib.state_shardings(abstract_frozen, rules, mesh),
         rest=jax.tree.map(lambda _: replicated, abstract_rest),
-        batch={key: sharding_lib.batch_sharding(mesh) for key in BATCH_KEYS},
+        batch={key: sharding_lib.batch_sharding(mesh) for key in batch_keys},
         params_specs=params_specs,
     )
 
@@ -206,6 +219,17 @@ def jit_train_step(step_fn: Callable, shardings: StepShardings, mesh: Mesh):
     )
 
 
+def _put(x: Any, sharding: NamedSharding) -> Any:
+    if jax.process_count() > 1 and isinstance(x, jax.Array) and x.is_fully_addressable:
+        # a process-local array (built on this host) onto a global sharding: go through host memory;
+        # every process holds the same value (same seed), each puts its own shards
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = jax.device_put(np.asarray(jax.random.key_data(x)), sharding)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        x = np.asarray(x)
+    return jax.device_put(x, sharding)
+
+
 def place(tree: Any, shardings: Any) -> Any:
-    """Put a (host or device) pytree onto the given shardings."""
-    return jax.tree.map(lambda x, s: jax.device_put(x, s), tree, shardings)
+    """Put a (host or device) pytree onto the given shardings (also across processes)."""
+    return jax.tree.map(_put, tree, shardings)
