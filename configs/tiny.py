@@ -24,6 +24,7 @@ def get_config():
         intermediate_size=64,
         max_position_embeddings=64,
     )
+    config.model.vector_dropout = 0.1  # exercises the per-step dropout reseeding (resume, multi-process)
     config.data.generate.enabled = True
     config.data.generate.rows = 512
     config.data.generate.words = 200
