@@ -160,7 +160,8 @@ def train_step_fn(
         metrics.update(
             loss=loss,
             grad_norm=grad_norm,
-            lr=jnp.asarray(schedule(state.step), jnp.float32),
+            # optax counts applied updates only (a skipped step keeps the old optimizer state)
+            lr=jnp.asarray(schedule(state.step - state.nonfinite_total), jnp.float32),
             finite=finite,
             tokens=jnp.sum(batch["attention_mask"].astype(jnp.int32)),
             nonfinite_consecutive=consecutive,
