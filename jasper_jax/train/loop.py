@@ -471,7 +471,12 @@ def train(config: ml_collections.ConfigDict, stages: list[int] | None = None) ->
     stages = stages or [n for n in configured_stages(config) if stage_config(config, n).available]
     try:
         for number in stages:
-            stage_config(config, number)
+            if not stage_config(config, number).available:
+                raise TrainingError(
+                    f"stage {number} is not available in this version "
+                    f"({stage_config(config, number).get('note', 'see the config')}); run the others, e.g. "
+                    f"--stages {','.join(str(n) for n in configured_stages(config) if n != number)}"
+                )
         mesh = make_mesh(dict(config.mesh))
         paths = prepare_data(config)
         check_teacher_store(config, paths)

@@ -86,3 +86,31 @@ def test_every_config_loads():
     for name in ("tiny", "minilm_demo", "jasper_paper"):
         config = load_config(str(CONFIGS / f"{name}.py"))
         assert config.stages.stage1.heads.fc1 > 0 and config.workdir
+
+
+def test_unavailable_stage_is_refused_before_anything_runs(tmp_path, capsys):
+    from jasper_jax.train.loop import EXIT_BAD_INPUT, train
+
+    config = load_config(str(CONFIGS / "jasper_paper.py"), [f"workdir={tmp_path}"])
+    assert train(config, [4]) == EXIT_BAD_INPUT
+    error = capsys.readouterr().err
+    assert "stage 4 is not available" in error and "vision" in error and "--stages 1,2,3" in error, error
+    assert not any(tmp_path.iterdir())
+
+
+def test_broken_teacher_store_is_refused_before_step_one(tmp_path, capsys):
+    import json
+
+    from jasper_jax.train.loop import EXIT_BAD_INPUT, train
+    from jasper_jax.train.synthetic import generate_tiny_data
+
+    generate_tiny_data(tmp_path / "data", rows=40)
+    manifest_path = tmp_path / "data" / "store" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["rows"] = 41  # texts and vectors no longer line up
+    manifest_path.write_text(json.dumps(manifest))
+    config = load_config(str(CONFIGS / "tiny.py"), [f"workdir={tmp_path}", "progress=false"])
+    assert train(config, [1]) == EXIT_BAD_INPUT
+    error = capsys.readouterr().err
+    assert "teacher store" in error and "nothing was trained" in error, error
+    assert not (tmp_path / "stage1").exists()
