@@ -34,7 +34,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import jax
-    import jax.numpy as jnp
     from flax import nnx
 
     from jasper_jax.models import JasperStudent, Qwen2Config, StudentConfig
@@ -111,7 +110,6 @@ def main() -> None:
           f"{result['model_tflops_per_second']:.0f} TFLOP/s, MFU {100 * result['mfu']:.1f}% "
           f"(peak {args.peak_tflops:g} TFLOP/s)")
     print(json.dumps(result))
-    del jnp
 
 
 if __name__ == "__main__":

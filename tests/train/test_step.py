@@ -1,7 +1,6 @@
 """The sharded step equals the single-device step; frozen params stay bit-identical; NaN steps are skipped."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
