@@ -149,7 +149,9 @@ def encode_texts(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="Hugging Face / sentence-transformers folder or jasper-jax export")
-    parser.add_argument("--input", required=True, help="text file, one text per line")
+    parser.add_argument("--input", default=None, help="text file, one text per line")
+    parser.add_argument("--images", default=None,
+                        help="instead of --input: a file with one image path per line (a model with a vision tower)")
     parser.add_argument("--out", required=True, help="output .npy (float32, N x d, rows L2-normalised)")
     parser.add_argument("--head", default=None, help="head name, 'pooled', or NAME@D (default: the model's default head)")
     parser.add_argument("--prompt", default=None, help="prompt name (e.g. s2p_query, s2s_query) or literal text")
@@ -160,8 +162,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    texts = Path(args.input).read_text(encoding="utf-8").splitlines()
+    if (args.input is None) == (args.images is None):
+        raise SystemExit("jasper-jax encode: give exactly one of --input (texts) and --images (image paths)")
     loaded = load_any(args.model, compute_dtype=args.dtype)
+    if args.images is not None:
+        from jasper_jax.encode_images import encode_images
+
+        listing = Path(args.images)
+        paths = [line.strip() for line in listing.read_text(encoding="utf-8").splitlines() if line.strip()]
+        paths = [path if Path(path).is_absolute() or Path(path).exists() else str(listing.parent / path) for path in paths]
+        vectors = encode_images(loaded, paths, head=args.head, batch_size=min(args.batch_size, 16),
+                                progress=not args.no_progress)
+        np.save(args.out, vectors)
+        print(f"encoded {len(paths)} images -> {args.out} {vectors.shape}", file=sys.stderr)
+        return 0
+    texts = Path(args.input).read_text(encoding="utf-8").splitlines()
     vectors = encode_texts(
         loaded, texts, head=args.head, prompt=args.prompt or "", max_length=args.max_length,
         batch_size=args.batch_size, progress=not args.no_progress,

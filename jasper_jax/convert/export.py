@@ -123,7 +123,28 @@ def export_model(
         "similarity_fn_name": "cosine",
     })
     _write_json(out / JASPER_CONFIG, {"student": config.to_dict(), "active_head": active_head, "format": 1})
+    if config.vision is not None:
+        _export_vision(model, config, out, max_seq_length)
     return out
+
+
+def _export_vision(model: JasperStudent, config: StudentConfig, out: Path, max_seq_length: int | None) -> None:
+    """`vision/` (SigLIP folder, markers, image input ids) and the shipped `jasper_vision.py` (PyTorch side)."""
+    from jasper_jax.convert.siglip import export_vision
+    from jasper_jax.data.tokenization import add_image_tokens, image_token_ids, load_tokenizer, save_tokenizer
+
+    tokenizer = load_tokenizer(out, max(max_seq_length or 512, config.image_tokens + 8))
+    had_markers = tokenizer.tokenizer.get_vocab_size(with_added_tokens=True)
+    ids = add_image_tokens(tokenizer)
+    if ids != tuple(config.image_token_ids):
+        raise ValueError(
+            f"the exported tokenizer gives image marker ids {ids} but the model was trained with "
+            f"{tuple(config.image_token_ids)}: export with the tokenizer of the stage-4 run (--tokenizer)"
+        )
+    if tokenizer.tokenizer.get_vocab_size(with_added_tokens=True) != had_markers:
+        save_tokenizer(tokenizer, out, out)
+    export_vision(model, out, image_token_ids(tokenizer, config.image_tokens))
+    shutil.copyfile(SHIPPED / "jasper_vision.py", out / "jasper_vision.py")
 
 
 def _checkpoint_location(path: Path) -> tuple[Path, int | None]:

@@ -206,6 +206,9 @@ def load_model_folder(
             raise ConversionError(f"head {name!r} exists in {folder} with dim {head_dims[name]}, asked for {dim}")
         head_dims.setdefault(name, int(dim))
     student = saved.get("student", {})
+    from jasper_jax.convert.siglip import read_vision
+
+    vision = read_vision(folder)  # an export of a student with images (stage 4)
     config = StudentConfig(
         encoder=encoder_config,
         pooling=parts["pooling"],
@@ -214,6 +217,7 @@ def load_model_folder(
         compute_dtype=compute_dtype or student.get("compute_dtype", "float32"),
         remat=student.get("remat", False) if remat is None else remat,
         prefix_layout=bool(student.get("prefix_layout", False)) and len(head_dims) == 1,
+        **(vision[0] if vision else {}),
     )
     model = JasperStudent(config, rngs=rngs or nnx.Rngs(0))
     shapes = {
@@ -224,6 +228,8 @@ def load_model_folder(
     values = {f"encoder/{key}": value for key, value in params.items()}
     for name, head in loaded_heads.items():
         values[f"heads/{name}/kernel"], values[f"heads/{name}/bias"] = head.kernel, head.bias
+    if vision:
+        values.update(vision[1])
     assign_params(model, values)
     default_head = saved.get("active_head") or parts["active"] or (next(iter(head_dims)) if head_dims else POOLED)
     return LoadedModel(model, config, transformer, parts["max_seq_length"], dict(parts["prompts"]), default_head)

@@ -68,3 +68,77 @@ def export_siglip(tower: SiglipVisionEncoder | dict[str, np.ndarray], config: Si
     hf["dtype"] = "float32"
     (out / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
     return out
+
+
+# ------------------------------------------------------------------------------ a student's vision part
+
+VISION_FOLDER = "vision"
+IMAGE_CONFIG = "jasper_image.json"
+MARKERS_FILE = "markers.safetensors"
+
+
+def attach_vision(
+    model,
+    vision: SiglipVisionConfig | str | Path,
+    *,
+    image_tokens: int,
+    image_token_ids: tuple[int, int, int],
+    rngs: nnx.Rngs | None = None,
+):
+    """A copy of the text student `model` with a vision part: `vision` is a config (random tower) or a
+    Hugging Face SigLIP folder (pretrained tower). Returns (model, config); text parameters are copied."""
+    import dataclasses
+
+    from jasper_jax.convert.load import assign_params
+    from jasper_jax.models.student import JasperStudent
+
+    tower_params = None
+    if not isinstance(vision, SiglipVisionConfig):
+        folder = Path(vision)
+        vision = SiglipVisionConfig.from_hf(read_json(folder / "config.json"))
+        tower_params = siglip_params_from_tensors(read_weights(folder), vision, source=str(folder))
+    config = dataclasses.replace(model.config, vision=vision, image_tokens=int(image_tokens),
+                                 image_token_ids=tuple(image_token_ids))
+    with nnx.use_eager_sharding(False):
+        student = JasperStudent(config, rngs=rngs or nnx.Rngs(0))
+    values = {key: value for key, value in _flat(model).items() if not key.startswith("vision/")}
+    if tower_params is not None:
+        values.update({f"vision/tower/{key}": value for key, value in tower_params.items()})
+    assign_params(student, values)
+    return student, config
+
+
+def export_vision(model, out_dir: str | Path, image_input_ids: list[int]) -> Path:
+    """Write `out_dir/vision/`: the tower as a SiglipVisionModel folder, the marker embeddings, and
+    `jasper_image.json` (the image input's token ids, the number of pooled rows, the marker ids)."""
+    import json
+
+    from jasper_jax.convert.hf import write_weights as write
+
+    config = model.config
+    folder = Path(out_dir) / VISION_FOLDER
+    params = _flat(model)
+    tower = {key[len("vision/tower/"):]: value for key, value in params.items() if key.startswith("vision/tower/")}
+    export_siglip(tower, config.vision, folder)
+    write({"markers": params["vision/markers/embedding"]}, folder / MARKERS_FILE)
+    (folder / IMAGE_CONFIG).write_text(json.dumps({
+        "image_tokens": config.image_tokens, "image_token_ids": list(config.image_token_ids),
+        "image_input_ids": [int(i) for i in image_input_ids], "image_size": config.vision.image_size,
+        "image_mean": 0.5, "image_std": 0.5, "resample": "bicubic", "format": 1,
+    }, indent=2) + "\n")
+    return folder
+
+
+def read_vision(folder: str | Path) -> tuple[dict, dict[str, np.ndarray]] | None:
+    """(StudentConfig vision fields, `vision/...` parameters) of an export's `vision/` folder, or None."""
+    from safetensors.numpy import load_file
+
+    folder = Path(folder) / VISION_FOLDER
+    if not (folder / IMAGE_CONFIG).exists():
+        return None
+    meta = read_json(folder / IMAGE_CONFIG)
+    config = SiglipVisionConfig.from_hf(read_json(folder / "config.json"))
+    params = {f"vision/tower/{k}": v for k, v in siglip_params_from_tensors(read_weights(folder), config, source=str(folder)).items()}
+    params["vision/markers/embedding"] = np.asarray(load_file(str(folder / MARKERS_FILE))["markers"], np.float32)
+    fields = {"vision": config, "image_tokens": int(meta["image_tokens"]), "image_token_ids": tuple(meta["image_token_ids"])}
+    return fields, params

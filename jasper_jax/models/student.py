@@ -136,7 +136,10 @@ class JasperStudent(nnx.Module):
                 raise ValueError("pixel_values given but this student has no vision tower (StudentConfig.vision)")
             hidden = self.encoder(input_ids, attention_mask, token_type_ids)
         else:
-            embeddings = self.vision.embed(input_ids, self.token_embeddings(input_ids), pixel_values)
+            # marker ids may lie past the encoder's vocabulary: look up row 0 there (replaced by `embed`)
+            is_marker = jnp.isin(input_ids, jnp.asarray(self.vision.marker_ids))
+            table_ids = jnp.where(is_marker, 0, input_ids)
+            embeddings = self.vision.embed(input_ids, self.token_embeddings(table_ids), pixel_values)
             hidden = self.encoder(input_ids, attention_mask, token_type_ids, inputs_embeds=embeddings)
         return pool(hidden, attention_mask, self.config.pooling)
 
