@@ -14,6 +14,7 @@ Batch (global arrays, rows over the batch axes): `input_ids`/`attention_mask` (B
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -76,3 +77,95 @@ def objective_from_config(objective_config: Mapping[str, Any]):
         return image_caption_objective(image_outputs, caption_outputs, row_mask, **weights)
 
     return objective
+
+
+# ------------------------------------------------------------------------------------- the stage in the loop
+#
+# A stage is an image stage when its block has `images` (where the pairs are) and `vision` (the tower):
+#   images=dict(folder="", split="train", generate=dict(enabled=True, train=512, heldout=128, seed=0, size=64))
+#   vision=dict(source="random" | a Hugging Face SigLIP folder, encoder={SiglipVisionConfig fields}, image_tokens=n)
+
+
+def is_image_stage(stage) -> bool:
+    """Whether a stage block trains on image-caption pairs (it has `images` and `vision`)."""
+    return "images" in stage and "vision" in stage
+
+
+def images_folder(config, stage) -> Path:
+    """The image-caption folder of the stage: generated under `workdir/images` or `stage.images.folder`."""
+    generate = stage.images.get("generate", {})
+    if generate.get("enabled", False):
+        return Path(config.workdir).absolute() / "images"
+    if not stage.images.get("folder"):
+        raise ValueError("the image stage has neither images.folder nor images.generate.enabled")
+    return Path(stage.images.folder)
+
+
+def prepare_images(config, stage) -> Path:
+    """Generate the shapes data set (process 0, then a barrier) if the stage asks for it; its folder."""
+    from jasper_jax.data.images import write_shapes_dataset
+    from jasper_jax.train import distributed
+
+    folder = images_folder(config, stage)
+    generate = dict(stage.images.get("generate", {}))
+    if generate.pop("enabled", False):
+        if distributed.is_main_process():
+            write_shapes_dataset(folder, **generate)
+        distributed.barrier("jasper_generate_images")
+    return folder
+
+
+def stage_tokenizer(source_folder: Path, out_folder: Path, max_length: int):
+    """The stage's tokenizer: the text tokenizer plus the image markers, saved to `out_folder` (export and
+    encode read it from the checkpoint's config). Returns (TextTokenizer, marker ids)."""
+    from jasper_jax.data.tokenization import add_image_tokens, load_tokenizer, save_tokenizer
+    from jasper_jax.train import distributed
+
+    tokenizer = load_tokenizer(source_folder, max_length)
+    ids = add_image_tokens(tokenizer)
+    if distributed.is_main_process() and Path(source_folder).resolve() != Path(out_folder).resolve():
+        save_tokenizer(tokenizer, source_folder, out_folder)
+    distributed.barrier("jasper_image_tokenizer")
+    return tokenizer, ids
+
+
+def add_stage_vision(model, student_config, stage, marker_ids, seed: int):
+    """The student with the stage's vision part (random or pretrained tower), text weights kept."""
+    from flax import nnx
+
+    from jasper_jax.convert.siglip import attach_vision
+    from jasper_jax.models.siglip import SiglipVisionConfig
+
+    vision = stage.vision
+    source = vision.get("source", "random")
+    tower = SiglipVisionConfig(**dict(vision.get("encoder", {}))) if source == "random" else source
+    return attach_vision(model, tower, image_tokens=int(vision.image_tokens), image_token_ids=marker_ids,
+                         rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+
+
+def image_stage_config(
+    *,
+    image_tokens: int,
+    vision_source: str = "random",
+    vision_encoder: Mapping[str, Any] | None = None,
+    images_folder: str = "",
+    generate: Mapping[str, Any] | None = None,
+    **values,
+):
+    """A stage-4 block for `config.stages`: `config_base.stage(...)` plus `vision` and `images`.
+
+    `vision_source`: "random" (a tower from `vision_encoder`, SiglipVisionConfig fields) or a Hugging Face
+    SigLIP folder; `generate`: the shapes data set's arguments (train, heldout, seed, size) to generate it
+    under `workdir/images`, else `images_folder`. Trains `vision/tower/.*` by default."""
+    import ml_collections
+
+    from jasper_jax.train.config_base import stage
+
+    block = stage(**{"trainable": DEFAULT_TRAINABLE, **values})
+    block.vision = ml_collections.ConfigDict(
+        {"source": vision_source, "encoder": dict(vision_encoder or {}), "image_tokens": int(image_tokens)})
+    block.images = ml_collections.ConfigDict({
+        "folder": images_folder, "split": "train",
+        "generate": {"enabled": generate is not None, **dict(generate or {})},
+    })
+    return block

@@ -321,11 +321,24 @@ def run_stage(config: ml_collections.ConfigDict, number: int, mesh: jax.sharding
         saved_student = previous[2]["student_config"]
     elif stage.init_from != "model":
         raise TrainingError(f"stages.stage{number}.init_from={stage.init_from!r}; use 'previous' or 'model'")
+    from jasper_jax.train import image_stage as image_lib
+
+    images = image_lib.is_image_stage(stage)  # stage 4: image-caption pairs, the vision tower trains
+    tokenizer_folder = paths.tokenizer
     with nnx.use_eager_sharding(False):
         model, student_config = build_student(config, heads, seed, saved_student)
-    store_dim = _store_dim(paths)
+        if images:
+            tokenizer_folder = directory / "tokenizer"
+            image_tokenizer, marker_ids = image_lib.stage_tokenizer(
+                paths.tokenizer, tokenizer_folder, int(config.data.max_length))
+            if student_config.vision is None:
+                model, student_config = image_lib.add_stage_vision(model, student_config, stage, marker_ids, seed)
+            elif tuple(student_config.image_token_ids) != marker_ids:
+                raise TrainingError(f"stage {number}: the model's image marker ids {student_config.image_token_ids} "
+                                    f"differ from the tokenizer's {marker_ids}")
+    store_dim = None if images else _store_dim(paths)
     full_head = objective_config(config, stage)["full_head"]
-    if heads.get(full_head) != store_dim:
+    if not images and heads.get(full_head) != store_dim:
         raise TrainingError(
             f"stage {number}: head {full_head!r} has {heads.get(full_head)} dims but the teacher store has "
             f"{store_dim}; set stages.stage{number}.heads.{full_head}={store_dim}"
@@ -336,7 +349,8 @@ def run_stage(config: ml_collections.ConfigDict, number: int, mesh: jax.sharding
     tx, schedule = optimizer_lib.make_optimizer(config.optimizer, float(stage.lr), steps)
     abstract_state = jax.eval_shape(lambda p: step_lib.init_train_state(p, tx), trainable)
     abstract_frozen = jax.eval_shape(lambda f: f, frozen)
-    shardings = step_lib.step_shardings(mesh, rules, abstract_state, abstract_frozen, rest)
+    batch_keys = {"batch_keys": image_lib.IMAGE_BATCH_KEYS} if images else {}
+    shardings = step_lib.step_shardings(mesh, rules, abstract_state, abstract_frozen, rest, **batch_keys)
 
     batch_size = int(stage.batch_size)
     if batch_size % batch_size_divisor(mesh):
@@ -346,12 +360,23 @@ def run_stage(config: ml_collections.ConfigDict, number: int, mesh: jax.sharding
         )
     from jasper_jax.data.pipeline import make_train_iterator
 
-    iterator = make_train_iterator(
-        paths.store, paths.tokenizer, global_batch_size=batch_size, mesh=mesh,
-        max_length=int(config.data.max_length), shuffle_seed=config.data.shuffle_seed,
-        prompt=config.data.prompt, teachers=list(config.data.teachers) if config.data.teachers else None,
-        worker_threads=int(config.data.worker_threads), prefetch=int(config.data.prefetch),
-    )
+    if images:
+        from jasper_jax.data.images import make_image_caption_iterator
+
+        iterator = make_image_caption_iterator(
+            image_lib.prepare_images(config, stage), image_tokenizer, image_size=student_config.vision.image_size,
+            image_tokens=student_config.image_tokens, global_batch_size=batch_size, mesh=mesh,
+            split=stage.images.get("split", "train"), shuffle_seed=int(config.seed),
+            prompt=config.data.prompt, worker_threads=int(config.data.worker_threads),
+            prefetch=int(config.data.prefetch),
+        )
+    else:
+        iterator = make_train_iterator(
+            paths.store, paths.tokenizer, global_batch_size=batch_size, mesh=mesh,
+            max_length=int(config.data.max_length), shuffle_seed=config.data.shuffle_seed,
+            prompt=config.data.prompt, teachers=list(config.data.teachers) if config.data.teachers else None,
+            worker_threads=int(config.data.worker_threads), prefetch=int(config.data.prefetch),
+        )
 
     if latest is not None:
         state, frozen, _ = checkpointer.restore(
@@ -382,13 +407,18 @@ def run_stage(config: ml_collections.ConfigDict, number: int, mesh: jax.sharding
         frozen = step_lib.place(frozen, shardings.frozen)
     rest = step_lib.place(rest, shardings.rest)
     objective = step_lib.objective_from_config(objective_config(config, stage))
+    forward = {}
+    if images:
+        objective = image_lib.objective_from_config(objective_config(config, stage))
+        forward = {"forward": image_lib.image_caption_forward}
     step_fn = step_lib.jit_train_step(
         step_lib.train_step_fn(graphdef, tx, objective, schedule, deterministic=student_config.vector_dropout == 0,
-                               activation_sharding=sharding_lib.activation_sharding(mesh, config.activation_sharding)),
+                               activation_sharding=sharding_lib.activation_sharding(mesh, config.activation_sharding),
+                               **forward),
         shardings, mesh,
     )
     run_config = json.loads(config.to_json_best_effort())  # as run: data paths resolved (export reads them)
-    run_config["data"].update(store=str(paths.store.absolute()), tokenizer=str(paths.tokenizer.absolute()))
+    run_config["data"].update(store=str(paths.store.absolute()), tokenizer=str(Path(tokenizer_folder).absolute()))
     metadata = {
         "stage": number, "version": VERSION, "config": run_config,
         "student_config": student_config.to_dict(), "trainable": list(patterns),
