@@ -38,6 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=128, help="tokens per text (both backends)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--images", default=None,
+                        help="image-caption folder ({split}/captions.jsonl): adds image -> caption retrieval "
+                             "(R@1, R@10 vs chance) for a model with a vision tower (JAX backend)")
+    parser.add_argument("--images-split", default="heldout", help="split of --images (default: heldout)")
 
 
 def task_files(lee: str | None, news: str | None) -> tuple[Path, Path]:
@@ -69,7 +73,8 @@ def sources_for(model: str, backend: str, *, max_length: int, batch_size: int, p
 
 def evaluate_model(model: str, *, backend: str = "both", heads: list[str] | None = None, lee: str | Path | None = None,
                    news: str | Path | None = None, heldout_size: int = 1000, max_length: int = 128,
-                   batch_size: int = 32, progress: bool = True) -> dict:
+                   batch_size: int = 32, progress: bool = True, images: str | Path | None = None,
+                   images_split: str = "heldout") -> dict:
     """The results document of `jasper-jax eval` (see the module docstring)."""
     from jasper_jax.eval.run import evaluate_heads, max_score_difference
     from jasper_jax.eval.tasks import offline_tasks
@@ -86,6 +91,12 @@ def evaluate_model(model: str, *, backend: str = "both", heads: list[str] | None
                      "news": str(news_csv), "prompt": ""},
         "scores": scores,
     }
+    if images:
+        from jasper_jax.encode import load_any
+        from jasper_jax.eval.images import image_caption_retrieval
+
+        result["image_retrieval"] = image_caption_retrieval(
+            load_any(Path(model)), images, split=images_split, heads=heads, max_length=max_length, progress=progress)
     if len(scores) == 2:
         difference = max_score_difference(scores["jax"], scores["torch"])
         result["max_backend_difference"] = difference
@@ -98,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = evaluate_model(args.model, backend=args.backend, heads=heads, lee=args.lee, news=args.news,
                                 heldout_size=args.heldout_size, max_length=args.max_length,
-                                batch_size=args.batch_size, progress=not args.no_progress)
+                                batch_size=args.batch_size, progress=not args.no_progress,
+                                images=args.images, images_split=args.images_split)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"jasper-jax eval: {error}", file=sys.stderr)
         return 2
@@ -108,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
         for head, values in per_head.items():
             shown = "  ".join(f"{k}={v:.4f}" for k, v in values.items())
             print(f"{backend:5s} {head:8s} {shown}")
+    for head, values in result.get("image_retrieval", {}).items():
+        print(f"image {head:8s} R@1={values['image_r_at_1']:.4f} (chance {values['chance_r_at_1']:.4f})  "
+              f"R@10={values['image_r_at_10']:.4f} (chance {values['chance_r_at_10']:.4f})  pairs={values['pairs']}")
     if "backends_agree" in result:
         print(f"max |jax - torch| over all scores: {result['max_backend_difference']:.2e} "
               f"({'agree' if result['backends_agree'] else 'DISAGREE'} within {AGREEMENT_TOLERANCE})")

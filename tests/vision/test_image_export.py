@@ -33,7 +33,7 @@ def exported(tmp_path_factory):
     loaded = LoadedModel(student, config, minilm, max_seq_length=256, default_head="fc1")
     ours = {head: encode_images(loaded, paths, head=head, batch_size=4, progress=False) for head in HEADS}
     out = export_model(student, config, minilm, root / "export", max_seq_length=256)
-    return out, paths, ours
+    return out, paths, ours, shapes
 
 
 def _torch_encoder(folder):
@@ -44,7 +44,7 @@ def _torch_encoder(folder):
 
 
 def test_pytorch_side_reproduces_image_vectors(exported):
-    folder, paths, ours = exported
+    folder, paths, ours, _ = exported
     encoder = _torch_encoder(folder)
     for head, expected in ours.items():
         theirs = encoder.encode_images(paths, head=head, batch_size=3)
@@ -56,7 +56,7 @@ def test_pytorch_side_reproduces_image_vectors(exported):
 
 
 def test_export_reimports_and_encode_images_command(exported, tmp_path):
-    folder, paths, ours = exported
+    folder, paths, ours, _ = exported
     again = load_model_folder(folder)
     assert again.config.vision == tiny_siglip_config() and again.config.image_tokens == 6
     np.testing.assert_allclose(encode_images(again, paths, head="fc2", progress=False), ours["fc2"], atol=1e-5)
@@ -65,3 +65,25 @@ def test_export_reimports_and_encode_images_command(exported, tmp_path):
     assert cli_main(["encode", "--model", str(folder), "--images", str(listing), "--out", str(tmp_path / "v.npy"),
                      "--no-progress"]) == 0
     np.testing.assert_allclose(np.load(tmp_path / "v.npy"), ours["fc1"], atol=1e-5)
+
+
+def test_retrieval_scores_rank_the_right_caption():
+    from jasper_jax.eval.images import retrieval_scores
+
+    captions = np.eye(12, dtype=np.float32)
+    images = np.roll(captions, 1, axis=0)  # image i is closest to caption i - 1, its own caption ties at 0
+    images[:6] = captions[:6]  # the first six are exact
+    scores = retrieval_scores(images, captions)
+    assert scores["image_r_at_1"] == 0.5 and scores["image_r_at_10"] == 1.0, scores
+    assert scores["chance_r_at_1"] == 1 / 12 and scores["chance_r_at_10"] == 10 / 12 and scores["pairs"] == 12
+
+
+def test_image_caption_retrieval_on_held_out_pairs(exported):
+    from jasper_jax.eval.images import image_caption_retrieval
+
+    folder, _, _, shapes = exported
+    results = image_caption_retrieval(load_model_folder(folder), shapes, heads=["fc2"])
+    assert set(results) == {"fc2"}
+    values = results["fc2"]
+    assert values["pairs"] == 5 and values["chance_r_at_1"] == 0.2 and values["chance_r_at_10"] == 1.0
+    assert values["image_r_at_10"] == 1.0 and 0.0 <= values["image_r_at_1"] <= 1.0
