@@ -4,9 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_compile_check_reports_memory_and_budget():
     command = [sys.executable, "-m", "jasper_jax", "compile-check", "--config", str(ROOT / "configs" / "tiny.py"),
                "--stage", "3", "--devices", "4", "--config.mesh.data=1", "--config.mesh.fsdp=-1"]

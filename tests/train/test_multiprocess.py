@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from jasper_jax.train.checkpoint import StageCheckpointer
 
@@ -40,6 +41,7 @@ def _params(directory):
     return leaves
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path):
     single, multi = tmp_path / "single", tmp_path / "multi"
     subprocess.run([sys.executable, *ARGS, f"--config.workdir={single}"], env=_env(8), check=True,

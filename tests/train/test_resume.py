@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs" / "tiny.py")
 
@@ -29,6 +31,7 @@ def _env():
     return env
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_gives_the_uninterrupted_metrics(tmp_path):
     reference, crashed = tmp_path / "reference", tmp_path / "crashed"
     subprocess.run(_train_command(reference), env=_env(), check=True, capture_output=True, timeout=240)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,6 +20,7 @@ def _run(workdir, devices, mesh, *extra):
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_resume_on_a_smaller_mesh(tmp_path):
     eight = ["--config.mesh.data=4", "--config.mesh.fsdp=2"]
     four = ["--config.mesh.data=1", "--config.mesh.fsdp=2", "--config.mesh.tensor=2"]

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from jasper_jax.train.checkpoint import StageCheckpointer
 from jasper_jax.train.config_base import load_config
@@ -40,6 +41,7 @@ def metrics(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_stages_chain_and_frozen_params_stay_bit_identical(tmp_path):
     config = tiny(tmp_path, "stages.stage1.steps=6", "stages.stage2.steps=6", "stages.stage3.steps=4",
                   "checkpoint.every=3")
