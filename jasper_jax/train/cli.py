@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 OVERRIDE_PREFIX = "--config."
 
@@ -22,8 +23,6 @@ def _accept_config_overrides(parser: argparse.ArgumentParser) -> None:
     original = parser.parse_known_args
 
     def parse_known_args(args=None, namespace=None):
-        import sys
-
         args = list(sys.argv[1:] if args is None else args)
         overrides, rest, i = [], [], 0
         while i < len(args):
@@ -65,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, getattr(args, "config_overrides", []))
     except (FileNotFoundError, KeyError, ValueError) as error:
-        print(f"jasper-jax train: {error}")
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"jasper-jax train: {message}", file=sys.stderr)
         return 2
     return train(config, parse_stages(args.stages))
