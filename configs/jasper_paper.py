@@ -10,13 +10,21 @@
 | 2     | fc1 + last 3 encoder layers  | fc1                         | 128   | 8e-5 | 7000  |
 | 3     | everything                   | fc1 + fc2 1024/fc3 512/fc4 256 | 128 | 7e-5 | 2200  |
 | 4     | the vision tower             | self-distillation           | 90    | 1e-4 | 3500  |
-Stage 4 is configured but not available: it waits for the vision issue (SigLIP tower + pooler).
+
+Stage 4 adds the SigLIP so400m-patch14-384 tower (a Hugging Face SiglipVisionModel or SiglipModel folder)
+and 300 image tokens; it trains `vision/tower/.*` on the image-caption pairs of
+`images.folder/train/captions.jsonl` (one `{"image": path, "caption": text}` per line, see
+`jasper_jax.data.images`):
+
+    jasper-jax train --config configs/jasper_paper.py --stages 4 \
+        --config.stages.stage4.vision.source=/models/siglip-so400m-patch14-384 \
+        --config.stages.stage4.images.folder=/data/image_captions
 """
 
 from jasper_jax.train.config_base import base_config, stage
+from jasper_jax.train.image_stage import image_stage_config
 
 TEACHER_DIM = 4096 + 8192
-VISION_NOTE = "stage 4 (vision self-distillation) waits for the vision issue: SigLIP tower and pooler"
 
 
 def get_config():
@@ -53,9 +61,8 @@ def get_config():
         trainable=(".*",), heads={"fc1": TEACHER_DIM, "fc2": 1024, "fc3": 512, "fc4": 256}, batch_size=128,
         lr=7e-5, steps=2200,
     )
-    config.stages.stage4 = stage(
-        trainable=("vision/.*",), heads={"fc1": TEACHER_DIM, "fc2": 1024, "fc3": 512, "fc4": 256},
-        batch_size=90, lr=1e-4, steps=3500, available=False,
+    config.stages.stage4 = image_stage_config(
+        image_tokens=300, vision_source="models/siglip-so400m-patch14-384", images_folder="data/image_captions",
+        heads={"fc1": TEACHER_DIM, "fc2": 1024, "fc3": 512, "fc4": 256}, batch_size=90, lr=1e-4, steps=3500,
     )
-    config.stages.stage4.note = VISION_NOTE
     return config

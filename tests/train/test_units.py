@@ -66,7 +66,7 @@ def test_config_overrides_are_typed():
                                                     "data.shuffle_seed=7"])
     assert config.stages.stage3.lr == 1e-5 and config.mesh.fsdp == 4 and config.model.remat is False
     assert config.stages.stage1.trainable == ("a/.*", "b/.*") and config.data.shuffle_seed == 7
-    assert config.stages.stage4.available is False
+    assert config.stages.stage4.available and config.stages.stage4.vision.image_tokens == 300
     with pytest.raises(KeyError, match="no field 'lrr'"):
         apply_override(config, "stages.stage3.lrr=1")
     with pytest.raises(ValueError, match="true/false"):
@@ -92,6 +92,8 @@ def test_unavailable_stage_is_refused_before_anything_runs(tmp_path, capsys):
     from jasper_jax.train.loop import EXIT_BAD_INPUT, train
 
     config = load_config(str(CONFIGS / "jasper_paper.py"), [f"workdir={tmp_path}"])
+    config.stages.stage4.available = False
+    config.stages.stage4.note = "the vision tower is switched off in this test"
     assert train(config, [4]) == EXIT_BAD_INPUT
     error = capsys.readouterr().err
     assert "stage 4 is not available" in error and "vision" in error and "--stages 1,2,3" in error, error
