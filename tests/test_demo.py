@@ -17,6 +17,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "eval"))
 from eval_inputs import tiny_bert_export, write_lee_files, write_news_csv  # noqa: E402
 
+pytestmark = pytest.mark.slow  # about 2 minutes: three training stages and eight evaluated models
+
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
@@ -26,8 +28,9 @@ def demo_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     tiny_plain_folder = tiny_bert_export(root / "tiny_bert", {}, seed=1)
     overrides = [f"model.source={tiny_plain_folder}", "checkpoint.every=2", "data.worker_threads=1"]
-    for stage in (1, 2, 3):
+    for stage in (1, 2, 3, 4):
         overrides += [f"stages.stage{stage}.steps=3", f"stages.stage{stage}.batch_size=8"]
+    overrides += ["stages.stage4.images.generate.train=24", "stages.stage4.images.generate.heldout=12"]
     settings = DemoSettings(
         out=root / "demo", overrides=overrides,
         teachers=[Teacher("minilm", str(minilm_path()), "jax"), Teacher("tiny", str(tiny_plain_folder), "torch")],
@@ -77,6 +80,18 @@ def test_every_artifact_exists_and_loads(demo_run):
         assert -1 <= agreement["mean_cosine"] <= 1 and agreement["similarity_mse"] >= 0, (name, agreement)
     export = json.loads((out / "eval" / "export_pytorch.json").read_text())
     assert export["max_backend_difference"] <= 1e-3
+
+
+def test_stage4_images_are_trained_exported_and_evaluated(demo_run):
+    settings, report = demo_run
+    out = settings.out
+    assert [json.loads(line)["step"] for line in (out / "train" / "stage4" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert (out / "export" / "vision" / "jasper_image.json").exists() and (out / "export" / "jasper_vision.py").exists()
+    retrieval = json.loads((out / "eval" / "stage4.json").read_text())["image_retrieval"]
+    assert set(retrieval) == {"fc1", "fc2", "fc3", "fc4"}
+    assert retrieval["fc1"]["pairs"] == 12 and retrieval["fc1"]["chance_r_at_1"] == 1 / 12
+    text = report.read_text()
+    assert "Image -> caption retrieval (stage 4)" in text and "image -> caption retrieval (fc1) above chance" in text
 
     text = report.read_text()
     for section in ("## Scores", "## Held-out agreement", "## Quality targets", "losses_stage3.png"):
