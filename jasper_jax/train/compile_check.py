@@ -53,9 +53,14 @@ def compile_stage_step(config, stage_number: int, *, batch_size: int = 0, length
     from jasper_jax.train import step as step_lib
     from jasper_jax.train.mesh import make_mesh
 
+    from jasper_jax.train import image_stage as image_lib
+
     stage = loop.stage_config(config, stage_number)
     heads = {name: int(dim) for name, dim in stage.heads.items()}
     student_config = loop.student_config_from(config, heads, None)
+    images = image_lib.is_image_stage(stage)
+    if images:  # stage 4: the student with its vision tower (shapes from the config or the tower's folder)
+        student_config = image_lib.abstract_vision_student_config(student_config, stage)
     with nnx.use_eager_sharding(False):
         abstract_model = nnx.eval_shape(lambda: JasperStudent(student_config, rngs=nnx.Rngs(params=0, dropout=1)))
     patterns = optimizer_lib.trainable_patterns(stage, student_config.encoder.num_hidden_layers)
@@ -64,11 +69,16 @@ def compile_stage_step(config, stage_number: int, *, batch_size: int = 0, length
     abstract_state = jax.eval_shape(lambda p: step_lib.init_train_state(p, tx), trainable)
     mesh = make_mesh(dict(config.mesh))
     rules = sharding_lib.rules_from_config(config.sharding_rules)
-    shardings = step_lib.step_shardings(mesh, rules, abstract_state, frozen, rest)
+    batch_keys = {"batch_keys": image_lib.IMAGE_BATCH_KEYS} if images else {}
+    shardings = step_lib.step_shardings(mesh, rules, abstract_state, frozen, rest, **batch_keys)
     objective = step_lib.objective_from_config(loop.objective_config(config, stage))
+    forward = {}
+    if images:
+        objective = image_lib.objective_from_config(loop.objective_config(config, stage))
+        forward = {"forward": image_lib.image_caption_forward}
     step_fn = step_lib.train_step_fn(
         graphdef, tx, objective, schedule, deterministic=student_config.vector_dropout == 0,
-        activation_sharding=sharding_lib.activation_sharding(mesh, config.activation_sharding),
+        activation_sharding=sharding_lib.activation_sharding(mesh, config.activation_sharding), **forward,
     )
     jitted = step_lib.jit_train_step(step_fn, shardings, mesh)
 
@@ -81,6 +91,8 @@ def compile_stage_step(config, stage_number: int, *, batch_size: int = 0, length
         "teacher": ((batch, teacher_dim), jnp.float32),
         "row_mask": ((batch,), jnp.bool_),
     }
+    if images:
+        shapes = image_lib.abstract_image_batch(student_config, batch, length)
     abstract_batch = {k: jax.ShapeDtypeStruct(s, d, sharding=shardings.batch[k]) for k, (s, d) in shapes.items()}
 
     def with_sharding(tree, tree_shardings):

@@ -169,3 +169,40 @@ def image_stage_config(
         "generate": {"enabled": generate is not None, **dict(generate or {})},
     })
     return block
+
+
+def abstract_vision_student_config(student_config, stage):
+    """The StudentConfig of an image stage built from shapes only (compile-check): the tower's config from
+    `vision.encoder` (random) or the folder's config.json (so400m defaults when the folder is absent);
+    marker ids appended after the text vocabulary."""
+    import dataclasses
+
+    from jasper_jax.convert.hf import read_json
+    from jasper_jax.models.siglip import SiglipVisionConfig
+
+    vision = stage.vision
+    source = vision.get("source", "random")
+    if source == "random":
+        tower = SiglipVisionConfig(**dict(vision.get("encoder", {})))
+    elif (Path(source) / "config.json").exists():
+        tower = SiglipVisionConfig.from_hf(read_json(Path(source) / "config.json"))
+    else:
+        tower = SiglipVisionConfig()
+    vocab = student_config.encoder.vocab_size
+    return dataclasses.replace(student_config, vision=tower, image_tokens=int(vision.image_tokens),
+                               image_token_ids=(vocab, vocab + 1, vocab + 2))
+
+
+def abstract_image_batch(student_config, batch: int, caption_length: int) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """{key: (shape, dtype)} of a stage-4 batch: image inputs of n + 4 tokens (bucketed), captions of
+    `caption_length` tokens."""
+    from jasper_jax.data.tokenization import bucket_length
+
+    image_length = bucket_length(student_config.image_tokens + 4, 1 << 20)
+    size = student_config.vision.image_size
+    return {
+        "input_ids": ((batch, image_length), jnp.int32), "attention_mask": ((batch, image_length), jnp.int32),
+        "pixel_values": ((batch, size, size, 3), jnp.float32),
+        "caption_ids": ((batch, caption_length), jnp.int32), "caption_mask": ((batch, caption_length), jnp.int32),
+        "row_mask": ((batch,), jnp.bool_),
+    }

@@ -61,3 +61,14 @@ def test_stage4_trains_checkpoints_resumes_and_encodes(tmp_path):
     vectors = encode_images(loaded, paths, head="fc2", batch_size=4, progress=False)
     assert vectors.shape == (4, 16)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_compile_check_builds_the_image_step_from_shapes(tmp_path):
+    from jasper_jax.train.compile_check import compile_stage_step, memory_report
+
+    config = tiny_vision_config(tmp_path)
+    compiled, summary = compile_stage_step(config, 4, batch_size=8, length=16)
+    assert summary["trainable_parameters"] < summary["parameters"]
+    tower = config.stages.stage4.vision.encoder
+    assert summary["trainable_parameters"] > 2 * tower.num_hidden_layers * tower.hidden_size * tower.intermediate_size
+    assert memory_report(compiled)["peak_estimate_bytes"] > 0
