@@ -5,9 +5,13 @@
 
 Heads: fc1 at the teachers' 1152 dims (3 losses) and reduced fc2 256 / fc3 128 / fc4 64 added in stage 3
 (similarity + relative similarity). Stage 2 trains fc1 and the last 2 of MiniLM's 6 layers.
+Stage 4 adds a small random SigLIP tower (64 x 64 images, 8 x 8 patches, 4 layers of 128) and 16 image
+tokens, and trains only the tower on generated coloured-shape scenes (`workdir/images`, held-out captions
+for `jasper-jax eval --images`): the image of each pair learns the student's own caption vector per head.
 """
 
 from jasper_jax.train.config_base import base_config, stage
+from jasper_jax.train.image_stage import image_stage_config
 
 TEACHER_DIM = 384 + 768
 
@@ -35,5 +39,12 @@ def get_config():
     config.stages.stage3 = stage(
         trainable=(".*",), heads={"fc1": TEACHER_DIM, "fc2": 256, "fc3": 128, "fc4": 64}, head_init="prefix:fc1",
         batch_size=32, lr=5e-5, steps=200,
+    )
+    config.stages.stage4 = image_stage_config(
+        image_tokens=16,
+        vision_encoder=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+                            image_size=64, patch_size=8),
+        generate=dict(train=2000, heldout=200, seed=0, size=64),
+        heads={"fc1": TEACHER_DIM, "fc2": 256, "fc3": 128, "fc4": 64}, batch_size=32, lr=1e-3, steps=300,
     )
     return config

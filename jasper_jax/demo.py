@@ -201,9 +201,12 @@ def evaluated_models(settings: DemoSettings, config) -> list[dict[str, Any]]:
     source = model_source_path(config)
     if source is not None:
         models.append({"name": "undistilled", "kind": "undistilled", "path": source, "backend": "jax"})
+    from jasper_jax.train.image_stage import is_image_stage
+
     for number in stages_of(settings, config):
         models.append({"name": f"stage{number}", "kind": "stage", "stage": number,
-                       "path": str(stage_dir(config, number)), "backend": "jax"})
+                       "path": str(stage_dir(config, number)), "backend": "jax",
+                       "image_stage": is_image_stage(config.stages[f"stage{number}"])})
     models.append({"name": "export_pytorch", "kind": "export", "path": str(settings.out / "export"), "backend": "torch"})
     return models
 
@@ -261,6 +264,13 @@ def evaluate_all(settings: DemoSettings) -> None:
             if jax_result.exists():
                 result["max_backend_difference"] = max_score_difference(
                     json.loads(jax_result.read_text())["scores"], result["scores"])
+        if model.get("image_stage"):  # stage 4: image -> caption retrieval on the held-out pairs
+            from jasper_jax.eval.images import image_caption_retrieval
+            from jasper_jax.train.image_stage import images_folder
+
+            result["image_retrieval"] = image_caption_retrieval(
+                load_any(model["path"]), images_folder(config, config.stages[f"stage{model['stage']}"]),
+                max_length=settings.max_length, progress=settings.progress)
         result["seconds"] = time.perf_counter() - start
         out.write_text(json.dumps(result, indent=1) + "\n")
 

@@ -79,7 +79,8 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 def quality_targets(results: dict[str, dict], stage_names: list[str], full_head: str) -> list[dict[str, Any]]:
     """Issue 6's targets, each {target, met, detail}."""
     targets = []
-    stages = [results[name] for name in stage_names if name in results]
+    # an image stage (stage 4) trains only the vision tower: its text agreement is the previous stage's
+    stages = [results[name] for name in stage_names if name in results and not results[name].get("image_stage")]
     cosines = [s.get("agreement", {}).get("mean_cosine") for s in stages]
     mses = [s.get("agreement", {}).get("similarity_mse") for s in stages]
     if len(stages) >= 2 and None not in cosines and None not in mses:
@@ -116,6 +117,14 @@ def quality_targets(results: dict[str, dict], stage_names: list[str], full_head:
                 targets.append({"target": f"{label}: smallest head {smallest} ({final['dims'][smallest]}) keeps >= 95% of {full_head}",
                                 "met": ratio is not None and ratio >= 0.95,
                                 "detail": f"{_fmt(small_score)} / {_fmt(full_score)} = {_fmt(ratio, 3)}"})
+    for name in stage_names:
+        for head, values in (results.get(name) or {}).get("image_retrieval", {}).items():
+            targets.append({
+                "target": f"{name} image -> caption retrieval ({head}) above chance (R@1 and R@10)",
+                "met": values["image_r_at_1"] > values["chance_r_at_1"] and values["image_r_at_10"] > values["chance_r_at_10"],
+                "detail": f"R@1 {_fmt(values['image_r_at_1'])} (chance {_fmt(values['chance_r_at_1'])}), "
+                          f"R@10 {_fmt(values['image_r_at_10'])} (chance {_fmt(values['chance_r_at_10'])})",
+            })
     export = results.get("export_pytorch")
     if export and "max_backend_difference" in export:
         targets.append({"target": "JAX student and exported PyTorch folder agree within 1e-3 on every score",
@@ -164,6 +173,20 @@ def write_report(out: Path, results: list[dict], config, step_seconds: dict[str,
                      f"{_fmt(result['agreement']['similarity_mse'], 5)} | {_fmt(result['scores'][head]['lee_spearman'])} | "
                      f"{_fmt(result['scores'][head]['news_ndcg_at_10'])} |")
     lines.append("")
+
+    image_results = [r for r in results if r.get("image_retrieval")]
+    if image_results:
+        lines += ["## Image -> caption retrieval (stage 4)", "",
+                  "Each held-out image (generated coloured shapes; its caption never seen in training) queries all "
+                  "held-out captions; R@k = share of images whose own caption ranks in the top k (cosine).", "",
+                  "| model | head | pairs | R@1 | chance R@1 | R@10 | chance R@10 | mean cosine image-caption |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for result in image_results:
+            for head, values in result["image_retrieval"].items():
+                lines.append(f"| {result['name']} | {head} | {values['pairs']} | {_fmt(values['image_r_at_1'])} | "
+                             f"{_fmt(values['chance_r_at_1'])} | {_fmt(values['image_r_at_10'])} | "
+                             f"{_fmt(values['chance_r_at_10'])} | {_fmt(values['mean_cosine'])} |")
+        lines.append("")
 
     targets = quality_targets(by_name, stage_names, full_head)
     lines += ["## Quality targets", "", "| target | result | numbers |", "|---|---|---|"]
