@@ -226,7 +226,8 @@ def _merge_stats(left: Array, right: Array) -> tuple[Array, Array, Array]:
     (-BIG, +BIG) where not, so one argsort of `right` orders both roles. Every position p gives two items, a
     left-role item (value left_p) and a right-role item (right_p); merging the two sorted lists puts all
     2P items in value order (ties: left-role first, so equal values never count as left_i > right_j).
-    Level by level, from the whole range down to blocks of 32 positions (compared directly), the items are kept ordered by
+    Level by level (a `fori_loop`, so memory stays O(P) whatever the depth), from the whole range down to
+    blocks of 32 positions (compared directly), the items are kept ordered by
     (segment, value), a segment holding the items of 2h consecutive positions. Within a segment a
     right-role item j of the later half is beaten by exactly the left-role items of the earlier half that
     come after it, and a left-role item i of the earlier half beats the right-role items of the later half
@@ -250,29 +251,45 @@ def _merge_stats(left: Array, right: Array) -> tuple[Array, Array, Array]:
     item = item.at[left_slot].set(left_order, unique_indices=True)
     item = item.at[right_slot].set(right_order + size, unique_indices=True)
 
-    coefficient = jnp.zeros((2 * size,), jnp.int32)  # beats (left-role) or minus beaten (right-role)
     block = min(size, _MERGE_DENSE_BLOCK)
     block_bits = block.bit_length() - 1
-    shift = size.bit_length() - 2  # log2(size // 2)
-    while shift >= block_bits:
-        segment = 4 << shift  # two items for each of 2 * 2**shift positions
+    top_shift = size.bit_length() - 2  # log2(size // 2)
+    index = jnp.arange(2 * size, dtype=jnp.int32)
+
+    def level(step: Array, carry: tuple[Array, Array]) -> tuple[Array, Array]:
+        item, coefficient = carry
+        shift = top_shift - step
+        segment = jnp.left_shift(jnp.int32(4), shift)  # two items for each of 2 * 2**shift positions
+        segment_start = index & ~(segment - 1)
+        segment_last = segment_start + segment - 1
         is_left_role = item < size
         in_later_half = ((item >> shift) & 1).astype(bool)  # bit `shift` of the position
-        earlier_left = (is_left_role & ~in_later_half).reshape(-1, segment).astype(jnp.int32)
-        later_right = (~is_left_role & in_later_half).reshape(-1, segment).astype(jnp.int32)
-        earlier_left_before = jnp.cumsum(earlier_left, axis=1) - earlier_left
-        beaten = jnp.sum(earlier_left, axis=1, keepdims=True) - earlier_left_before - earlier_left
-        beats = jnp.cumsum(later_right, axis=1) - later_right
-        coefficient = coefficient + (earlier_left * beats - later_right * beaten).reshape(-1)
-        if shift > block_bits:  # stable partition of every segment into its earlier and later half
-            bit = in_later_half.reshape(-1, segment).astype(jnp.int32)
-            ones_before = jnp.cumsum(bit, axis=1) - bit
-            zeros_before = jnp.arange(segment, dtype=jnp.int32)[None, :] - ones_before
-            start = (jnp.arange(bit.shape[0], dtype=jnp.int32) * segment)[:, None]
-            target = (start + jnp.where(bit == 1, segment // 2 + ones_before, zeros_before)).reshape(-1)
-            item = jnp.zeros_like(item).at[target].set(item, unique_indices=True)
-            coefficient = jnp.zeros_like(coefficient).at[target].set(coefficient, unique_indices=True)
-        shift -= 1
+        earlier_left = (is_left_role & ~in_later_half).astype(jnp.int32)
+        later_right = (~is_left_role & in_later_half).astype(jnp.int32)
+        bit = in_later_half.astype(jnp.int32)
+        # Segmented counts from global cumulative sums (exact in int32: at most 2**25 items).
+        earlier_left_cumsum = jnp.cumsum(earlier_left)
+        later_right_cumsum = jnp.cumsum(later_right)
+        bit_cumsum = jnp.cumsum(bit)
+
+        def before(cumsum: Array, counts: Array) -> Array:
+            """Count of items before each item in its own segment (exclusive, segmented)."""
+            return cumsum - counts - (cumsum[segment_start] - counts[segment_start])
+
+        beaten = earlier_left_cumsum[segment_last] - earlier_left_cumsum  # earlier-half left items after
+        beats = before(later_right_cumsum, later_right)  # later-half right items before
+        coefficient = coefficient + earlier_left * beats - later_right * beaten
+        # Stable partition of every segment into its earlier and later half (for the next level).
+        ones_before = before(bit_cumsum, bit)
+        zeros_before = index - segment_start - ones_before
+        target = segment_start + jnp.where(bit == 1, segment // 2 + ones_before, zeros_before)
+        item = jnp.zeros_like(item).at[target].set(item, unique_indices=True)
+        coefficient = jnp.zeros_like(coefficient).at[target].set(coefficient, unique_indices=True)
+        return item, coefficient
+
+    levels = max(0, top_shift - block_bits + 1)
+    coefficient = jnp.zeros((2 * size,), jnp.int32)  # beats (left-role) or minus beaten (right-role)
+    item, coefficient = jax.lax.fori_loop(0, levels, level, (item, coefficient))
     by_item = jnp.zeros_like(coefficient).at[item].set(coefficient, unique_indices=True)
     # Pairs inside a block of `block` consecutive positions: compared directly (fused, no temporaries).
     left_blocks, right_blocks = left.reshape(-1, block), right.reshape(-1, block)
