@@ -278,12 +278,21 @@ class GatedMLP(nnx.Module):
 
 
 def run_layers(layers: nnx.List, x: Array, *args, remat: bool = False) -> Array:
-    """Apply `layers` in order; with `remat`, each layer's activations are recomputed in the backward pass."""
+    """Apply `layers` in order; with `remat`, each layer's activations are recomputed in the backward pass.
 
-    def apply(layer, hidden, *rest):
-        return layer(hidden, *rest)
+    Remat is `jax.checkpoint` over a pure function of the layer's state (split here, merged inside), not
+    `nnx.remat`: the latter writes the state back into the layer's Variables afterwards, which fails
+    ("Cannot mutate Param from a different trace level") for frozen layers, whose Variables the train step
+    builds outside the gradient trace (stage 2's frozen layers, stage 4's whole text encoder)."""
+    if not remat:
+        for layer in layers:
+            x = layer(x, *args)
+        return x
 
-    step = nnx.remat(apply) if remat else apply
+    def apply(graphdef, state, hidden, *rest):
+        return nnx.merge(graphdef, state)(hidden, *rest)
+
     for layer in layers:
-        x = step(layer, x, *args)
+        graphdef, state = nnx.split(layer)
+        x = jax.checkpoint(apply, static_argnums=0)(graphdef, state, x, *args)
     return x
