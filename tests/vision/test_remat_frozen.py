@@ -29,6 +29,7 @@ def test_stage4_gradients_with_remat_equal_those_without():
             return jax.grad(loss)(params)
 
         grads.append(jax.tree.leaves(gradient(trainable, frozen, rest)))
+    scale = max(float(np.abs(g).max()) for g in grads[0])  # the loss weights (200, 20) make gradients large
     for plain, rematerialised in zip(*grads):
-        np.testing.assert_allclose(plain, rematerialised, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(plain, rematerialised, atol=1e-6 * scale)
     assert max(float(np.abs(g).max()) for g in grads[0]) > 0
