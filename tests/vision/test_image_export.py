@@ -87,3 +87,21 @@ def test_image_caption_retrieval_on_held_out_pairs(exported):
     values = results["fc2"]
     assert values["pairs"] == 5 and values["chance_r_at_1"] == 0.2 and values["chance_r_at_10"] == 1.0
     assert values["image_r_at_10"] == 1.0 and 0.0 <= values["image_r_at_1"] <= 1.0
+
+
+def test_eval_command_adds_image_retrieval(exported, tmp_path):
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "eval"))
+    from eval_inputs import write_lee_files, write_news_csv
+
+    folder, _, _, shapes = exported
+    out = tmp_path / "results.json"
+    code = cli_main(["eval", "--model", str(folder), "--out", str(out), "--backend", "jax", "--heads", "fc2",
+                     "--lee", str(write_lee_files(tmp_path / "lee")), "--news", str(write_news_csv(tmp_path / "news.csv")),
+                     "--heldout-size", "10", "--max-length", "32", "--no-progress", "--images", str(shapes)])
+    assert code == 0
+    retrieval = json.loads(out.read_text())["image_retrieval"]
+    assert set(retrieval) == {"fc2"} and retrieval["fc2"]["pairs"] == 5
