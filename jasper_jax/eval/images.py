@@ -54,3 +54,32 @@ def image_caption_retrieval(
         captions = encode_texts(loaded, source.captions(), head=head, max_length=max_length, progress=progress)
         results[head] = retrieval_scores(images, captions)
     return results
+
+
+def torch_image_caption_retrieval(
+    export_folder: str | Path,
+    folder: str | Path,
+    *,
+    split: str = "heldout",
+    heads: list[str] | None = None,
+) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
+    """The same retrieval on the PyTorch side of an export (its shipped `jasper_vision.py`): (scores per head,
+    image vectors per head)."""
+    import importlib.util
+
+    from jasper_jax.data.images import ImageCaptionSource
+
+    spec = importlib.util.spec_from_file_location("jasper_vision_export", Path(export_folder) / "jasper_vision.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    encoder = module.JasperImageEncoder(str(export_folder))
+    source = ImageCaptionSource(folder, split)
+    heads = heads or [name for module_ in encoder.model for name in getattr(module_, "heads", {})] or [None]
+    results, vectors = {}, {}
+    for head in heads:
+        images = encoder.encode_images(source.image_paths(), head=head)
+        kwargs = {"head": head} if head else {}
+        captions = encoder.model.encode(source.captions(), normalize_embeddings=True, convert_to_numpy=True, **kwargs)
+        name = head or "pooled"
+        results[name], vectors[name] = retrieval_scores(images, np.asarray(captions, np.float32)), images
+    return results, vectors

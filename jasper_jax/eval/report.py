@@ -126,6 +126,10 @@ def quality_targets(results: dict[str, dict], stage_names: list[str], full_head:
                           f"R@10 {_fmt(values['image_r_at_10'])} (chance {_fmt(values['chance_r_at_10'])})",
             })
     export = results.get("export_pytorch")
+    if export and export.get("image_agreement"):
+        lowest = min(export["image_agreement"].values())
+        targets.append({"target": "exported PyTorch image vectors match the JAX student's (cosine >= 0.9999, every head)",
+                        "met": lowest >= 0.9999, "detail": f"lowest cosine {lowest:.6f}"})
     if export and "max_backend_difference" in export:
         targets.append({"target": "JAX student and exported PyTorch folder agree within 1e-3 on every score",
                         "met": export["max_backend_difference"] <= 1e-3,
