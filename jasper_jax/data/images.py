@@ -166,6 +166,12 @@ class ImageCaptionSource:
         return [str(self.folder / row["image"]) for row in self.rows]
 
 
+def image_input_length(tokens: int) -> int:
+    """The padded length of image inputs: every one has the same `tokens` ids, so no power-of-two bucket
+    (300 image tokens + 4 would pad to 512): the next multiple of 16."""
+    return -(-tokens // 16) * 16
+
+
 class ImageCaptionBatchLoader:
     """Grain map: a global batch of row indices -> this host's numpy image-caption batch."""
 
@@ -185,7 +191,7 @@ class ImageCaptionBatchLoader:
         captions = self.tokenizer.encode([row["caption"] for row in rows], self.prompt)
         caption_length = bucket_length(max(len(ids) for ids in captions), self.tokenizer.max_length)
         start, stop = self.host_rows
-        image_length = bucket_length(len(self.image_ids), self.tokenizer.max_length)
+        image_length = image_input_length(len(self.image_ids))
         batch = pad_batch([self.image_ids] * (stop - start), image_length, self.tokenizer.pad_id)
         text = pad_batch(captions[start:stop], caption_length, self.tokenizer.pad_id)
         batch["caption_ids"], batch["caption_mask"] = text["input_ids"], text["attention_mask"]

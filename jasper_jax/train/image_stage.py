@@ -194,11 +194,11 @@ def abstract_vision_student_config(student_config, stage):
 
 
 def abstract_image_batch(student_config, batch: int, caption_length: int) -> dict[str, tuple[tuple[int, ...], Any]]:
-    """{key: (shape, dtype)} of a stage-4 batch: image inputs of n + 4 tokens (bucketed), captions of
+    """{key: (shape, dtype)} of a stage-4 batch: image inputs of n + 4 tokens (rounded up to 16), captions of
     `caption_length` tokens."""
-    from jasper_jax.data.tokenization import bucket_length
+    from jasper_jax.data.images import image_input_length
 
-    image_length = bucket_length(student_config.image_tokens + 4, 1 << 20)
+    image_length = image_input_length(student_config.image_tokens + 4)
     size = student_config.vision.image_size
     return {
         "input_ids": ((batch, image_length), jnp.int32), "attention_mask": ((batch, image_length), jnp.int32),
