@@ -34,8 +34,12 @@ def plot_losses(metrics: list[dict[str, Any]], title: str, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     keys = sorted({k for row in metrics for k in row if k == "loss" or k.startswith(LOSS_PREFIXES[1:])})
-    figure, axes = plt.subplots(1, len(keys) or 1, figsize=(3.2 * max(len(keys), 1), 3), squeeze=False)
-    for axis, key in zip(axes[0], keys):
+    columns = min(4, max(len(keys), 1))
+    rows = -(-max(len(keys), 1) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows), squeeze=False)
+    for axis in axes.flat[len(keys):]:
+        axis.set_visible(False)
+    for axis, key in zip(axes.flat, keys):
         rows = [row for row in metrics if key in row]
         axis.plot([row["step"] for row in rows], [row[key] for row in rows], linewidth=1)
         axis.set_title(key, fontsize=9)
@@ -151,7 +155,7 @@ def write_report(out: Path, results: list[dict], config, step_seconds: dict[str,
               f"- teachers: {', '.join(f'{t.name} ({t.backend}, `{t.path}`)' for t in settings.teachers)}",
               f"- corpus: {settings.corpus_size} texts requested (NewsArticles minus the {settings.heldout_size} held-out "
               f"articles, plus Lee background); max length {settings.max_length} tokens in training and evaluation; no prompts",
-              "- time per step (seconds, as first run): " + ", ".join(f"{k} {v:.0f}" for k, v in step_seconds.items())
+              "- time per step (seconds, summed over the runs that did the work): " + ", ".join(f"{k} {v:.0f}" for k, v in step_seconds.items())
               + f"; total {sum(step_seconds.values()):.0f} s", ""]
 
     lines += ["## Scores (mteb.evaluate, offline tasks)", "",
