@@ -14,8 +14,9 @@ Schema (all under one `ml_collections.ConfigDict`):
   `objective` (`jasper_jax.losses.ObjectiveConfig` fields); `checkpoint` (`every`, `keep`, `async_save`);
   `log_every`; `max_consecutive_nonfinite`; `progress`; `debug.nonfinite_steps` (tests: infinite teachers -> NaN loss).
 - `stages.stage{N}`: `trainable` (regexes over parameter paths), `trainable_last_layers` (N: the last N
-  encoder layers too), `heads` (name -> dim: the model of this stage), `head_init` ("random", or
-  "prefix:<head>" = a new head starts as the first d output columns of that head), `init_from`
+  encoder layers too), `heads` (name -> dim: the model of this stage), `head_init` ("random";
+  "prefix:<head>" = a new head starts as the first d output columns of that head; "fit" = closed-form fit
+  on `head_fit_batches` batches of the stage's data, see `jasper_jax.train.head_fit`), `init_from`
   ("previous": the previous configured stage's final checkpoint; "model": `model.source`), `batch_size`,
   `lr`, `steps`, `objective` (overrides of the global objective), `available` (False: not runnable yet).
 """
@@ -36,6 +37,7 @@ def stage(**values) -> ml_collections.ConfigDict:
             trainable_last_layers=0,
             heads={"fc1": 0},
             head_init="random",
+            head_fit_batches=32,
             init_from="previous",
             batch_size=128,
             lr=1e-4,

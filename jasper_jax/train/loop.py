@@ -135,10 +135,10 @@ def build_student(config: ml_collections.ConfigDict, heads: dict[str, int], seed
 def init_new_heads(params: dict[str, Any], new_heads: dict[str, int], head_init: str) -> dict[str, Any]:
     """Overrides (nested dict) for heads new in this stage: none for "random"; "prefix:<head>" copies
     the first d output columns (kernel and bias) of that head."""
-    if head_init == "random" or not new_heads:
+    if head_init in ("random", "fit") or not new_heads:  # "fit": `fit_heads` after the data is ready
         return {}
     if not head_init.startswith("prefix:"):
-        raise TrainingError(f"stage head_init={head_init!r}; use 'random' or 'prefix:<head>'")
+        raise TrainingError(f"stage head_init={head_init!r}; use 'random', 'fit' or 'prefix:<head>'")
     source = head_init.split(":", 1)[1]
     if source not in params.get("heads", {}):
         raise TrainingError(f"head_init={head_init!r} but the model has no head {source!r}")
@@ -337,6 +337,8 @@ def run_stage(config: ml_collections.ConfigDict, number: int, mesh: jax.sharding
                 raise TrainingError(f"stage {number}: the model's image marker ids {student_config.image_token_ids} "
                                     f"differ from the tokenizer's {marker_ids}")
     store_dim = None if images else _store_dim(paths)
+    if images and stage.head_init == "fit":
+        raise TrainingError(f"stage {number} trains on images: head_init='fit' needs teacher vectors; use 'random'")
     full_head = objective_config(config, stage)["full_head"]
     if not images and heads.get(full_head) != store_dim:
         raise TrainingError(
@@ -401,6 +403,17 @@ def run_stage(config: ml_collections.ConfigDict, number: int, mesh: jax.sharding
             if main:
                 print(f"stage {number}: starting from {prev_checkpointer.directory}/{prev_step}"
                       + (f"; new heads {sorted(new_heads)} ({stage.head_init})" if new_heads else ""), flush=True)
+        else:
+            heads_now, new_heads = {}, dict(heads)  # from the model source: every head counts as new
+        if stage.head_init == "fit" and new_heads:
+            fit_iterator = make_train_iterator(
+                paths.store, paths.tokenizer, global_batch_size=batch_size, mesh=mesh,
+                max_length=int(config.data.max_length), shuffle_seed=int(config.seed) + 7919 * number,
+                prompt=config.data.prompt, teachers=list(config.data.teachers) if config.data.teachers else None,
+                worker_threads=int(config.data.worker_threads), prefetch=int(config.data.prefetch),
+            )
+            trainable, frozen = fit_heads(graphdef, trainable, frozen, rest, shardings, fit_iterator, new_heads,
+                                          heads_now, store_dim, int(stage.head_fit_batches), number)
         state = jax.jit(lambda p: step_lib.init_train_state(p, tx), out_shardings=shardings.state)(
             step_lib.place(trainable, shardings.state.params)
         )
@@ -426,6 +439,34 @@ def run_stage(config: ml_collections.ConfigDict, number: int, mesh: jax.sharding
     start = int(state.step)
     return _train_loop(config, number, stage, directory, checkpointer, step_fn, state, frozen, rest, iterator,
                        metadata, start, steps, schedule)
+
+
+def fit_heads(graphdef, trainable, frozen, rest, shardings, batches, new_heads: dict[str, int],
+              existing: dict[str, Any], teacher_dim: int, count: int, number: int):
+    """`(trainable, frozen)` with the new heads set by `jasper_jax.train.head_fit` from `count` batches."""
+    from jasper_jax.train import head_fit
+
+    main = distributed.is_main_process()
+    if main:
+        print(f"stage {number}: fitting heads {sorted(new_heads)} on {count} batches (head_init='fit')", flush=True)
+    start = time.perf_counter()
+    states = (step_lib.place(trainable, shardings.state.params), step_lib.place(frozen, shardings.frozen),
+              step_lib.place(rest, shardings.rest))
+    try:
+        statistics = head_fit.feature_statistics(graphdef, states, batches, count)
+        fitted = head_fit.fitted_heads(statistics, new_heads, teacher_dim, existing)
+    except ValueError as error:
+        raise TrainingError(f"stage {number}: {error}") from error
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+    if main:
+        ridge = head_fit.validated_ridge(statistics) if teacher_dim in new_heads.values() else None
+        print(f"stage {number}: heads fitted on {int(statistics['rows'])} texts in {time.perf_counter() - start:.0f} s"
+              + (f" (ridge {ridge:g}, chosen on held-back batches)" if ridge is not None else ""), flush=True)
+    overrides = {"heads": fitted}
+    return checkpoint_lib.fill_state(trainable, overrides), checkpoint_lib.fill_state(frozen, overrides)
 
 
 def _store_dim(paths: DataPaths) -> int:

@@ -1,0 +1,131 @@
+"""`head_init="fit"`: new heads start from a closed-form fit on the stage's own data instead of at random.
+
+Stage 1 trains one linear head on a frozen encoder; its optimum under a squared-error stand-in for the
+cosine loss has a closed form. Starting there lets a short run (the CPU demo) spend its steps on what the
+paper's losses add, instead of on walking a random head to the obvious solution. For a stage's new heads:
+
+- a head as wide as the teacher vector: ridge regression of the (row-normalised) teacher vectors on the
+  pooled output, with a bias (`[x, 1] W~ ~ y`, ridge `r * trace(G) / (h + 1)` on the Gram matrix G); r is
+  the one of `RIDGES` with the smallest error on every 4th batch when fitted on the others (a fit on a
+  few thousand texts overfits without it), then the head is refitted on all batches with it;
+- a narrower head of width d: the d leading principal directions of the full head's output (uncentred, so
+  the mean direction that cosine similarity sees is kept): the kernel `[W; b] V_d` where V_d are the top-d
+  right singular vectors of `R [W; b]`, `R^T R = G`; the best rank-d reproduction of the full head's
+  similarities on this data. The full head is the fitted one if it is new, else the loaded one. A head
+  wider than h + 1 (only with a tiny encoder) gets the full head's first columns for the directions the
+  data does not span.
+
+The statistics are sums over `batches` global batches of a separate iterator over the training store
+(the training iterator's position is untouched, so resume is unaffected); the jitted function returns
+small replicated matrices, so it runs unchanged on a multi-host mesh. The solves are float64 NumPy on the
+host: (h + 1)^2 and (h + 1) x D matrices (h = 1536, D = 12288 at paper scale: 75 MB).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+RIDGE = 1e-4
+RIDGES = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
+VALIDATION_EVERY = 4  # batch i is a validation batch when i % 4 == 3
+
+
+def feature_statistics(graphdef: nnx.GraphDef, states: tuple, batches: Iterator[Mapping[str, jax.Array]],
+                       count: int) -> dict[str, np.ndarray]:
+    """Sums over `count` batches: `gram` = sum [x,1][x,1]^T ((h+1)^2) and `cross` = sum [x,1] y^T ((h+1) x D),
+    x the pooled output (float32 compute), y the row-normalised teacher vector; masked rows excluded."""
+
+    @jax.jit
+    def sums(states, batch):
+        model = nnx.merge(graphdef, *states)
+        pooled = model.pooled(batch["input_ids"], batch["attention_mask"]).astype(jnp.float32)
+        weight = batch["row_mask"].astype(jnp.float32)[:, None]
+        augmented = jnp.concatenate([pooled, jnp.ones_like(pooled[:, :1])], axis=1) * weight
+        teacher = batch["teacher"].astype(jnp.float32)
+        teacher = teacher / jnp.maximum(jnp.linalg.norm(teacher, axis=1, keepdims=True), 1e-12)
+        hp = jax.lax.Precision.HIGHEST
+        return {"gram": jnp.matmul(augmented.T, augmented, precision=hp),
+                "cross": jnp.matmul(augmented.T, teacher, precision=hp), "rows": jnp.sum(weight)}
+
+    totals: dict[str, dict[str, np.ndarray]] = {}
+    for index in range(count):
+        part = {key: np.asarray(jax.device_get(value), np.float64) for key, value in sums(states, next(batches)).items()}
+        role = "validation" if index % VALIDATION_EVERY == VALIDATION_EVERY - 1 else "fit"
+        totals[role] = part if role not in totals else {key: totals[role][key] + part[key] for key in part}
+    if "fit" not in totals or totals["fit"]["rows"] < 1:
+        raise ValueError("head fit: the batches held no valid rows")
+    total = dict(totals["fit"])
+    if "validation" in totals:
+        total = {key: total[key] + totals["validation"][key] for key in total}
+        total.update({f"validation_{key}": value for key, value in totals["validation"].items()})
+        total.update({f"fit_{key}": value for key, value in totals["fit"].items()})
+    return total
+
+
+def validated_ridge(statistics: Mapping[str, np.ndarray], ridges=RIDGES) -> float:
+    """The ridge of `ridges` whose fit on the fit batches has the smallest squared error on the validation
+    batches (|A W - Y|^2 = tr(W^T G W) - 2 tr(W^T C) + const); `RIDGE` without validation batches."""
+    if "validation_gram" not in statistics or statistics["validation_rows"] < 1:
+        return RIDGE
+
+    def error(ridge: float) -> float:
+        weights = ridge_head(statistics["fit_gram"], statistics["fit_cross"], ridge)
+        return float(np.sum(weights * (statistics["validation_gram"] @ weights))
+                     - 2 * np.sum(weights * statistics["validation_cross"]))
+
+    return min(ridges, key=error)
+
+
+def ridge_head(gram: np.ndarray, cross: np.ndarray, ridge: float = RIDGE) -> np.ndarray:
+    """`[W; b]` ((h+1) x D) minimising |[x,1] W~ - y|^2 + ridge * trace(G)/(h+1) * |W~|^2."""
+    size = gram.shape[0]
+    penalty = ridge * np.trace(gram) / size
+    return np.linalg.solve(gram + penalty * np.eye(size), cross)
+
+
+def principal_head(gram: np.ndarray, full: np.ndarray, dim: int) -> np.ndarray:
+    """`[W; b] V_d` ((h+1) x d): the full head `[W; b]` projected on the top-`dim` principal directions of
+    its uncentred output on the data whose Gram matrix is `gram`."""
+    if dim > full.shape[1]:
+        raise ValueError(f"head fit: a head of {dim} dims cannot be narrowed from one of {full.shape[1]}")
+    values, vectors = np.linalg.eigh(gram)  # G = Q diag(values) Q^T; G may be singular (LayerNorm'd features)
+    root = np.sqrt(np.clip(values, 0.0, None))[:, None] * vectors.T  # root^T root = G
+    _, _, right = np.linalg.svd(root @ full, full_matrices=False)
+    principal = full @ right[:dim].T
+    if principal.shape[1] < dim:  # wider than the rank of the data (a tiny encoder): the full head's first columns
+        principal = np.concatenate([principal, full[:, : dim - principal.shape[1]]], axis=1)
+    return principal
+
+
+def fitted_heads(statistics: Mapping[str, np.ndarray], new_heads: Mapping[str, int], teacher_dim: int,
+                 existing: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, np.ndarray]]:
+    """{head: {"kernel": (h, d), "bias": (d,)}} for each new head (float32).
+
+    `existing`: heads already trained ({name: {"kernel", "bias"}}); a narrower new head is derived from the
+    widest head of `teacher_dim` dims, fitted here when new, else taken from `existing`."""
+    gram, cross = statistics["gram"], statistics["cross"]
+    if cross.shape[1] != teacher_dim:
+        raise ValueError(f"head fit: teacher vectors have {cross.shape[1]} dims, expected {teacher_dim}")
+    full = None
+    out: dict[str, dict[str, np.ndarray]] = {}
+    wide = [name for name, dim in new_heads.items() if dim == teacher_dim]
+    if wide:
+        full = ridge_head(gram, cross, validated_ridge(statistics))
+    else:
+        source = next((head for head in existing.values() if np.shape(head["kernel"])[1] == teacher_dim), None)
+        if source is not None:
+            full = np.concatenate([np.asarray(source["kernel"], np.float64),
+                                   np.asarray(source["bias"], np.float64)[None, :]], axis=0)
+    for name, dim in new_heads.items():
+        if full is None:
+            raise ValueError(f"head fit: head {name!r} ({dim}) is narrower than the teacher ({teacher_dim}) and "
+                             f"no head of {teacher_dim} dims exists to narrow; add one or use head_init='random'")
+        augmented = full if dim == teacher_dim else principal_head(gram, full, dim)
+        out[name] = {"kernel": augmented[:-1].astype(np.float32), "bias": augmented[-1].astype(np.float32)}
+    return out
