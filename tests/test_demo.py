@@ -30,7 +30,8 @@ def demo_run(tmp_path_factory):
     overrides = [f"model.source={tiny_plain_folder}", "checkpoint.every=2", "data.worker_threads=1"]
     for stage in (1, 2, 3, 4):
         overrides += [f"stages.stage{stage}.steps=3", f"stages.stage{stage}.batch_size=8"]
-    overrides += ["stages.stage4.images.generate.train=24", "stages.stage4.images.generate.heldout=12"]
+    overrides += ["stages.stage4.images.generate.train=24", "stages.stage4.images.generate.heldout=12",
+                  "stages.stage1.head_fit_batches=2", "stages.stage3.head_fit_batches=2"]
     settings = DemoSettings(
         out=root / "demo", overrides=overrides,
         teachers=[Teacher("minilm", str(minilm_path()), "jax"), Teacher("tiny", str(tiny_plain_folder), "torch")],
@@ -87,7 +88,10 @@ def test_stage4_images_are_trained_exported_and_evaluated(demo_run):
     out = settings.out
     assert [json.loads(line)["step"] for line in (out / "train" / "stage4" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
     assert (out / "export" / "vision" / "jasper_image.json").exists() and (out / "export" / "jasper_vision.py").exists()
-    retrieval = json.loads((out / "eval" / "stage4.json").read_text())["image_retrieval"]
+    stage4, stage3 = (json.loads((out / "eval" / f"stage{n}.json").read_text()) for n in (4, 3))
+    # stage 4 trains only the vision tower: its text scores are stage 3's, and say so
+    assert stage4["text_scores_from"] == "stage3" and stage4["scores"] == stage3["scores"]
+    retrieval = stage4["image_retrieval"]
     assert set(retrieval) == {"fc1", "fc2", "fc3", "fc4"}
     assert retrieval["fc1"]["pairs"] == 12 and retrieval["fc1"]["chance_r_at_1"] == 1 / 12
     export = json.loads((out / "eval" / "export_pytorch.json").read_text())
@@ -120,3 +124,15 @@ def test_rerun_skips_finished_steps(demo_run, capsys):
     assert "export: stage4/checkpoints/3 exported before; skipped" in printed, printed
     assert printed.count("done before; skipped") == 2 + 9, printed  # corpus, teachers, nine evaluations
     assert {p: p.stat().st_mtime_ns for p in (settings.out / "eval").glob("*.json")} == before
+
+
+def test_a_rerun_with_other_data_settings_is_refused_and_changes_nothing(demo_run):
+    import dataclasses
+
+    from jasper_jax.demo import DemoError, run_demo
+
+    settings, report = demo_run
+    before = {p: p.stat().st_mtime_ns for p in settings.out.rglob("*") if p.is_file()}
+    with pytest.raises(DemoError, match=r"max_length: 32 there, 16 now"):
+        run_demo(dataclasses.replace(settings, max_length=16))
+    assert {p: p.stat().st_mtime_ns for p in settings.out.rglob("*") if p.is_file()} == before
