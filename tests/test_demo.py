@@ -91,6 +91,7 @@ def test_stage4_images_are_trained_exported_and_evaluated(demo_run):
     stage4, stage3 = (json.loads((out / "eval" / f"stage{n}.json").read_text()) for n in (4, 3))
     # stage 4 trains only the vision tower: its text scores are stage 3's, and say so
     assert stage4["text_scores_from"] == "stage3" and stage4["scores"] == stage3["scores"]
+    assert "stage4 trained only its vision tower" in report.read_text()
     retrieval = stage4["image_retrieval"]
     assert set(retrieval) == {"fc1", "fc2", "fc3", "fc4"}
     assert retrieval["fc1"]["pairs"] == 12 and retrieval["fc1"]["chance_r_at_1"] == 1 / 12

@@ -154,7 +154,8 @@ def write_report(out: Path, results: list[dict], config, step_seconds: dict[str,
               f"- artifacts: `{out}`; training config `{settings.config}` (workdir `{out / 'train'}`)",
               f"- teachers: {', '.join(f'{t.name} ({t.backend}, `{t.path}`)' for t in settings.teachers)}",
               f"- corpus: {settings.corpus_size} texts requested (NewsArticles minus the {settings.heldout_size} held-out "
-              f"articles, plus Lee background); max length {settings.max_length} tokens in training and evaluation; no prompts",
+              f"articles: texts, titles {settings.news_titles_ratio:.0%}; Lee background "
+              f"{settings.lee_background_ratio:.0%}); max length {settings.max_length} tokens in training and evaluation; no prompts",
               "- time per step (seconds, summed over the runs that did the work): " + ", ".join(f"{k} {v:.0f}" for k, v in step_seconds.items())
               + f"; total {sum(step_seconds.values()):.0f} s", ""]
 
@@ -166,6 +167,10 @@ def write_report(out: Path, results: list[dict], config, step_seconds: dict[str,
             lines.append(f"| {result['name']} | {result['backend']} | {head} | {result['dims'].get(head, '')} | "
                          + " | ".join(_fmt(values.get(key)) for key, _ in SCORES) + " |")
     lines.append("")
+    for result in results:
+        if result.get("text_scores_from"):
+            lines += [f"{result['name']} trained only its vision tower: its text vectors, scores and agreement are "
+                      f"{result['text_scores_from']}'s (not recomputed).", ""]
 
     lines += ["## Held-out agreement with the concatenated teacher", "",
               f"On the {settings.heldout_size} held-out NewsArticles texts and their titles (never trained on): "
