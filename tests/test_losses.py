@@ -113,6 +113,24 @@ def ref_near_hinges(student: np.ndarray, teacher: np.ndarray, margin: float = MA
     return int(near), 4.0 / (len(a) * np.min(np.linalg.norm(student, axis=1)))
 
 
+def ref_value_allowance(student: np.ndarray, teacher: np.ndarray, band: float = 1e-6) -> float:
+    """How far float32 may move the relative-similarity value through teacher near-ties alone.
+
+    A teacher gap within `band` of zero (exact float64 ties included: duplicate rows give equal scores in
+    float64, but a float32 matmul may round two equal dot products differently by output position) can
+    take the other label in float32; that moves its hinge from relu(-d + m) to relu(d + m), i.e. by at most
+    2|d| (d = the student gap), divided by C(P, 2). The exact tie convention has its own strict test.
+    """
+    s, t = ref_normalize(student), ref_normalize(teacher)
+    rows, cols = np.triu_indices(len(s), 1)
+    student_pairs, teacher_pairs = (s @ s.T)[rows, cols], (t @ t.T)[rows, cols]
+    a, b = np.triu_indices(len(student_pairs), 1)
+    if len(a) == 0:
+        return 0.0
+    near = np.abs(teacher_pairs[b] - teacher_pairs[a]) < band
+    return float(np.sum(2 * np.abs(student_pairs[b] - student_pairs[a])[near] + band) / len(a))
+
+
 def ref_objective_heads(heads: dict[str, np.ndarray], teacher: np.ndarray, full: str = "fc1") -> float:
     total = 10.0 * ref_cosine(heads[full], teacher)
     for vectors in heads.values():
@@ -183,9 +201,10 @@ def test_values_match_float64_reference(case):
     assert_close(float(losses.similarity_loss(as32(student), as32(teacher))), ref_similarity(student, teacher),
                  what="similarity")
     expected = ref_relative_similarity(student, teacher)
+    slack = ref_value_allowance(student, teacher)
     for method in ("dense", "merge"):
         actual = float(jax.jit(partial(losses.relative_similarity_loss, method=method))(as32(student), as32(teacher)))
-        assert_close(actual, expected, what=f"relative similarity ({method}) B={batch} ties={ties}")
+        assert_close(actual, expected, atol=1e-7 + slack, what=f"relative similarity ({method}) B={batch} ties={ties}")
     same_width_teacher = teacher[:, :student_dim] if teacher_dim >= student_dim else np.tile(teacher, 5)[:, :student_dim]
     if np.all(np.linalg.norm(same_width_teacher, axis=1) > 0):
         assert_close(float(losses.cosine_loss(as32(student), as32(same_width_teacher))),

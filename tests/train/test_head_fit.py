@@ -1,5 +1,6 @@
 """head_init="fit": the closed-form head initialisation (jasper_jax.train.head_fit) against independent
-float64 NumPy solutions, and in the trainer on configs/tiny.py."""
+float64 NumPy solutions, and in the trainer on configs/tiny.py (stage 3's fitted reduced heads run in
+tests/test_demo.py, whose config fits fc1 in stage 1 and fc2-fc4 in stage 3)."""
 
 import json
 from pathlib import Path
@@ -97,15 +98,6 @@ def test_a_fitted_stage1_head_starts_far_closer_to_the_teacher_than_a_random_one
     cosine = next(key for key in fitted_start if key.startswith("cosine"))
     assert fitted_start[cosine] < 0.5 * random_start[cosine]
     assert fitted_start["loss"] < random_start["loss"]
-
-
-@pytest.mark.slow
-def test_fitted_reduced_heads_in_stage3_train_with_finite_losses(tmp_path):
-    config = _tiny(tmp_path, "stages.stage2.steps=2", "stages.stage3.steps=2", "stages.stage3.head_init=fit",
-                   "stages.stage3.head_fit_batches=4")
-    assert train(config, [1, 2, 3]) == EXIT_OK
-    first = _first_losses(tmp_path, 3)
-    assert all(np.isfinite(value) for value in first.values() if isinstance(value, float))
 
 
 def test_the_validated_ridge_is_the_candidate_with_the_smallest_held_back_error():
