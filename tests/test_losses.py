@@ -44,12 +44,19 @@ def ref_similarity(student: np.ndarray, teacher: np.ndarray) -> float:
     return float(np.mean((s @ s.T - t @ t.T) ** 2))
 
 
-def ref_relative_similarity(student: np.ndarray, teacher: np.ndarray, margin: float = MARGIN) -> float:
-    """Pairs a<b of the upper-triangle pairs; relu(label_ab (s_b - s_a) + margin), label +1 iff t_b - t_a < 0."""
+def ref_pairs(student: np.ndarray, teacher: np.ndarray):
+    """(student pair scores, teacher pair scores, a, b): the upper-triangle pairs' cosines and the indices
+    of every pair of pairs a < b."""
     s, t = ref_normalize(student), ref_normalize(teacher)
     rows, cols = np.triu_indices(len(s), 1)
     student_pairs, teacher_pairs = (s @ s.T)[rows, cols], (t @ t.T)[rows, cols]
     a, b = np.triu_indices(len(student_pairs), 1)
+    return student_pairs, teacher_pairs, a, b
+
+
+def ref_relative_similarity(student: np.ndarray, teacher: np.ndarray, margin: float = MARGIN) -> float:
+    """Pairs a<b of the upper-triangle pairs; relu(label_ab (s_b - s_a) + margin), label +1 iff t_b - t_a < 0."""
+    student_pairs, teacher_pairs, a, b = ref_pairs(student, teacher)
     if len(a) == 0:
         return 0.0
     label = np.where(teacher_pairs[b] - teacher_pairs[a] < 0, 1.0, -1.0)
@@ -77,10 +84,7 @@ def ref_grad_similarity(student: np.ndarray, teacher: np.ndarray) -> np.ndarray:
 
 
 def ref_grad_relative_similarity(student: np.ndarray, teacher: np.ndarray, margin: float = MARGIN) -> np.ndarray:
-    s, t = ref_normalize(student), ref_normalize(teacher)
-    rows, cols = np.triu_indices(len(s), 1)
-    student_pairs, teacher_pairs = (s @ s.T)[rows, cols], (t @ t.T)[rows, cols]
-    a, b = np.triu_indices(len(student_pairs), 1)
+    student_pairs, teacher_pairs, a, b = ref_pairs(student, teacher)
     if len(a) == 0:
         return np.zeros_like(student)
     label = np.where(teacher_pairs[b] - teacher_pairs[a] < 0, 1.0, -1.0)
@@ -88,8 +92,8 @@ def ref_grad_relative_similarity(student: np.ndarray, teacher: np.ndarray, margi
     grad_pairs = np.zeros(len(student_pairs))
     np.add.at(grad_pairs, b, active * label / len(a))
     np.add.at(grad_pairs, a, -active * label / len(a))
-    grad_gram = np.zeros((len(s), len(s)))
-    grad_gram[rows, cols] = grad_pairs
+    grad_gram = np.zeros((len(student), len(student)))
+    grad_gram[np.triu_indices(len(student), 1)] = grad_pairs
     return ref_grad_from_gram(student, grad_gram)
 
 
@@ -100,10 +104,7 @@ def ref_near_hinges(student: np.ndarray, teacher: np.ndarray, margin: float = MA
     float32 and float64; each flip moves the pair gradients by 1/C(P,2), i.e. a gradient entry by at most
     4 / (C(P,2) * min row norm). The gradient tests allow exactly that much per such hinge.
     """
-    s, t = ref_normalize(student), ref_normalize(teacher)
-    rows, cols = np.triu_indices(len(s), 1)
-    student_pairs, teacher_pairs = (s @ s.T)[rows, cols], (t @ t.T)[rows, cols]
-    a, b = np.triu_indices(len(student_pairs), 1)
+    student_pairs, teacher_pairs, a, b = ref_pairs(student, teacher)
     if len(a) == 0:
         return 0, 0.0
     label = np.where(teacher_pairs[b] - teacher_pairs[a] < 0, 1.0, -1.0)
@@ -121,10 +122,7 @@ def ref_value_allowance(student: np.ndarray, teacher: np.ndarray, band: float = 
     take the other label in float32; that moves its hinge from relu(-d + m) to relu(d + m), i.e. by at most
     2|d| (d = the student gap), divided by C(P, 2). The exact tie convention has its own strict test.
     """
-    s, t = ref_normalize(student), ref_normalize(teacher)
-    rows, cols = np.triu_indices(len(s), 1)
-    student_pairs, teacher_pairs = (s @ s.T)[rows, cols], (t @ t.T)[rows, cols]
-    a, b = np.triu_indices(len(student_pairs), 1)
+    student_pairs, teacher_pairs, a, b = ref_pairs(student, teacher)
     if len(a) == 0:
         return 0.0
     near = np.abs(teacher_pairs[b] - teacher_pairs[a]) < band
