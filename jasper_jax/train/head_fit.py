@@ -104,19 +104,19 @@ def principal_head(gram: np.ndarray, full: np.ndarray, dim: int) -> np.ndarray:
 
 
 def fitted_heads(statistics: Mapping[str, np.ndarray], new_heads: Mapping[str, int], teacher_dim: int,
-                 existing: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, np.ndarray]]:
+                 existing: Mapping[str, Mapping[str, Any]], ridge: float | None = None) -> dict[str, dict[str, np.ndarray]]:
     """{head: {"kernel": (h, d), "bias": (d,)}} for each new head (float32).
 
     `existing`: heads already trained ({name: {"kernel", "bias"}}); a narrower new head is derived from the
-    widest head of `teacher_dim` dims, fitted here when new, else taken from `existing`."""
+    widest head of `teacher_dim` dims, fitted here when new, else taken from `existing`. `ridge`: that of
+    the wide fit (default: `validated_ridge(statistics)`)."""
     gram, cross = statistics["gram"], statistics["cross"]
     if cross.shape[1] != teacher_dim:
         raise ValueError(f"head fit: teacher vectors have {cross.shape[1]} dims, expected {teacher_dim}")
     full = None
     out: dict[str, dict[str, np.ndarray]] = {}
-    wide = [name for name, dim in new_heads.items() if dim == teacher_dim]
-    if wide:
-        full = ridge_head(gram, cross, validated_ridge(statistics))
+    if teacher_dim in new_heads.values():
+        full = ridge_head(gram, cross, validated_ridge(statistics) if ridge is None else ridge)
     else:
         source = next((head for head in existing.values() if np.shape(head["kernel"])[1] == teacher_dim), None)
         if source is not None:

@@ -360,8 +360,6 @@ def run_stage(config: ml_collections.ConfigDict, number: int, mesh: jax.sharding
             f"stage {number}: batch_size {batch_size} is not divisible by the {batch_size_divisor(mesh)} "
             "devices of the mesh's batch axes (data x fsdp)"
         )
-    from jasper_jax.data.pipeline import make_train_iterator
-
     if images:
         from jasper_jax.data.images import make_image_caption_iterator
 
@@ -373,12 +371,7 @@ def run_stage(config: ml_collections.ConfigDict, number: int, mesh: jax.sharding
             prefetch=int(config.data.prefetch),
         )
     else:
-        iterator = make_train_iterator(
-            paths.store, paths.tokenizer, global_batch_size=batch_size, mesh=mesh,
-            max_length=int(config.data.max_length), shuffle_seed=config.data.shuffle_seed,
-            prompt=config.data.prompt, teachers=list(config.data.teachers) if config.data.teachers else None,
-            worker_threads=int(config.data.worker_threads), prefetch=int(config.data.prefetch),
-        )
+        iterator = text_iterator(config, paths, batch_size, mesh, config.data.shuffle_seed)
 
     if latest is not None:
         state, frozen, _ = checkpointer.restore(
@@ -406,12 +399,7 @@ def run_stage(config: ml_collections.ConfigDict, number: int, mesh: jax.sharding
         else:
             heads_now, new_heads = {}, dict(heads)  # from the model source: every head counts as new
         if stage.head_init == "fit" and new_heads:
-            fit_iterator = make_train_iterator(
-                paths.store, paths.tokenizer, global_batch_size=batch_size, mesh=mesh,
-                max_length=int(config.data.max_length), shuffle_seed=int(config.seed) + 7919 * number,
-                prompt=config.data.prompt, teachers=list(config.data.teachers) if config.data.teachers else None,
-                worker_threads=int(config.data.worker_threads), prefetch=int(config.data.prefetch),
-            )
+            fit_iterator = text_iterator(config, paths, batch_size, mesh, int(config.seed) + 7919 * number)
             trainable, frozen = fit_heads(graphdef, trainable, frozen, rest, shardings, fit_iterator, new_heads,
                                           heads_now, store_dim, int(stage.head_fit_batches), number)
         state = jax.jit(lambda p: step_lib.init_train_state(p, tx), out_shardings=shardings.state)(
@@ -441,6 +429,18 @@ def run_stage(config: ml_collections.ConfigDict, number: int, mesh: jax.sharding
                        metadata, start, steps, schedule)
 
 
+def text_iterator(config: ml_collections.ConfigDict, paths: DataPaths, batch_size: int, mesh, shuffle_seed):
+    """The Grain iterator of global text batches over the teacher store, as `config.data` says."""
+    from jasper_jax.data.pipeline import make_train_iterator
+
+    data = config.data
+    return make_train_iterator(
+        paths.store, paths.tokenizer, global_batch_size=batch_size, mesh=mesh, max_length=int(data.max_length),
+        shuffle_seed=shuffle_seed, prompt=data.prompt, teachers=list(data.teachers) if data.teachers else None,
+        worker_threads=int(data.worker_threads), prefetch=int(data.prefetch),
+    )
+
+
 def fit_heads(graphdef, trainable, frozen, rest, shardings, batches, new_heads: dict[str, int],
               existing: dict[str, Any], teacher_dim: int, count: int, number: int):
     """`(trainable, frozen)` with the new heads set by `jasper_jax.train.head_fit` from `count` batches."""
@@ -454,17 +454,14 @@ def fit_heads(graphdef, trainable, frozen, rest, shardings, batches, new_heads: 
               step_lib.place(rest, shardings.rest))
     try:
         statistics = head_fit.feature_statistics(graphdef, states, batches, count)
-        fitted = head_fit.fitted_heads(statistics, new_heads, teacher_dim, existing)
+        ridge = head_fit.validated_ridge(statistics)
+        fitted = head_fit.fitted_heads(statistics, new_heads, teacher_dim, existing, ridge=ridge)
     except ValueError as error:
         raise TrainingError(f"stage {number}: {error}") from error
-    finally:
-        close = getattr(batches, "close", None)
-        if close is not None:
-            close()
     if main:
-        ridge = head_fit.validated_ridge(statistics) if teacher_dim in new_heads.values() else None
+        wide = teacher_dim in new_heads.values()
         print(f"stage {number}: heads fitted on {int(statistics['rows'])} texts in {time.perf_counter() - start:.0f} s"
-              + (f" (ridge {ridge:g}, chosen on held-back batches)" if ridge is not None else ""), flush=True)
+              + (f" (ridge {ridge:g}, chosen on held-back batches)" if wide else ""), flush=True)
     overrides = {"heads": fitted}
     return checkpoint_lib.fill_state(trainable, overrides), checkpoint_lib.fill_state(frozen, overrides)
 
