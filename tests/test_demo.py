@@ -55,6 +55,15 @@ def test_every_artifact_exists_and_loads(demo_run):
     assert 20 <= len(corpus) <= 48  # the tiny sources run out before the requested size
     held_out = {json.loads(line)["text"] for line in (out / "data" / "excluded.jsonl").read_text().splitlines()}
     assert not held_out & {row["text"] for row in corpus}, "held-out texts leaked into the training corpus"
+    # each training title comes right before (the start of) its own article among the news rows, so the two
+    # share a batch in the trainer's store order
+    paired = [json.loads(line)["text"] for line in (out / "data" / "news_paired_train.jsonl").read_text().splitlines()]
+    article_of = dict(zip(paired[0::2], paired[1::2]))
+    news_rows = [row["text"] for row in corpus if row["source"] == "news"]
+    titles_seen = [i for i, text in enumerate(news_rows[:-1]) if text in article_of]
+    followed = [" ".join(news_rows[i + 1].split())[:40] in " ".join(article_of[news_rows[i]].split()) for i in titles_seen]
+    # (an article the length filter or deduplication drops leaves its title followed by the next title)
+    assert len(titles_seen) >= 5 and np.mean(followed) >= 0.9, (len(titles_seen), followed)
 
     assert check_store(out / "teachers", ["minilm", "tiny"]) == []
     assert TeacherStore(out / "teachers").dim == 384 + 32

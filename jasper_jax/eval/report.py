@@ -141,6 +141,13 @@ def quality_targets(results: dict[str, dict], stage_names: list[str], full_head:
     return targets
 
 
+def _titles_line(settings) -> str:
+    """How the training articles' titles entered the corpus (`DemoSettings.pair_titles`)."""
+    if getattr(settings, "pair_titles", False):
+        return "each title right before its article, in store order (they share a batch)"
+    return f"texts, titles {settings.news_titles_ratio:.0%}"
+
+
 def write_report(out: Path, results: list[dict], config, step_seconds: dict[str, float], settings) -> Path:
     """Write `out/report/` (see the module docstring); the path of REPORT.md."""
     folder = out / "report"
@@ -154,7 +161,7 @@ def write_report(out: Path, results: list[dict], config, step_seconds: dict[str,
               f"- artifacts: `{out}`; training config `{settings.config}` (workdir `{out / 'train'}`)",
               f"- teachers: {', '.join(f'{t.name} ({t.backend}, `{t.path}`)' for t in settings.teachers)}",
               f"- corpus: {settings.corpus_size} texts requested (NewsArticles minus the {settings.heldout_size} held-out "
-              f"articles: texts, titles {settings.news_titles_ratio:.0%}; Lee background "
+              f"articles: {_titles_line(settings)}; Lee background "
               f"{settings.lee_background_ratio:.0%}); max length {settings.max_length} tokens in training and evaluation; no prompts",
               "- time per step (seconds, summed over the runs that did the work): " + ", ".join(f"{k} {v:.0f}" for k, v in step_seconds.items())
               + f"; total {sum(step_seconds.values()):.0f} s", ""]
