@@ -165,8 +165,6 @@ def build_demo_corpus(settings: DemoSettings) -> None:
     data = settings.out / "data"
     held_out, train = news_split(settings.news, settings.heldout_size)
     lee_documents, _ = read_lee(settings.lee)
-    _write_jsonl(data / "news_train.jsonl", [a.text for a in train])
-    _write_jsonl(data / "news_titles_train.jsonl", [a.title for a in train])
     _write_jsonl(data / "lee_background.jsonl", read_lee_background(settings.lee))
     _write_jsonl(data / "excluded.jsonl", [a.text for a in held_out] + [a.title for a in held_out] + lee_documents)
     lee = SourceSpec(str(data / "lee_background.jsonl"), ratio=settings.lee_background_ratio, name="lee_background")
@@ -175,6 +173,8 @@ def build_demo_corpus(settings: DemoSettings) -> None:
         sources = [SourceSpec(str(data / "news_paired_train.jsonl"), ratio=1 - settings.lee_background_ratio,
                               name="news"), lee]
     else:
+        _write_jsonl(data / "news_train.jsonl", [a.text for a in train])
+        _write_jsonl(data / "news_titles_train.jsonl", [a.title for a in train])
         news = 1 - settings.lee_background_ratio - settings.news_titles_ratio
         sources = [SourceSpec(str(data / "news_train.jsonl"), ratio=news, name="news"),
                    SourceSpec(str(data / "news_titles_train.jsonl"), ratio=settings.news_titles_ratio,
