@@ -331,7 +331,7 @@ def evaluate_all(settings: DemoSettings) -> None:
     for model in evaluated_models(settings, config):
         out = folder / f"{model['name']}.json"
         model["made_from"] = _made_from(model)
-        if out.exists() and json.loads(out.read_text()).get("made_from") == model["made_from"]:
+        if _evaluated_before(out, model, teacher_file):
             log(f"eval {model['name']}: done before; skipped")
             continue
         log(f"eval {model['name']}")
@@ -370,6 +370,23 @@ def evaluate_all(settings: DemoSettings) -> None:
             _export_image_results(settings, config, model, result)
         result["seconds"] = time.perf_counter() - start
         out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def _evaluated_before(out: Path, model: dict[str, Any], teacher_file: Path) -> bool:
+    """Whether `out` holds this model's finished evaluation: made from the same checkpoint, and complete.
+    The concatenated teacher's evaluation also writes the held-out teacher vectors (`teacher_file`) that
+    every student's agreement needs, so it is redone when that file is missing, and a student's result
+    without an agreement (evaluated while the file was missing) is redone too."""
+    if not out.exists():
+        return False
+    previous = json.loads(out.read_text())
+    if previous.get("made_from") != model["made_from"]:
+        return False
+    if model["backend"] == "concat":
+        return teacher_file.exists()
+    if model["kind"] in ("stage", "undistilled", "export"):
+        return "agreement" in previous
+    return True
 
 
 def _text_twin(settings: DemoSettings, config, model: dict[str, Any]) -> str | None:

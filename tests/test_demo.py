@@ -146,3 +146,29 @@ def test_a_rerun_with_other_data_settings_is_refused_and_changes_nothing(demo_ru
     with pytest.raises(DemoError, match=r"max_length: 32 there, 16 now"):
         run_demo(dataclasses.replace(settings, max_length=16))
     assert {p: p.stat().st_mtime_ns for p in settings.out.rglob("*") if p.is_file()} == before
+
+
+def test_eval_redoes_what_a_missing_teacher_vector_file_left_incomplete(demo_run, capsys):
+    """The held-out teacher vectors are written by the concatenated teacher's evaluation and read by every
+    student's agreement: without them, eval must redo that evaluation and every student result lacking an
+    agreement, and leave the complete results alone."""
+    from jasper_jax.demo import evaluate_all
+
+    settings, report = demo_run
+    folder = settings.out / "eval"
+    teacher_file = folder / "teacher_agreement_vectors.npy"
+    teacher_vectors = np.load(teacher_file)
+    stage3 = json.loads((folder / "stage3.json").read_text())
+    teacher_file.unlink()
+    (folder / "stage3.json").write_text(json.dumps({k: v for k, v in stage3.items() if k != "agreement"}))
+    untouched = {p: p.stat().st_mtime_ns for p in folder.glob("*.json") if p.name not in
+                 ("teachers_concatenated.json", "stage3.json")}
+    capsys.readouterr()
+    evaluate_all(settings)
+    printed = capsys.readouterr().out
+    assert "eval teachers_concatenated\n" in printed and "eval stage3\n" in printed, printed
+    np.testing.assert_allclose(np.load(teacher_file), teacher_vectors, atol=1e-6)
+    redone = json.loads((folder / "stage3.json").read_text())["agreement"]
+    for key, value in stage3["agreement"].items():
+        assert redone[key] == pytest.approx(value, abs=1e-6), key
+    assert {p: p.stat().st_mtime_ns for p in untouched} == untouched
