@@ -369,7 +369,9 @@ class ObjectiveConfig:
 
     mrl_mode "heads" (paper / released model): every head is independent; `full_head` (teacher width) gets
     all three terms, the other (reduced) heads get similarity + relative similarity against the full
-    teacher, each head's weighted terms added to the total.
+    teacher, each head's weighted terms added to the total, times `reduced_head_weight` (1 in the paper;
+    below 1 the reduced heads pull the shared encoder less away from what the full head needs, as the
+    official code's prefix mode dividing its sums by len(mrl_dims) does).
     mrl_mode "prefix" (official code): `full_head` alone; cosine on its full vector; for each d in
     `mrl_dims` its first d components, renormalised, get similarity + relative similarity, and both sums
     are divided by len(mrl_dims). An empty `mrl_dims` means the full vector only (the official code's 0/0
@@ -383,6 +385,7 @@ class ObjectiveConfig:
     margin: float = DEFAULT_MARGIN
     mrl_mode: Literal["heads", "prefix"] = "heads"
     mrl_dims: tuple[int, ...] = ()
+    reduced_head_weight: float = 1.0
     relative_similarity_method: Literal["auto", "dense", "merge"] = "auto"
 
 
@@ -453,21 +456,25 @@ def distillation_objective(
     metrics[f"cosine/{config.full_head}"] = cosine
     total = total + config.cosine_weight * cosine
 
+    if not config.reduced_head_weight >= 0:
+        raise ValueError(f"reduced_head_weight must be >= 0, got {config.reduced_head_weight!r}")
     if config.mrl_mode == "heads":
         if config.mrl_dims:
             raise ValueError("mrl_dims is for mrl_mode='prefix'; in 'heads' mode every head has its own width")
         for name, output in head_outputs.items():
             if name == config.full_head:
-                vectors, head_valid = full, valid
+                vectors, head_valid, weight = full, valid, 1.0
             else:
                 vectors, nonzero = _normalize_rows(output)
                 head_valid = _valid_rows(mask, nonzero, teacher_view.nonzero)
+                weight = config.reduced_head_weight
             gram = _gram(vectors)
             similarity = _similarity(gram, teacher_view.gram, head_valid)
             relative = resim(gram, teacher_view.order, head_valid)
             metrics[f"similarity/{name}"] = similarity
             metrics[f"relative_similarity/{name}"] = relative
-            total = total + config.similarity_weight * similarity + config.relative_similarity_weight * relative
+            total = total + weight * (config.similarity_weight * similarity
+                                      + config.relative_similarity_weight * relative)
     elif config.mrl_mode == "prefix":
         if len(head_outputs) != 1:
             raise ValueError(f"mrl_mode='prefix' uses one head, got {sorted(head_outputs)}")

@@ -129,10 +129,12 @@ def ref_value_allowance(student: np.ndarray, teacher: np.ndarray, band: float = 
     return float(np.sum(2 * np.abs(student_pairs[b] - student_pairs[a])[near] + band) / len(a))
 
 
-def ref_objective_heads(heads: dict[str, np.ndarray], teacher: np.ndarray, full: str = "fc1") -> float:
+def ref_objective_heads(heads: dict[str, np.ndarray], teacher: np.ndarray, full: str = "fc1",
+                        reduced_weight: float = 1.0) -> float:
     total = 10.0 * ref_cosine(heads[full], teacher)
-    for vectors in heads.values():
-        total += 200.0 * ref_similarity(vectors, teacher) + 20.0 * ref_relative_similarity(vectors, teacher)
+    for name, vectors in heads.items():
+        weight = 1.0 if name == full else reduced_weight
+        total += weight * (200.0 * ref_similarity(vectors, teacher) + 20.0 * ref_relative_similarity(vectors, teacher))
     return total
 
 
@@ -353,6 +355,18 @@ def test_objective_heads_mode_matches_reference_and_reports_every_term():
         assert_close(float(metrics[f"similarity/{name}"]), ref_similarity(vectors, teacher), what=name)
         assert_close(float(metrics[f"relative_similarity/{name}"]), ref_relative_similarity(vectors, teacher), what=name)
     assert "cosine/fc2" not in metrics and float(metrics["valid_rows"]) == 24
+
+
+@pytest.mark.parametrize("weight", [0.25, 0.0])
+def test_objective_heads_mode_weights_only_the_reduced_heads(weight):
+    student, teacher = make_inputs(24, 24, 24, seed=11, ties="duplicates")
+    rng = np.random.default_rng(12)
+    heads = {"fc1": student, "fc2": rng.normal(size=(24, 8)), "fc3": rng.normal(size=(24, 4))}
+    config = ObjectiveConfig(reduced_head_weight=weight)
+    loss, _ = distillation_objective({k: as32(v) for k, v in heads.items()}, as32(teacher), config=config)
+    assert_close(float(loss), ref_objective_heads(heads, teacher, reduced_weight=weight), what="weighted heads")
+    with pytest.raises(ValueError, match="reduced_head_weight must be >= 0"):
+        distillation_objective({"fc1": as32(student)}, as32(teacher), config=ObjectiveConfig(reduced_head_weight=-1.0))
 
 
 @pytest.mark.parametrize("dims", [(3, 8, 24), (5,), ()])

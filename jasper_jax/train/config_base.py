@@ -91,6 +91,7 @@ def base_config() -> ml_collections.ConfigDict:
         margin=0.015,
         mrl_mode="heads",
         mrl_dims=(),
+        reduced_head_weight=1.0,
     )
     config.checkpoint = dict(every=500, keep=3, async_save=True)
     config.log_every = 1
