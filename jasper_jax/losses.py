@@ -478,6 +478,8 @@ def distillation_objective(
     elif config.mrl_mode == "prefix":
         if len(head_outputs) != 1:
             raise ValueError(f"mrl_mode='prefix' uses one head, got {sorted(head_outputs)}")
+        if config.reduced_head_weight != 1.0:
+            raise ValueError("reduced_head_weight is for mrl_mode='heads'; prefix mode averages its dims instead")
         width = full.shape[1]
         dims = tuple(config.mrl_dims) or (width,)
         if any(not 0 < d <= width for d in dims):

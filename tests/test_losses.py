@@ -367,6 +367,9 @@ def test_objective_heads_mode_weights_only_the_reduced_heads(weight):
     assert_close(float(loss), ref_objective_heads(heads, teacher, reduced_weight=weight), what="weighted heads")
     with pytest.raises(ValueError, match="reduced_head_weight must be >= 0"):
         distillation_objective({"fc1": as32(student)}, as32(teacher), config=ObjectiveConfig(reduced_head_weight=-1.0))
+    with pytest.raises(ValueError, match="reduced_head_weight is for mrl_mode='heads'"):
+        distillation_objective({"fc1": as32(student)}, as32(teacher),
+                               config=ObjectiveConfig(mrl_mode="prefix", reduced_head_weight=0.5))
 
 
 @pytest.mark.parametrize("dims", [(3, 8, 24), (5,), ()])
