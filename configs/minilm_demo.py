@@ -30,8 +30,7 @@ def get_config():
     config.checkpoint.every = 50
     config.checkpoint.keep = 2
     config.log_every = 1
-    # a fifth of each stage warms up: the fresh AdamW moments otherwise jolt the pretrained layers that a
-    # stage unfreezes (the official 5% is 7 of our 150 steps)
+    # a fifth of each stage warms up (the official 5% is 7 of our 150 steps; run J in benchmarks/RESULTS.md)
     config.optimizer.warmup_fraction = 0.2
     # stage 1 starts fc1 at its closed-form ridge fit (head_init="fit"), so its few steps refine the fit
     # under the paper's three losses; stage 3's reduced heads start at fc1's principal directions
@@ -46,7 +45,7 @@ def get_config():
         lr=5e-5, steps=150,
     )
     # stage 3 at the paper's 7e-5; the three reduced heads' terms weigh a third each (together one head's
-    # worth, as the official code averages its Matryoshka terms), so they pull the shared encoder less away
+    # worth, much as the official code averages its Matryoshka terms), so they pull the shared encoder less away
     # from fc1 (see benchmarks/RESULTS.md, runs F-K)
     config.stages.stage3 = stage(
         trainable=(".*",), heads={"fc1": TEACHER_DIM, "fc2": 256, "fc3": 128, "fc4": 64}, head_init="fit",
