@@ -298,6 +298,11 @@ def _made_from(model: dict[str, Any]) -> str | None:
     return model["path"]
 
 
+
+# the models whose result carries their held-out agreement with the concatenated teacher
+AGREEMENT_KINDS = ("stage", "undistilled", "export")
+
+
 def evaluate_all(settings: DemoSettings) -> None:
     from jasper_jax.encode import load_any
     from jasper_jax.eval.encoders import concatenated, jax_vectors, torch_vectors
@@ -349,7 +354,7 @@ def evaluate_all(settings: DemoSettings) -> None:
             result["dims"] = {head: int(v.shape[1]) for head, v in vectors.items()}
         if vectors is not None and model["backend"] == "concat":
             np.save(teacher_file, vectors["pooled"])
-        elif vectors is not None and model["kind"] in ("stage", "undistilled", "export") and teacher_file.exists():
+        elif vectors is not None and model["kind"] in AGREEMENT_KINDS and teacher_file.exists():
             teacher = np.load(teacher_file)
             full = config.objective.full_head
             student = vectors[full] if full in vectors else vectors["pooled"]
@@ -384,7 +389,7 @@ def _evaluated_before(out: Path, model: dict[str, Any], teacher_file: Path) -> b
         return False
     if model["backend"] == "concat":
         return teacher_file.exists()
-    if model["kind"] in ("stage", "undistilled", "export"):
+    if model["kind"] in AGREEMENT_KINDS:
         return "agreement" in previous
     return True
 

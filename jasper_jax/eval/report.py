@@ -143,7 +143,7 @@ def quality_targets(results: dict[str, dict], stage_names: list[str], full_head:
 
 def _titles_line(settings) -> str:
     """How the training articles' titles entered the corpus (`DemoSettings.pair_titles`)."""
-    if getattr(settings, "pair_titles", False):
+    if settings.pair_titles:
         return "each title right before its article, in store order (they share a batch)"
     return f"texts, titles {settings.news_titles_ratio:.0%}"
 
