@@ -81,6 +81,15 @@ class CorpusConfig:
     dedupe: bool = True
     exclude: list[str] = field(default_factory=list)
 
+    def __post_init__(self):
+        for name in ("chunk_fraction", "shuffle_words_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} is a probability per document: give a value in [0, 1], got {getattr(self, name)}")
+        if self.max_chunk_sentences < 1:
+            raise ValueError(f"max_chunk_sentences must be >= 1, got {self.max_chunk_sentences}")
+        if self.size is not None and self.size < 1:
+            raise ValueError(f"size must be >= 1 (or None: keep every text), got {self.size}")
+
 
 def normalised_key(text: str) -> bytes:
     """The identity of a text for dedupe and exclusion: case-folded, whitespace-collapsed, hashed."""

@@ -189,3 +189,14 @@ def test_bad_source_options_are_explained():
         parse_source("a.jsonl,rate=2")
     with pytest.raises(ValueError, match="distinct names"):
         build_corpus([SourceSpec("a/x.jsonl"), SourceSpec("b/x.jsonl")], CorpusConfig())
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"chunk_fraction": 1.5}, r"chunk_fraction is a probability per document: give a value in \[0, 1\], got 1.5"),
+    ({"shuffle_words_fraction": -0.1}, r"shuffle_words_fraction is a probability"),
+    ({"max_chunk_sentences": 0}, r"max_chunk_sentences must be >= 1, got 0"),
+    ({"size": 0}, r"size must be >= 1"),
+])
+def test_bad_corpus_settings_are_explained(options, message):
+    with pytest.raises(ValueError, match=message):
+        CorpusConfig(**options)
