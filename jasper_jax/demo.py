@@ -64,6 +64,10 @@ class DemoSettings:
     lee_background_ratio: float = 0.1
     pair_titles: bool = True  # each title right before its article (they share a batch); False: titles a source
     news_titles_ratio: float = 0.3  # with pair_titles=False: the titles' share of the corpus
+    # the share of documents replaced by their 1-10-sentence chunks. The paper's 0.3 splits long documents for
+    # 512-token training; at 64 tokens it turned 178 articles into 57% of the corpus. With 0 every news text is
+    # a title or its article's first 64 tokens, like the evaluated ones (benchmarks/RESULTS.md, run L)
+    chunk_fraction: float = 0.0
     max_length: int = 64  # tokens per text everywhere (corpus texts are news passages; 64 keeps the run in budget)
     batch_size: int = 32
     stages: list[int] | None = None  # default: every available stage of the config
@@ -114,14 +118,21 @@ def data_settings(settings: DemoSettings) -> dict[str, Any]:
     """What the corpus and the teacher store (and so every later step) are made from."""
     return {"corpus_size": settings.corpus_size, "heldout_size": settings.heldout_size,
             "lee_background_ratio": settings.lee_background_ratio, "news_titles_ratio": settings.news_titles_ratio,
-            "pair_titles": settings.pair_titles,
+            "pair_titles": settings.pair_titles, "chunk_fraction": settings.chunk_fraction,
             "max_length": settings.max_length,
             "teachers": [[t.name, t.path, t.backend] for t in settings.teachers or []]}
+
+
+# data settings added after runs were already recorded without them: the value those runs used
+SETTINGS_BEFORE_RECORDED = {"chunk_fraction": 0.3}
 
 
 def check_data_settings(settings: DemoSettings) -> None:
     """`OUT/settings.json` records `data_settings`; a rerun with other ones would mix two runs (a store
     encoded at one length, a student trained at another): refuse, and leave the folder as it is."""
+    if not 0.0 <= settings.chunk_fraction <= 1.0:
+        raise DemoError(f"--chunk-fraction is the share of documents split into chunks: give a value in [0, 1], "
+                        f"got {settings.chunk_fraction}")
     path = settings.out / "settings.json"
     wanted = data_settings(settings)
     if not path.exists():
@@ -130,7 +141,7 @@ def check_data_settings(settings: DemoSettings) -> None:
                             f"made it). Use another --out, or delete {settings.out} to start over.")
         path.write_text(json.dumps(wanted, indent=1) + "\n")
         return
-    recorded = json.loads(path.read_text())
+    recorded = {**SETTINGS_BEFORE_RECORDED, **json.loads(path.read_text())}
     changed = {key: (recorded.get(key), value) for key, value in wanted.items() if recorded.get(key) != value}
     if changed:
         listed = "; ".join(f"{key}: {old!r} there, {new!r} now" for key, (old, new) in changed.items())
@@ -179,7 +190,8 @@ def build_demo_corpus(settings: DemoSettings) -> None:
         sources = [SourceSpec(str(data / "news_train.jsonl"), ratio=news, name="news"),
                    SourceSpec(str(data / "news_titles_train.jsonl"), ratio=settings.news_titles_ratio,
                               name="news_titles"), lee]
-    config = CorpusConfig(size=settings.corpus_size, exclude=[str(data / "excluded.jsonl")])
+    config = CorpusConfig(size=settings.corpus_size, chunk_fraction=settings.chunk_fraction,
+                          exclude=[str(data / "excluded.jsonl")])
     rows, summary = build_corpus(sources, config, progress=settings.progress)
     write_corpus(rows, summary, data / "corpus.jsonl")
     counts = ", ".join(f"{label}: {values['texts']}" for label, values in summary["per_source"].items())
@@ -475,6 +487,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=DEFAULT_OUT, help="artifacts folder (default: artifacts/demo)")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="training config (default: configs/minilm_demo.py)")
     parser.add_argument("--corpus-size", type=int, default=DemoSettings.corpus_size, help="training texts")
+    parser.add_argument("--chunk-fraction", type=float, default=DemoSettings.chunk_fraction,
+                        help="share of corpus documents replaced by their 1-10-sentence chunks")
     parser.add_argument("--max-length", type=int, default=DemoSettings.max_length, help="tokens per text everywhere")
     parser.add_argument("--stages", default="", help="comma-separated stages (default: all available)")
     parser.add_argument("--no-progress", action="store_true")
@@ -485,7 +499,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = DemoSettings(
         out=Path(args.out), config=args.config, overrides=list(getattr(args, "config_overrides", [])),
-        corpus_size=args.corpus_size, max_length=args.max_length,
+        corpus_size=args.corpus_size, chunk_fraction=args.chunk_fraction, max_length=args.max_length,
         stages=[int(s) for s in args.stages.split(",") if s.strip()] or None, progress=not args.no_progress,
     )
     try:

@@ -148,6 +148,28 @@ def test_a_rerun_with_other_data_settings_is_refused_and_changes_nothing(demo_ru
     assert {p: p.stat().st_mtime_ns for p in settings.out.rglob("*") if p.is_file()} == before
 
 
+def test_settings_recorded_before_chunk_fraction_existed_read_as_the_old_value(demo_run):
+    """A run folder recorded before `chunk_fraction` was a setting was built with the paper's 0.3: it must be
+    accepted with 0.3 and refused with another value, and a value outside [0, 1] refused before anything."""
+    import dataclasses
+
+    from jasper_jax.demo import DemoError, check_data_settings
+
+    settings, report = demo_run
+    path = settings.out / "settings.json"
+    recorded = path.read_text()
+    try:
+        path.write_text(json.dumps({k: v for k, v in json.loads(recorded).items() if k != "chunk_fraction"}))
+        check_data_settings(dataclasses.replace(settings, chunk_fraction=0.3))
+        with pytest.raises(DemoError, match=r"chunk_fraction: 0.3 there, 0.5 now"):
+            check_data_settings(dataclasses.replace(settings, chunk_fraction=0.5))
+    finally:
+        path.write_text(recorded)
+    with pytest.raises(DemoError, match=r"--chunk-fraction .* give a value in \[0, 1\], got 2.0"):
+        check_data_settings(dataclasses.replace(settings, chunk_fraction=2.0))
+    assert path.read_text() == recorded
+
+
 def test_eval_redoes_what_a_missing_teacher_vector_file_left_incomplete(demo_run, capsys):
     """The held-out teacher vectors are written by the concatenated teacher's evaluation and read by every
     student's agreement: without them, eval must redo that evaluation and every student result lacking an
