@@ -130,9 +130,12 @@ SETTINGS_BEFORE_RECORDED = {"chunk_fraction": 0.3}
 def check_data_settings(settings: DemoSettings) -> None:
     """`OUT/settings.json` records `data_settings`; a rerun with other ones would mix two runs (a store
     encoded at one length, a student trained at another): refuse, and leave the folder as it is."""
-    if not 0.0 <= settings.chunk_fraction <= 1.0:
-        raise DemoError(f"--chunk-fraction is the share of documents split into chunks: give a value in [0, 1], "
-                        f"got {settings.chunk_fraction}")
+    from jasper_jax.data.corpus import CorpusConfig
+
+    try:  # the corpus settings' own checks, before anything is written
+        CorpusConfig(size=settings.corpus_size, chunk_fraction=settings.chunk_fraction)
+    except ValueError as error:
+        raise DemoError(f"corpus settings (--corpus-size, --chunk-fraction): {error}") from None
     path = settings.out / "settings.json"
     wanted = data_settings(settings)
     if not path.exists():

@@ -165,7 +165,7 @@ def test_settings_recorded_before_chunk_fraction_existed_read_as_the_old_value(d
             check_data_settings(dataclasses.replace(settings, chunk_fraction=0.5))
     finally:
         path.write_text(recorded)
-    with pytest.raises(DemoError, match=r"--chunk-fraction .* give a value in \[0, 1\], got 2.0"):
+    with pytest.raises(DemoError, match=r"--chunk-fraction\): chunk_fraction is a probability .* got 2.0"):
         check_data_settings(dataclasses.replace(settings, chunk_fraction=2.0))
     assert path.read_text() == recorded
 
