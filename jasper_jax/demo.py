@@ -313,7 +313,6 @@ def _made_from(model: dict[str, Any]) -> str | None:
     return model["path"]
 
 
-
 # the models whose result carries their held-out agreement with the concatenated teacher
 AGREEMENT_KINDS = ("stage", "undistilled", "export")
 
