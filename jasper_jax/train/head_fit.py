@@ -4,10 +4,18 @@ Stage 1 trains one linear head on a frozen encoder; its optimum under a squared-
 cosine loss has a closed form. Starting there lets a short run (the CPU demo) spend its steps on what the
 paper's losses add, instead of on walking a random head to the obvious solution. For a stage's new heads:
 
-- a head as wide as the teacher vector: ridge regression of the (row-normalised) teacher vectors on the
-  pooled output, with a bias (`[x, 1] W~ ~ y`, ridge `r * trace(G) / (h + 1)` on the Gram matrix G); r is
-  the one of `RIDGES` with the smallest error on every 4th batch when fitted on the others (a fit on a
-  few thousand texts overfits without it), then the head is refitted on all batches with it;
+- a head as wide as the teacher vector: ridge regression, with a bias, of the (row-normalised) teacher
+  vectors scaled by the norm of the pooled output, `[x, 1] W~ ~ |x| y`, ridge `r * trace(G) / (h + 1)` on
+  the Gram matrix G. The head's output is normalised, so only its direction matters: scaling the target by
+  |x| makes the fit a regression of directions, `|x|^2 |W x/|x| + b/|x| - y|^2`, that ignores how long each
+  text's pooled vector is. A teacher whose vector is the student's own normalised pooled output (the demo's
+  MiniLM; Jasper's Stella, whose student starts as Stella) then has an exact fit, the identity; against
+  the plain target `y` no linear map reproduces `x / |x|`, and the fitted head started far from that
+  teacher's similarities (held-out similarity MSE 0.0108 against 0.0023, benchmarks/RESULTS.md run P).
+  Each output column has its own ridge r, the one of `RIDGES` with the smallest error on every 4th
+  batch when fitted on the others: a fit on a few thousand texts overfits the columns that the pooled
+  output predicts badly, while the columns it predicts exactly need no shrinkage. The head is then
+  refitted on all batches with those ridges;
 - a narrower head of width d: the d leading principal directions of the full head's output (uncentred, so
   the mean direction that cosine similarity sees is kept): the kernel `[W; b] V_d` where V_d are the top-d
   right singular vectors of `R [W; b]`, `R^T R = G`; the best rank-d reproduction of the full head's
@@ -32,14 +40,15 @@ import numpy as np
 from flax import nnx
 
 RIDGE = 1e-4
-RIDGES = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
+RIDGES = (1e-6, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 VALIDATION_EVERY = 4  # batch i is a validation batch when i % 4 == 3
 
 
 def feature_statistics(graphdef: nnx.GraphDef, states: tuple, batches: Iterator[Mapping[str, jax.Array]],
                        count: int) -> dict[str, np.ndarray]:
-    """Sums over `count` batches: `gram` = sum [x,1][x,1]^T ((h+1)^2) and `cross` = sum [x,1] y^T ((h+1) x D),
-    x the pooled output (float32 compute), y the row-normalised teacher vector; masked rows excluded."""
+    """Sums over `count` batches: `gram` = sum [x,1][x,1]^T ((h+1)^2) and `cross` = sum [x,1] (|x| y)^T
+    ((h+1) x D), x the pooled output (float32 compute), y the row-normalised teacher vector; masked rows
+    excluded. Every 4th batch's sums are also kept apart (`validation_*`) and the others' (`fit_*`)."""
 
     @jax.jit
     def sums(states, batch):
@@ -49,6 +58,7 @@ def feature_statistics(graphdef: nnx.GraphDef, states: tuple, batches: Iterator[
         augmented = jnp.concatenate([pooled, jnp.ones_like(pooled[:, :1])], axis=1) * weight
         teacher = batch["teacher"].astype(jnp.float32)
         teacher = teacher / jnp.maximum(jnp.linalg.norm(teacher, axis=1, keepdims=True), 1e-12)
+        teacher = teacher * jnp.linalg.norm(pooled, axis=1, keepdims=True)  # a regression of directions
         hp = jax.lax.Precision.HIGHEST
         return {"gram": jnp.matmul(augmented.T, augmented, precision=hp),
                 "cross": jnp.matmul(augmented.T, teacher, precision=hp), "rows": jnp.sum(weight)}
@@ -68,25 +78,38 @@ def feature_statistics(graphdef: nnx.GraphDef, states: tuple, batches: Iterator[
     return total
 
 
-def validated_ridge(statistics: Mapping[str, np.ndarray], ridges=RIDGES) -> float:
-    """The ridge of `ridges` whose fit on the fit batches has the smallest squared error on the validation
-    batches (|A W - Y|^2 = tr(W^T G W) - 2 tr(W^T C) + const); `RIDGE` without validation batches."""
+def validated_ridge(statistics: Mapping[str, np.ndarray], ridges=RIDGES) -> np.ndarray:
+    """(D,): for each output column, the ridge of `ridges` whose fit on the fit batches has the smallest
+    squared error on the validation batches (column j: w_j^T G w_j - 2 w_j^T c_j + const); `RIDGE` for
+    every column without validation batches."""
+    columns = statistics["cross"].shape[1]
     if "validation_gram" not in statistics or statistics["validation_rows"] < 1:
-        return RIDGE
-
-    def error(ridge: float) -> float:
+        return np.full(columns, RIDGE)
+    errors = []
+    for ridge in ridges:
         weights = ridge_head(statistics["fit_gram"], statistics["fit_cross"], ridge)
-        return float(np.sum(weights * (statistics["validation_gram"] @ weights))
-                     - 2 * np.sum(weights * statistics["validation_cross"]))
+        errors.append(np.sum(weights * (statistics["validation_gram"] @ weights), axis=0)
+                      - 2 * np.sum(weights * statistics["validation_cross"], axis=0))
+    return np.asarray(ridges, np.float64)[np.argmin(np.stack(errors), axis=0)]
 
-    return min(ridges, key=error)
 
-
-def ridge_head(gram: np.ndarray, cross: np.ndarray, ridge: float = RIDGE) -> np.ndarray:
-    """`[W; b]` ((h+1) x D) minimising |[x,1] W~ - y|^2 + ridge * trace(G)/(h+1) * |W~|^2."""
+def ridge_head(gram: np.ndarray, cross: np.ndarray, ridge: float | np.ndarray = RIDGE) -> np.ndarray:
+    """`[W; b]` ((h+1) x D): column j minimises |[x,1] w_j - y_j|^2 + r_j * trace(G)/(h+1) * |w_j|^2, with
+    r_j = `ridge` (one value, or one per column); one solve per distinct ridge."""
     size = gram.shape[0]
-    penalty = ridge * np.trace(gram) / size
-    return np.linalg.solve(gram + penalty * np.eye(size), cross)
+    ridges = np.broadcast_to(np.asarray(ridge, np.float64), (cross.shape[1],))
+    scale = np.trace(gram) / size
+    weights = np.zeros_like(cross, dtype=np.float64)
+    for value in np.unique(ridges):
+        columns = ridges == value
+        weights[:, columns] = np.linalg.solve(gram + value * scale * np.eye(size), cross[:, columns])
+    return weights
+
+
+def describe_ridges(ridges: np.ndarray) -> str:
+    """'1e-06 x 384, 0.3 x 600, ...': how many output columns got each ridge."""
+    values, counts = np.unique(np.asarray(ridges), return_counts=True)
+    return ", ".join(f"{value:g} x {count}" for value, count in zip(values, counts))
 
 
 def principal_head(gram: np.ndarray, full: np.ndarray, dim: int) -> np.ndarray:
@@ -104,7 +127,7 @@ def principal_head(gram: np.ndarray, full: np.ndarray, dim: int) -> np.ndarray:
 
 
 def fitted_heads(statistics: Mapping[str, np.ndarray], new_heads: Mapping[str, int], teacher_dim: int,
-                 existing: Mapping[str, Mapping[str, Any]], ridge: float | None = None) -> dict[str, dict[str, np.ndarray]]:
+                 existing: Mapping[str, Mapping[str, Any]], ridge: float | np.ndarray | None = None) -> dict[str, dict[str, np.ndarray]]:
     """{head: {"kernel": (h, d), "bias": (d,)}} for each new head (float32).
 
     `existing`: heads already trained ({name: {"kernel", "bias"}}); a narrower new head is derived from the

@@ -454,14 +454,15 @@ def fit_heads(graphdef, trainable, frozen, rest, shardings, batches, new_heads: 
               step_lib.place(rest, shardings.rest))
     try:
         statistics = head_fit.feature_statistics(graphdef, states, batches, count)
-        ridge = head_fit.validated_ridge(statistics)
-        fitted = head_fit.fitted_heads(statistics, new_heads, teacher_dim, existing, ridge=ridge)
+        ridges = head_fit.validated_ridge(statistics)
+        fitted = head_fit.fitted_heads(statistics, new_heads, teacher_dim, existing, ridge=ridges)
     except ValueError as error:
         raise TrainingError(f"stage {number}: {error}") from error
     if main:
         wide = teacher_dim in new_heads.values()
         print(f"stage {number}: heads fitted on {int(statistics['rows'])} texts in {time.perf_counter() - start:.0f} s"
-              + (f" (ridge {ridge:g}, chosen on held-back batches)" if wide else ""), flush=True)
+              + (f" (ridges per output column, chosen on held-back batches: {head_fit.describe_ridges(ridges)})"
+                 if wide else ""), flush=True)
     overrides = {"heads": fitted}
     return checkpoint_lib.fill_state(trainable, overrides), checkpoint_lib.fill_state(frozen, overrides)
 

@@ -5,8 +5,10 @@ tests/test_demo.py, whose config fits fc1 in stage 1 and fc2-fc4 in stage 3)."""
 import json
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from jasper_jax.train import head_fit
 from jasper_jax.train.config_base import load_config
@@ -100,20 +102,67 @@ def test_a_fitted_stage1_head_starts_far_closer_to_the_teacher_than_a_random_one
     assert fitted_start["loss"] < random_start["loss"]
 
 
-def test_the_validated_ridge_is_the_candidate_with_the_smallest_held_back_error():
+def test_each_column_gets_the_ridge_with_the_smallest_held_back_error():
     rng = np.random.default_rng(4)
     x = rng.normal(size=(160, 40))
-    y = x @ rng.normal(size=(40, 6)) * 0.1 + rng.normal(size=(160, 6))  # few rows, much noise
+    exact = x @ rng.normal(size=(40, 3))  # columns the features predict exactly: no shrinkage is best
+    noisy = x @ rng.normal(size=(40, 6)) * 0.1 + rng.normal(size=(160, 6))  # few rows, much noise
+    y = np.concatenate([exact, noisy], axis=1)
     augmented = np.concatenate([x, np.ones((160, 1))], axis=1)
     fit, held = augmented[:120], augmented[120:]
-    statistics = {"fit_gram": fit.T @ fit, "fit_cross": fit.T @ y[:120], "validation_gram": held.T @ held,
-                  "validation_cross": held.T @ y[120:], "validation_rows": 40.0}
-    errors = {r: np.sum((held @ head_fit.ridge_head(fit.T @ fit, fit.T @ y[:120], r) - y[120:]) ** 2)
-              for r in head_fit.RIDGES}
+    statistics = {"cross": augmented.T @ y, "fit_gram": fit.T @ fit, "fit_cross": fit.T @ y[:120],
+                  "validation_gram": held.T @ held, "validation_cross": held.T @ y[120:], "validation_rows": 40.0}
+    # reference: each column's held-back error for each ridge, from an independent solve of that column alone
+    errors = np.array([[np.sum((held @ np.linalg.solve(fit.T @ fit + r * np.trace(fit.T @ fit) / 41 * np.eye(41),
+                                                        fit.T @ y[:120, j]) - y[120:, j]) ** 2)
+                        for j in range(y.shape[1])] for r in head_fit.RIDGES])
     chosen = head_fit.validated_ridge(statistics)
-    assert chosen == min(errors, key=errors.get) and chosen > min(head_fit.RIDGES)
-    # noiseless targets: no shrinkage is best
-    exact = x @ rng.normal(size=(40, 6))
-    statistics.update(fit_cross=fit.T @ exact[:120], validation_cross=held.T @ exact[120:])
-    assert head_fit.validated_ridge(statistics) == min(head_fit.RIDGES)
-    assert head_fit.validated_ridge({"gram": fit.T @ fit}) == head_fit.RIDGE
+    np.testing.assert_array_equal(chosen, np.asarray(head_fit.RIDGES)[errors.argmin(axis=0)])
+    assert np.all(chosen[:3] == min(head_fit.RIDGES)) and np.all(chosen[3:] > min(head_fit.RIDGES))
+    np.testing.assert_array_equal(head_fit.validated_ridge({"cross": y, "gram": fit.T @ fit}), head_fit.RIDGE)
+
+
+def test_ridge_head_with_a_ridge_per_column_solves_each_column_with_its_own():
+    augmented, y = _data(width=5)
+    ridges = np.array([1e-6, 1.0, 1e-2, 1.0, 0.3])
+    fitted = head_fit.ridge_head(augmented.T @ augmented, augmented.T @ y, ridges)
+    for column, ridge in enumerate(ridges):
+        alone = head_fit.ridge_head(augmented.T @ augmented, augmented.T @ y[:, [column]], float(ridge))
+        np.testing.assert_allclose(fitted[:, [column]], alone, rtol=1e-12)
+
+
+class _PooledRows(nnx.Module):
+    """A stand-in encoder whose pooled output is a fixed matrix row, picked by input_ids[:, 0]."""
+
+    def __init__(self, rows: np.ndarray):
+        self.rows = nnx.Variable(jnp.asarray(rows, jnp.float32))
+
+    def pooled(self, input_ids, attention_mask):
+        return self.rows[...][input_ids[:, 0]]
+
+
+def test_a_teacher_that_is_the_students_own_pooled_direction_is_fitted_exactly():
+    """The fit regresses directions (target |x| y): when part of the teacher is x/|x| (the student is one
+    of the teachers), the fitted head reproduces that part's direction for every text, whatever |x| is."""
+    rng = np.random.default_rng(5)
+    rows, hidden = 256, 8
+    pooled = (rng.normal(size=(rows, hidden)) + 1.0) * rng.uniform(0.3, 3.0, size=(rows, 1))  # norms vary 10x
+    own = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+    other = np.tanh(pooled @ rng.normal(size=(hidden, 6)))
+    other /= np.linalg.norm(other, axis=1, keepdims=True)
+    teacher = np.concatenate([own, other], axis=1)  # normalised again by feature_statistics
+    graphdef, state = nnx.split(_PooledRows(pooled))
+    batches = iter([{"input_ids": jnp.arange(start, start + 32)[:, None], "attention_mask": jnp.ones((32, 1)),
+                     "row_mask": jnp.ones(32, bool), "teacher": jnp.asarray(teacher[start : start + 32], jnp.float32)}
+                    for start in range(0, rows, 32)])
+    statistics = head_fit.feature_statistics(graphdef, (state,), batches, rows // 32)
+    head = head_fit.fitted_heads(statistics, {"fc1": hidden + 6}, hidden + 6, {})["fc1"]
+    output = pooled @ head["kernel"] + head["bias"]
+    block = output[:, :hidden] / np.linalg.norm(output[:, :hidden], axis=1, keepdims=True)
+    np.testing.assert_allclose(np.sum(block * own, axis=1), 1.0, atol=1e-5)  # float32 statistics
+    assert np.all(head_fit.validated_ridge(statistics)[:hidden] == min(head_fit.RIDGES))
+    # against the plain target y, no linear map gives x/|x|: the old fit missed it by far more
+    plain = np.linalg.lstsq(np.concatenate([pooled, np.ones((rows, 1))], axis=1), own, rcond=None)[0]
+    plain_block = np.concatenate([pooled, np.ones((rows, 1))], axis=1) @ plain
+    plain_block /= np.linalg.norm(plain_block, axis=1, keepdims=True)
+    assert np.min(np.sum(plain_block * own, axis=1)) < 1 - 1e-3
