@@ -223,6 +223,7 @@ def training_config(settings: DemoSettings):
     apply_override(config, f"workdir={(settings.out / 'train').absolute()}")
     apply_override(config, f"data.store={(settings.out / 'teachers').absolute()}")
     apply_override(config, f"data.max_length={settings.max_length}")
+    apply_override(config, f"progress={str(settings.progress).lower()}")  # --no-progress: no training bars either
     store_dim = TeacherStore(settings.out / "teachers").dim
     full_head = config.objective.full_head
     for key in config.stages.keys():

@@ -136,6 +136,16 @@ def test_rerun_skips_finished_steps(demo_run, capsys):
     assert {p: p.stat().st_mtime_ns for p in (settings.out / "eval").glob("*.json")} == before
 
 
+def test_no_progress_reaches_the_trainer(demo_run):
+    import dataclasses
+
+    from jasper_jax.demo import training_config
+
+    settings, report = demo_run
+    assert settings.progress is False and training_config(settings).progress is False
+    assert training_config(dataclasses.replace(settings, progress=True)).progress is True
+
+
 def test_a_rerun_with_other_data_settings_is_refused_and_changes_nothing(demo_run):
     import dataclasses
 
