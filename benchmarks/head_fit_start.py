@@ -46,7 +46,8 @@ def pooled_outputs(loaded, texts: list[str], max_length: int) -> np.ndarray:
         chunk = ids[start : start + 64]
         count = len(chunk)
         batch = pad_batch(chunk + [chunk[-1]] * (64 - count), max_length, tokenizer.pad_id)
-        out.append(np.asarray(run(state, jnp.asarray(batch["input_ids"]), jnp.asarray(batch["attention_mask"])))[:count])
+        vectors = run(state, jnp.asarray(batch["input_ids"]), jnp.asarray(batch["attention_mask"]))
+        out.append(np.asarray(vectors)[:count])
     return np.concatenate(out).astype(np.float64)
 
 
@@ -98,7 +99,8 @@ def main() -> None:
     held_out, _ = news_split(fetch_news(), len(held_out_teacher) // 2)
     student = load_any(str(minilm_path()))
     features = pooled_outputs(student, store.texts(rows), args.max_length)
-    held_out_features = pooled_outputs(student, [a.text for a in held_out] + [a.title for a in held_out], args.max_length)
+    held_out_texts = [a.text for a in held_out] + [a.title for a in held_out]
+    held_out_features = pooled_outputs(student, held_out_texts, args.max_length)
     augmented = np.concatenate([held_out_features, np.ones((len(held_out_features), 1))], axis=1)
 
     plain = statistics(features, teacher)

@@ -11,7 +11,8 @@ paper's losses add, instead of on walking a random head to the obvious solution.
   text's pooled vector is. A teacher whose vector is the student's own normalised pooled output (the demo's
   MiniLM; Jasper's Stella, whose student starts as Stella) then has an exact fit, the identity; against
   the plain target `y` no linear map reproduces `x / |x|`, and the fitted head started far from that
-  teacher's similarities (held-out similarity MSE 0.0108 against 0.0023, benchmarks/RESULTS.md run P).
+  teacher's similarities (held-out similarity MSE 0.0108 against 0.0023: benchmarks/head_fit_start.py,
+  RESULTS.md runs P-U).
   Each output column has its own ridge r, the one of `RIDGES` with the smallest error on every 4th
   batch when fitted on the others: a fit on a few thousand texts overfits the columns that the pooled
   output predicts badly, while the columns it predicts exactly need no shrinkage. The head is then
