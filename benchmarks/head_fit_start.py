@@ -69,8 +69,10 @@ def scores(vectors: np.ndarray, teacher: np.ndarray) -> dict[str, float]:
 
 def statistics(features: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
     """`jasper_jax.train.head_fit.feature_statistics`'s sums, in float64 from the given rows and targets."""
+    from jasper_jax.train.head_fit import VALIDATION_EVERY
+
     augmented = np.concatenate([features, np.ones((len(features), 1))], axis=1)
-    held_back = (np.arange(len(features)) // BATCH) % 4 == 3
+    held_back = (np.arange(len(features)) // BATCH) % VALIDATION_EVERY == VALIDATION_EVERY - 1
     out = {"gram": augmented.T @ augmented, "cross": augmented.T @ targets, "validation_rows": float(held_back.sum())}
     for name, rows in (("fit", ~held_back), ("validation", held_back)):
         out[f"{name}_gram"] = augmented[rows].T @ augmented[rows]
@@ -92,6 +94,9 @@ def main() -> None:
     from jasper_jax.train import head_fit
 
     run = Path(args.run)
+    for needed in (run / "teachers" / "manifest.json", run / "eval" / "teacher_agreement_vectors.npy"):
+        if not needed.exists():
+            raise SystemExit(f"{needed} is missing: --run must be a finished `jasper-jax demo` folder")
     store = TeacherStore(run / "teachers")
     rows = np.arange(min(args.rows, len(store)))
     teacher = normalized(store.teacher_vectors(rows).astype(np.float64))
