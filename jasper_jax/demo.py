@@ -241,10 +241,12 @@ def stages_of(settings: DemoSettings, config) -> list[int]:
 
 
 def train_student(settings: DemoSettings) -> None:
-    from jasper_jax.train.loop import train
+    from jasper_jax.train.loop import EXIT_BAD_INPUT, train
 
     config = training_config(settings)
     code = train(config, stages_of(settings, config))
+    if code == EXIT_BAD_INPUT:  # e.g. a finished stage trained with other settings: the message says what to do
+        raise DemoError(f"training refused to start; see the message above ({settings.out / 'train'} is unchanged)")
     if code != 0:
         raise RuntimeError(f"training failed (exit code {code}); see the messages above; rerun `make demo` to resume")
 

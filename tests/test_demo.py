@@ -158,6 +158,23 @@ def test_a_rerun_with_other_data_settings_is_refused_and_changes_nothing(demo_ru
     assert {p: p.stat().st_mtime_ns for p in settings.out.rglob("*") if p.is_file()} == before
 
 
+def test_a_rerun_with_other_training_settings_is_refused_and_changes_nothing(demo_run, capsys):
+    """A finished stage 3 would otherwise be skipped silently and its scores reported under the new lr."""
+    import dataclasses
+
+    from jasper_jax.demo import DemoError, run_demo
+
+    settings, report = demo_run
+    before = {p: p.stat().st_mtime_ns for p in settings.out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    changed = dataclasses.replace(settings, overrides=[*settings.overrides, "stages.stage3.lr=0.125"])
+    with pytest.raises(DemoError, match="training refused to start"):
+        run_demo(changed)
+    error = capsys.readouterr().err
+    assert "stage 3:" in error and "stages.stage3.lr:" in error and "0.125 now" in error, error
+    assert {p: p.stat().st_mtime_ns for p in settings.out.rglob("*") if p.is_file()} == before
+
+
 def test_settings_recorded_before_chunk_fraction_existed_read_as_the_old_value(demo_run):
     """A run folder recorded before `chunk_fraction` was a setting was built with the paper's 0.3: it must be
     accepted with 0.3 and refused with another value, and a value outside [0, 1] refused before anything."""

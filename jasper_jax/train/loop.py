@@ -32,6 +32,7 @@ from flax import nnx
 from jasper_jax.train import checkpoint as checkpoint_lib
 from jasper_jax.train import distributed
 from jasper_jax.train import optimizer as optimizer_lib
+from jasper_jax.train import run_settings
 from jasper_jax.train import sharding as sharding_lib
 from jasper_jax.train import step as step_lib
 from jasper_jax.train.mesh import batch_size_divisor, make_mesh
@@ -242,6 +243,7 @@ def _previous_stage(config: ml_collections.ConfigDict, number: int):
             f"{checkpointer.directory} has {'none' if step is None else f'only step {step}'}: run stage "
             f"{previous} first (--stages {previous},{number}) or set stages.stage{number}.init_from='model'"
         )
+    _check_settings_unchanged(config, previous, checkpointer, step)  # stage `number` would start from it
     return checkpointer, step, checkpointer.metadata(step)
 
 
@@ -290,6 +292,22 @@ def _to_record(step: int, metrics: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+def _check_settings_unchanged(config: ml_collections.ConfigDict, number: int, checkpointer, step: int) -> None:
+    """Refuse to resume or skip stage `number` when its checkpoint ran with other trajectory settings
+    (`run_settings`): the rerun would keep a stage trained under the old ones."""
+    saved = checkpointer.metadata(step).get("config")
+    if not saved:  # written before checkpoints recorded their config
+        return
+    changed = run_settings.differences(saved, json.loads(config.to_json_best_effort()), number)
+    if changed:
+        checkpointer.close()
+        raise TrainingError(
+            f"stage {number}: {checkpointer.directory} (step {step}) was trained with other settings than this "
+            f"run's: " + "; ".join(changed) + f". Use another workdir, rerun with the recorded settings, or "
+            f"delete {stage_dir(config, number)} and the later stages' folders to train them again."
+        )
+
+
 def run_stage(config: ml_collections.ConfigDict, number: int, mesh: jax.sharding.Mesh, paths: DataPaths) -> int:
     """Train one stage to its last step (or resume it); returns an exit code."""
     stage = stage_config(config, number)
@@ -302,6 +320,8 @@ def run_stage(config: ml_collections.ConfigDict, number: int, mesh: jax.sharding
     directory = stage_dir(config, number)
     checkpointer = make_checkpointer(config, number)
     latest = checkpointer.latest_step()
+    if latest is not None:
+        _check_settings_unchanged(config, number, checkpointer, latest)
     steps = int(stage.steps)
     if latest is not None and latest >= steps:
         if main:
