@@ -23,7 +23,7 @@ skips finished stages; export and each evaluation are redone only when their che
 7. `report`   `OUT/report/REPORT.md`, `OUT/report/losses_stage{N}.png`, `OUT/report/score_vs_dim.png`.
 
     jasper-jax demo [--out artifacts/demo] [--corpus-size 2400] [--max-length 64] [--config configs/minilm_demo.py]
-                    [--config.FIELD=VALUE ...]
+                    [--data-from RUN] [--config.FIELD=VALUE ...]
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ class DemoSettings:
     batch_size: int = 32
     stages: list[int] | None = None  # default: every available stage of the config
     progress: bool = True
+    data_from: Path | None = None  # another run folder made with the same data settings: start from its data
 
 
 def log(message: str) -> None:
@@ -144,12 +145,52 @@ def check_data_settings(settings: DemoSettings) -> None:
                             f"made it). Use another --out, or delete {settings.out} to start over.")
         path.write_text(json.dumps(wanted, indent=1) + "\n")
         return
-    recorded = {**SETTINGS_BEFORE_RECORDED, **json.loads(path.read_text())}
-    changed = {key: (recorded.get(key), value) for key, value in wanted.items() if recorded.get(key) != value}
+    changed = changed_data_settings(path, settings)
     if changed:
-        listed = "; ".join(f"{key}: {old!r} there, {new!r} now" for key, (old, new) in changed.items())
-        raise DemoError(f"{settings.out} holds a demo run made with other settings ({listed}). Use another --out, "
+        raise DemoError(f"{settings.out} holds a demo run made with other settings ({changed}). Use another --out, "
                         f"rerun with the recorded settings, or delete {settings.out} to start over.")
+
+
+def changed_data_settings(recorded_file: Path, settings: DemoSettings) -> str:
+    """`"key: X there, Y now; ..."` for each data setting that differs from the run's `settings.json`."""
+    recorded = {**SETTINGS_BEFORE_RECORDED, **json.loads(recorded_file.read_text())}
+    return "; ".join(f"{key}: {recorded.get(key)!r} there, {value!r} now"
+                     for key, value in data_settings(settings).items() if recorded.get(key) != value)
+
+
+# files of a run that depend only on its data settings (and, for the evaluations, on the model they name in
+# `made_from`, which the eval step checks): what `--data-from` copies
+REUSABLE_DATA = ("data", "teachers", "done/corpus.json", "done/teachers.json", "eval/teacher_*.json",
+                 "eval/teachers_concatenated.json", "eval/undistilled.json", "eval/teacher_agreement_vectors.npy")
+
+
+def reuse_data(settings: DemoSettings) -> None:
+    """`--data-from RUN`: start from RUN's corpus, teacher store and teacher (and undistilled) evaluations, so a
+    run that changes only training settings skips the teacher step. RUN must have finished its teacher step
+    with the same data settings; a folder that has its own corpus already keeps it."""
+    import shutil
+
+    source = settings.data_from
+    if (settings.out / "done" / "corpus.json").exists():
+        log(f"data: {settings.out} has its own corpus; --data-from {source} not used")
+        return
+    if not (source / "done" / "teachers.json").exists() or not (source / "settings.json").exists():
+        raise DemoError(f"--data-from {source}: not a demo run with a finished teacher step (no "
+                        f"{source / 'done' / 'teachers.json'}); run the demo there first, or leave --data-from out")
+    changed = changed_data_settings(source / "settings.json", settings)
+    if changed:
+        raise DemoError(f"--data-from {source} was made with other data settings ({changed}); rerun with those, "
+                        f"or leave --data-from out to build the data for these settings")
+    for pattern in REUSABLE_DATA:
+        for path in sorted(source.glob(pattern)):
+            target = settings.out / path.relative_to(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if path.is_dir():
+                shutil.copytree(path, target, dirs_exist_ok=True)
+            else:
+                shutil.copy2(path, target)
+    (settings.out / "settings.json").write_text(json.dumps(data_settings(settings), indent=1) + "\n")
+    log(f"data: corpus, teacher store and teacher evaluations copied from {source}")
 
 
 # ------------------------------------------------------------------------------------------------ steps
@@ -251,8 +292,17 @@ def train_student(settings: DemoSettings) -> None:
         raise RuntimeError(f"training failed (exit code {code}); see the messages above; rerun `make demo` to resume")
 
 
+def checkpoint_identity(stage_folder: Path, step: int) -> str:
+    """`stage{N}/checkpoints/{step}@{commit ns}`: which save of that step. A stage trained again (its folder
+    deleted, other settings) reaches the same step; Orbax's commit time tells the two saves apart, so the
+    export and the evaluations made from the old one are redone."""
+    metadata = stage_folder / "checkpoints" / str(step) / "_CHECKPOINT_METADATA"
+    stamp = json.loads(metadata.read_text()).get("commit_timestamp_nsecs") if metadata.exists() else None
+    return f"{stage_folder.name}/checkpoints/{step}" + (f"@{stamp}" if stamp else "")
+
+
 def final_checkpoint(settings: DemoSettings, config) -> str:
-    """`stage{N}/checkpoints/{step}` of the last stage's latest checkpoint (what the export is made from)."""
+    """`checkpoint_identity` of the last stage's latest checkpoint (what the export is made from)."""
     from jasper_jax.train.loop import make_checkpointer
 
     last = stages_of(settings, config)[-1]
@@ -263,7 +313,9 @@ def final_checkpoint(settings: DemoSettings, config) -> str:
         checkpointer.close()
     if step is None:
         raise RuntimeError(f"stage {last} has no checkpoint to export; rerun to train it")
-    return f"stage{last}/checkpoints/{step}"
+    from jasper_jax.train.loop import stage_dir
+
+    return checkpoint_identity(stage_dir(config, last), step)
 
 
 def export_student(settings: DemoSettings) -> None:
@@ -306,11 +358,12 @@ def evaluated_models(settings: DemoSettings, config) -> list[dict[str, Any]]:
 
 
 def _made_from(model: dict[str, Any]) -> str | None:
-    """What a model's evaluation depends on: the stage's latest checkpoint step, or the export's source."""
+    """What a model's evaluation depends on: the stage's latest checkpoint (`checkpoint_identity`), the export's
+    source, or the model's path."""
     path = Path(model["path"]) if model["path"] else None
     if model["kind"] == "stage":
         steps = [int(p.name) for p in (path / "checkpoints").glob("[0-9]*") if p.name.isdigit()]
-        return f"{path.name}/checkpoints/{max(steps)}" if steps else None
+        return checkpoint_identity(path, max(steps)) if steps else None
     if model["kind"] == "export" and (path / "SOURCE").exists():
         return (path / "SOURCE").read_text().strip()
     return model["path"]
@@ -473,11 +526,14 @@ def run_demo(settings: DemoSettings) -> Path:
     settings.out.mkdir(parents=True, exist_ok=True)
     steps = Steps(settings.out)
     fetch_assets(settings)  # always (fast when cached): the later steps need the paths
+    if settings.data_from is not None:
+        reuse_data(settings)
     check_data_settings(settings)
     steps.run("corpus", build_demo_corpus, settings)
     steps.run("teachers", encode_teachers, settings)
-    # the trainer skips finished stages, export and eval skip what was made from the same checkpoint: always entered,
-    # so that a config gaining a stage (or more steps) continues where the last run stopped
+    # the trainer skips finished stages (and refuses ones trained with other settings), export and eval skip what was
+    # made from the same checkpoint: always entered, so that a config gaining a stage continues where the last run
+    # stopped
     steps.run("train", train_student, settings, always=True)
     steps.run("export", export_student, settings, always=True)
     steps.run("eval", evaluate_all, settings, always=True)
@@ -497,6 +553,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=DemoSettings.max_length, help="tokens per text everywhere")
     parser.add_argument("--stages", default="", help="comma-separated stages (default: all available)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--data-from", default=None, metavar="RUN",
+                        help="start from RUN's corpus, teacher store and teacher evaluations (same data settings)")
     parser.epilog = "Training config fields can be set with --config.FIELD=VALUE (e.g. --config.stages.stage3.steps=100)"
     _accept_config_overrides(parser)
 
@@ -506,6 +564,7 @@ def run(args: argparse.Namespace) -> int:
         out=Path(args.out), config=args.config, overrides=list(getattr(args, "config_overrides", [])),
         corpus_size=args.corpus_size, chunk_fraction=args.chunk_fraction, max_length=args.max_length,
         stages=[int(s) for s in args.stages.split(",") if s.strip()] or None, progress=not args.no_progress,
+        data_from=Path(args.data_from) if args.data_from else None,
     )
     try:
         run_demo(settings)

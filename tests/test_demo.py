@@ -8,6 +8,7 @@ rerun must skip every finished step.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -131,7 +132,7 @@ def test_rerun_skips_finished_steps(demo_run, capsys):
         assert f"{step}: done before; skipped" in printed, printed
     for stage in (1, 2, 3, 4):
         assert f"stage {stage}: complete" in printed, printed
-    assert "export: stage4/checkpoints/3 exported before; skipped" in printed, printed
+    assert re.search(r"export: stage4/checkpoints/3@\d+ exported before; skipped", printed), printed
     assert printed.count("done before; skipped") == 2 + 9, printed  # corpus, teachers, nine evaluations
     assert {p: p.stat().st_mtime_ns for p in (settings.out / "eval").glob("*.json")} == before
 
@@ -158,6 +159,30 @@ def test_a_rerun_with_other_data_settings_is_refused_and_changes_nothing(demo_ru
     assert {p: p.stat().st_mtime_ns for p in settings.out.rglob("*") if p.is_file()} == before
 
 
+def test_a_stage_trained_again_to_the_same_step_is_evaluated_again(tmp_path):
+    """After a stage folder is deleted and trained again, its final step is the same number: the evaluation
+    made from the old save must not count as done (nor the export made from it)."""
+    from jasper_jax.demo import _evaluated_before, _made_from, checkpoint_identity
+
+    stage = tmp_path / "train" / "stage3"
+
+    def save(step, commit_ns):
+        folder = stage / "checkpoints" / str(step)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "_CHECKPOINT_METADATA").write_text(json.dumps({"commit_timestamp_nsecs": commit_ns}))
+
+    save(100, 5), save(150, 7)
+    model = {"name": "stage3", "kind": "stage", "path": str(stage), "backend": "jax"}
+    first = _made_from(model)
+    assert first == checkpoint_identity(stage, 150) == "stage3/checkpoints/150@7"
+    result = tmp_path / "stage3.json"
+    result.write_text(json.dumps({"made_from": first, "agreement": {}}))
+    assert _evaluated_before(result, {**model, "made_from": first}, tmp_path / "teacher.npy")
+    save(150, 9)  # trained again: the same step, another save
+    again = _made_from(model)
+    assert again != first and not _evaluated_before(result, {**model, "made_from": again}, tmp_path / "teacher.npy")
+
+
 def test_a_rerun_with_other_training_settings_is_refused_and_changes_nothing(demo_run, capsys):
     """A finished stage 3 would otherwise be skipped silently and its scores reported under the new lr."""
     import dataclasses
@@ -173,6 +198,26 @@ def test_a_rerun_with_other_training_settings_is_refused_and_changes_nothing(dem
     error = capsys.readouterr().err
     assert "stage 3:" in error and "stages.stage3.lr:" in error and "0.125 now" in error, error
     assert {p: p.stat().st_mtime_ns for p in settings.out.rglob("*") if p.is_file()} == before
+
+
+def test_data_from_another_run_skips_the_data_steps_and_refuses_other_data_settings(demo_run, tmp_path, capsys):
+    import dataclasses
+
+    from jasper_jax.demo import DemoError, run_demo
+
+    settings, report = demo_run
+    again = dataclasses.replace(settings, out=tmp_path / "again", data_from=settings.out, stages=[1])
+    with pytest.raises(DemoError, match=r"--data-from .*max_length: 32 there, 16 now"):
+        run_demo(dataclasses.replace(again, max_length=16))
+    assert not [p for p in again.out.rglob("*") if p.is_file()]  # refused before anything was written
+    capsys.readouterr()
+    assert run_demo(again).exists()
+    printed = capsys.readouterr().out
+    for step in ("corpus", "teachers", "eval teacher_minilm", "eval teachers_concatenated", "eval undistilled"):
+        assert f"{step}: done before; skipped" in printed, printed
+    assert "stage 1: done" in printed and "eval stage1\n" in printed.replace("\r", ""), printed
+    store = sorted(p.relative_to(settings.out) for p in (settings.out / "teachers").rglob("*") if p.is_file())
+    assert store and all((again.out / p).read_bytes() == (settings.out / p).read_bytes() for p in store)
 
 
 def test_settings_recorded_before_chunk_fraction_existed_read_as_the_old_value(demo_run):
