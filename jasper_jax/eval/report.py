@@ -214,6 +214,11 @@ def write_report(out: Path, results: list[dict], config, step_seconds: dict[str,
     for target in targets:
         lines.append(f"| {target['target']} | {'met' if target['met'] else '**MISSED**'} | {target['detail']} |")
     lines.append("")
+    missed = sum(not target["met"] for target in targets)
+    if missed:
+        lines += [f"{missed} target(s) MISSED. What was tried for them with the default config "
+                  f"(`configs/minilm_demo.py`), each setting with its scores, is in `benchmarks/RESULTS.md` "
+                  f"(section \"make demo\").", ""]
 
     lines += ["## Plots", ""]
     for name in stage_names:
