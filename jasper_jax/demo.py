@@ -303,7 +303,7 @@ def checkpoint_identity(stage_folder: Path, step: int) -> str:
 
 def final_checkpoint(settings: DemoSettings, config) -> str:
     """`checkpoint_identity` of the last stage's latest checkpoint (what the export is made from)."""
-    from jasper_jax.train.loop import make_checkpointer
+    from jasper_jax.train.loop import make_checkpointer, stage_dir
 
     last = stages_of(settings, config)[-1]
     checkpointer = make_checkpointer(config, last)
@@ -313,8 +313,6 @@ def final_checkpoint(settings: DemoSettings, config) -> str:
         checkpointer.close()
     if step is None:
         raise RuntimeError(f"stage {last} has no checkpoint to export; rerun to train it")
-    from jasper_jax.train.loop import stage_dir
-
     return checkpoint_identity(stage_dir(config, last), step)
 
 
