@@ -173,7 +173,8 @@ def test_a_stage_trained_again_to_the_same_step_is_evaluated_again(tmp_path):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "_CHECKPOINT_METADATA").write_text(json.dumps({"commit_timestamp_nsecs": commit_ns}))
 
-    save(100, 5), save(150, 7)
+    save(100, 5)
+    save(150, 7)
     model = {"name": "stage3", "kind": "stage", "path": str(stage), "backend": "jax"}
     first = _made_from(model)
     assert first == checkpoint_identity(stage, 150) == "stage3/checkpoints/150@7"

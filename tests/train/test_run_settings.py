@@ -90,7 +90,8 @@ def test_rerun_with_other_settings_is_refused_and_leaves_the_run_as_it_was(tmp_p
     # stage 2 alone would start from the changed stage 1: refused too, before anything is written
     assert train(tiny("stages.stage1.lr=0.5"), [2]) == EXIT_BAD_INPUT
     assert "stages.stage1.lr:" in capsys.readouterr().err
-    assert not (tmp_path / "stage2" / "checkpoints").exists() or not any((tmp_path / "stage2" / "checkpoints").iterdir())
+    stage2 = tmp_path / "stage2" / "checkpoints"
+    assert not stage2.exists() or not any(stage2.iterdir())
     assert _digest(tmp_path / "stage1") == before
     # what only changes how the run shows or keeps its work: skipped as complete, and stage 2 starts from it
     assert train(tiny("log_every=3", "checkpoint.keep=5"), [1, 2]) == EXIT_OK
