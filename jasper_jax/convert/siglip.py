@@ -13,13 +13,8 @@ import numpy as np
 from flax import nnx
 
 from jasper_jax.convert.hf import encoder_params_from_hf, encoder_params_to_hf, read_json, read_weights, write_weights
+from jasper_jax.models.params import assign_params, flat_params, param_shapes
 from jasper_jax.models.siglip import SiglipVisionConfig, SiglipVisionEncoder
-
-
-def _flat(module: nnx.Module) -> dict[str, np.ndarray]:
-    from jasper_jax.convert.load import flat_params
-
-    return flat_params(module)
 
 
 def siglip_params_from_tensors(
@@ -27,19 +22,13 @@ def siglip_params_from_tensors(
 ) -> dict[str, np.ndarray]:
     """Our tower parameters (path -> array) from Hugging Face tensors (raises listing bad keys)."""
     abstract = nnx.eval_shape(lambda: SiglipVisionEncoder(config, rngs=nnx.Rngs(0)))
-    shapes = {
-        "/".join(map(str, path)): tuple(variable.shape)
-        for path, variable in nnx.to_flat_state(nnx.state(abstract, nnx.Param))
-    }
-    return encoder_params_from_hf(tensors, config, shapes, source=source)
+    return encoder_params_from_hf(tensors, config, param_shapes(abstract), source=source)
 
 
 def load_siglip_folder(
     path: str | Path, *, dtype: str = "float32", rngs: nnx.Rngs | None = None
 ) -> tuple[SiglipVisionEncoder, SiglipVisionConfig]:
     """A tower with the weights of a Hugging Face SigLIP folder (config.json + safetensors)."""
-    from jasper_jax.convert.load import assign_params
-
     folder = Path(path)
     if not (folder / "config.json").exists():
         raise FileNotFoundError(f"{folder}: no config.json; expected a Hugging Face SiglipVisionModel / SiglipModel folder")
@@ -62,7 +51,7 @@ def export_siglip(tower: SiglipVisionEncoder | dict[str, np.ndarray], config: Si
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    params = tower if isinstance(tower, dict) else _flat(tower)
+    params = tower if isinstance(tower, dict) else flat_params(tower)
     write_weights(siglip_tensors(params, config), out / "model.safetensors")
     hf = config.to_hf()
     hf["dtype"] = "float32"
@@ -89,7 +78,6 @@ def attach_vision(
     Hugging Face SigLIP folder (pretrained tower). Returns (model, config); text parameters are copied."""
     import dataclasses
 
-    from jasper_jax.convert.load import assign_params
     from jasper_jax.models.student import JasperStudent
 
     tower_params = None
@@ -101,7 +89,7 @@ def attach_vision(
                                  image_token_ids=tuple(image_token_ids))
     with nnx.use_eager_sharding(False):
         student = JasperStudent(config, rngs=rngs or nnx.Rngs(0))
-    values = {key: value for key, value in _flat(model).items() if not key.startswith("vision/")}
+    values = {key: value for key, value in flat_params(model).items() if not key.startswith("vision/")}
     if tower_params is not None:
         values.update({f"vision/tower/{key}": value for key, value in tower_params.items()})
     assign_params(student, values)
@@ -117,7 +105,7 @@ def export_vision(model, out_dir: str | Path, image_input_ids: list[int]) -> Pat
 
     config = model.config
     folder = Path(out_dir) / VISION_FOLDER
-    params = _flat(model)
+    params = flat_params(model)
     tower = {key[len("vision/tower/"):]: value for key, value in params.items() if key.startswith("vision/tower/")}
     export_siglip(tower, config.vision, folder)
     write({"markers": params["vision/markers/embedding"]}, folder / MARKERS_FILE)

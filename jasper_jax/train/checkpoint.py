@@ -1,8 +1,9 @@
 """One Orbax CheckpointManager per stage: asynchronous saves, keep the last K, exact resume.
 
 Items of a checkpoint (directory `workdir/stage{N}/checkpoints/<step>/`):
-- `params`: every parameter of the model (trainable and frozen) as a nested dict with string keys, so a
-  later stage with another trainable split or more heads can read it;
+- `params`: every parameter of the model (trainable and frozen) as a nested dict with string keys
+  (`jasper_jax.models.params.state_to_tree`), so a later stage with another trainable split or more heads
+  can read it;
 - `optimizer`: the optimizer state of the trainable params and the step / non-finite counters;
 - `data_iter`: the data iterator's state (Grain's handler, one JSON per process);
 - `meta`: JSON with the config, the step, the stage and the package version.
@@ -24,54 +25,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from jasper_jax.train.optimizer import path_string
+from jasper_jax.models.params import fill_state, flatten_tree, state_to_tree, unflatten_tree
+from jasper_jax.models.params import tree_paths as tree_paths  # for train/loop.py until it imports models.params
 from jasper_jax.train.step import TrainState
 
 FORMAT_VERSION = 1
-
-
-def state_to_tree(state: nnx.State) -> dict[str, Any]:
-    """A params State as a nested dict with string keys (`{"encoder": {"layers": {"0": ...}}}`)."""
-    tree: dict[str, Any] = {}
-    for path, variable in nnx.to_flat_state(state):
-        node = tree
-        for part in path[:-1]:
-            node = node.setdefault(str(part), {})
-        node[str(path[-1])] = variable.get_value() if isinstance(variable, nnx.Variable) else variable
-    return tree
-
-
-def tree_get(tree: Mapping[str, Any], path: tuple[Any, ...]) -> Any:
-    node: Any = tree
-    for part in path:
-        node = node[str(part)]
-    return node
-
-
-def tree_paths(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
-    """The leaf paths of a nested dict (restore metadata or `state_to_tree` output)."""
-    paths = set()
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            paths |= tree_paths(value, prefix + (str(key),))
-        else:
-            paths.add(prefix + (str(key),))
-    return paths
-
-
-def fill_state(state: nnx.State, tree: Mapping[str, Any]) -> nnx.State:
-    """`state` with each variable whose path is in `tree` replaced by the tree's value."""
-
-    def replace(path, variable):
-        names = tuple(path_string([part]) for part in path)
-        if names and names[-1] == "value":
-            names = names[:-1]
-        try:
-            return tree_get(tree, names)
-        except KeyError:
-            return variable
-
-    return jax.tree_util.tree_map_with_path(replace, state)
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:
@@ -213,24 +171,16 @@ class StageCheckpointer:
         """
         saved = self.manager.item_metadata(step)["params"]
         saved_tree = saved.tree if hasattr(saved, "tree") else saved
-        saved_paths = tree_paths(saved_tree)
-        target_full = state_to_tree(abstract_like(abstract_params, params_shardings))
-        target: dict[str, Any] = {}
-        for path in saved_paths & tree_paths(target_full):
-            node = target
-            for part in path[:-1]:
-                node = node.setdefault(part, {})
-            node[path[-1]] = tree_get(target_full, path)
-        missing = saved_paths - tree_paths(target_full)
+        saved_params = flatten_tree(saved_tree)
+        model_params = flatten_tree(state_to_tree(abstract_like(abstract_params, params_shardings)))
+        missing = sorted(set(saved_params) - set(model_params))
         if missing:
-            raise ValueError(
-                f"checkpoint {self.directory}/{step} has parameters the model lacks: {sorted(map('/'.join, missing))[:5]}"
-            )
-        for path in saved_paths:
-            shape = tuple(tree_get(saved_tree, path).shape)
-            want = tuple(tree_get(target, path).shape)
+            raise ValueError(f"checkpoint {self.directory}/{step} has parameters the model lacks: {missing[:5]}")
+        for name, saved_leaf in saved_params.items():
+            shape, want = tuple(saved_leaf.shape), tuple(model_params[name].shape)
             if shape != want:
-                raise ValueError(f"parameter {'/'.join(path)}: checkpoint shape {shape}, model shape {want}")
+                raise ValueError(f"parameter {name}: checkpoint shape {shape}, model shape {want}")
+        target = unflatten_tree({name: model_params[name] for name in saved_params})
         restored = self.manager.restore(
             step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target))
         )

@@ -1,7 +1,7 @@
 """AdamW with warmup + cosine decay, and freezing by trainable-parameter regexes.
 
-Freezing partitions the model's parameters into a trainable and a frozen `nnx.State` (by regexes over
-`"/".join(path)` of `nnx.state(model, nnx.Param)`, e.g. `heads/fc1/.*`, `encoder/layers/(25|26|27)/.*`).
+Freezing partitions the model's parameters into a trainable and a frozen `nnx.State` (by regexes over the
+parameter names of `jasper_jax.models.params`, e.g. `heads/fc1/.*`, `encoder/layers/(25|26|27)/.*`).
 Only the trainable part is differentiated and optimised, so frozen parameters carry no optimizer state
 (no Adam moments: the memory of stages 1-2 is that of the heads and the last layers) and stay
 bit-identical: they are inputs of the step, never outputs.
@@ -17,17 +17,7 @@ import jax
 import optax
 from flax import nnx
 
-
-def path_string(path: Sequence[Any]) -> str:
-    """`"/".join` of a state path (`("encoder", "layers", 3, "mlp", "kernel")` -> `encoder/layers/3/mlp/kernel`)."""
-    names = []
-    for part in path:
-        for attribute in ("key", "idx", "name"):  # jax tree-path keys (DictKey, SequenceKey, GetAttrKey)
-            if hasattr(part, attribute) and not isinstance(part, (str, int)):
-                part = getattr(part, attribute)
-                break
-        names.append(str(part))
-    return "/".join(names)
+from jasper_jax.models.params import path_string
 
 
 def last_layers_pattern(num_layers: int, count: int, prefix: str = "encoder/layers") -> str:

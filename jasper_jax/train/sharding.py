@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jasper_jax.models.params import path_names
 from jasper_jax.train.mesh import BATCH_AXES
 
 # logical name -> mesh axes; the defaults follow maxtext's FSDP + tensor-parallel layout.
@@ -104,18 +105,6 @@ def state_shardings(state: nnx.State, rules: Mapping[str, tuple[str, ...]], mesh
     return jax.tree.map(lambda p: NamedSharding(mesh, p), specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
-def _key_name(key: Any) -> Any:
-    for attribute in ("key", "idx", "name"):
-        if hasattr(key, attribute):
-            return getattr(key, attribute)
-    return str(key)
-
-
-def _path_names(path: Sequence[Any]) -> tuple[Any, ...]:
-    names = tuple(_key_name(key) for key in path)
-    return names[:-1] if names and names[-1] == "value" else names
-
-
 def tree_shardings_like_params(tree: Any, params_specs: nnx.State, mesh: Mesh) -> Any:
     """Shardings for a pytree whose param-shaped leaves mirror `params_specs` (e.g. optimizer state).
 
@@ -126,10 +115,10 @@ def tree_shardings_like_params(tree: Any, params_specs: nnx.State, mesh: Mesh) -
     for path, leaf in jax.tree_util.tree_flatten_with_path(
         params_specs, is_leaf=lambda x: isinstance(x, PartitionSpec)
     )[0]:
-        by_path[_path_names(path)] = leaf
+        by_path[path_names(path)] = leaf
 
     def sharding(path: Sequence[Any], leaf: Any) -> NamedSharding:
-        names = _path_names(path)
+        names = path_names(path)
         for start in range(len(names)):
             spec = by_path.get(names[start:])
             if spec is not None and len(spec) <= len(getattr(leaf, "shape", ())):

@@ -7,10 +7,10 @@ import pytest
 import torch
 from flax import nnx
 
-from jasper_jax.convert.load import assign_params, flat_params
 from jasper_jax.data.tokenization import add_image_tokens, image_token_ids, load_tokenizer, save_tokenizer
 from jasper_jax.models import JasperStudent, StudentConfig
 from jasper_jax.models.image_inputs import IMAGE_MARKERS
+from jasper_jax.models.params import assign_params, flat_params
 from vision_helpers import MARKERS, N_IMAGE_TOKENS, TINY_BERT, TINY_QWEN2, image_inputs, images, vision_student
 
 ENCODERS = pytest.mark.parametrize("encoder", [TINY_QWEN2, TINY_BERT], ids=["qwen2", "bert"])
