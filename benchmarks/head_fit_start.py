@@ -89,8 +89,8 @@ def main() -> None:
 
     from jasper_jax.assets import fetch_news, minilm_path
     from jasper_jax.data.store import TeacherStore
-    from jasper_jax.encode import load_any
     from jasper_jax.eval.tasks import news_split
+    from jasper_jax.loader import load_any
     from jasper_jax.train import head_fit
 
     run = Path(args.run)

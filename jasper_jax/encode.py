@@ -1,4 +1,4 @@
-"""`jasper-jax encode`: embed texts with a student or any importable model; rows L2-normalised, input order.
+"""`jasper-jax encode`: embed texts (or images) with a student or any model; rows L2-normalised, input order.
 
 Texts are sorted by token length and cut into batches of `batch_size` rows padded to a few bucket lengths
 (powers of two, see `jasper_jax.data.tokenization`), and the last batch is padded with empty rows, so the
@@ -8,6 +8,14 @@ Heads: the model's default head (the first, or the one an export marks active), 
 `pooled` for the normalised pooled vector, and `NAME@D` for the first D components of a head renormalised
 (the Matryoshka prefix convention). Prompts: a name from the model's prompts (s2p_query, s2s_query, ...)
 or literal text.
+
+Images (`encode_images`, a student with a vision tower): an image is the input `<|jasper_img_start|>` + n x
+`<|jasper_img_token|>` + `<|jasper_img_end|>` (with the tokenizer's own special tokens) whose image-token
+embeddings are the pooled SigLIP rows of the image (see `jasper_jax.models.image_inputs`);
+`jasper-jax encode --model M --images LIST --out OUT.npy` (LIST: one image path per line).
+
+The model is anything `jasper_jax.loader.load_any` loads (an alias such as `minilm`, a model folder, a
+training checkpoint), a `LoadedModel`, or a `JasperStudent` with its tokenizer folder.
 """
 
 from __future__ import annotations
@@ -22,15 +30,24 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from jasper_jax.convert.load import LoadedModel, load_model_folder
-from jasper_jax.data.tokenization import TextTokenizer, bucket_length, load_tokenizer, pad_batch
+from jasper_jax.convert.load import LoadedModel
+from jasper_jax.data.tokenization import (
+    TextTokenizer,
+    add_image_tokens,
+    bucket_length,
+    image_token_ids,
+    load_tokenizer,
+    pad_batch,
+)
+from jasper_jax.errors import UserError
+from jasper_jax.loader import load_any
 from jasper_jax.models.pooling import l2_normalize
 from jasper_jax.models.student import POOLED, JasperStudent
+from jasper_jax.prompts import PAPER_PROMPTS
 
-PAPER_PROMPTS = {
-    "s2p_query": "Instruct: Given a web search query, retrieve relevant passages that answer the query.\nQuery: ",
-    "s2s_query": "Instruct: Retrieve semantically similar text.\nQuery: ",
-}
+
+class UnknownHeadError(UserError, ValueError):
+    """A head name the model does not have; the message lists the heads it has."""
 
 
 def parse_head(head: str | None, model: JasperStudent, default: str) -> tuple[str, int | None]:
@@ -39,7 +56,7 @@ def parse_head(head: str | None, model: JasperStudent, default: str) -> tuple[st
     name, _, dim = head.partition("@")
     available = list(model.config.heads) + [POOLED]
     if name not in available:
-        raise ValueError(f"unknown head {name!r}; this model has: {', '.join(available)}")
+        raise UnknownHeadError(f"unknown head {name!r}; this model has: {', '.join(available)}")
     return name, int(dim) if dim else None
 
 
@@ -50,23 +67,25 @@ def resolve_prompt(prompt: str | None, prompts: dict[str, str]) -> str:
     return {**PAPER_PROMPTS, **prompts}.get(prompt, prompt)
 
 
-class _JittedEncoder:
-    """The model split once into (graphdef, state); one jitted function per head, one compile per shape."""
+class JittedEncoder:
+    """The model split once into (graphdef, state) and one jitted forward (the head static): one compile per
+    head and input shape. `pixel_values` is None for texts, (B, H, W, 3) images for image inputs."""
 
     def __init__(self, model: JasperStudent):
         self.graphdef, self.state = nnx.split(model)
 
-        def run(state, input_ids, attention_mask, head):
+        def run(state, input_ids, attention_mask, pixel_values, head):
             model = nnx.merge(self.graphdef, state)
-            pooled = model.pooled(input_ids, attention_mask)
-            if head == POOLED:
-                return l2_normalize(pooled)
-            return l2_normalize(model.heads[head](pooled))
+            pooled = model.pooled(input_ids, attention_mask, pixel_values=pixel_values)
+            return l2_normalize(pooled if head == POOLED else model.heads[head](pooled))
 
-        self.run = jax.jit(run, static_argnums=3)
+        self.run = jax.jit(run, static_argnums=4)
 
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray, head: str) -> np.ndarray:
-        return np.asarray(self.run(self.state, jnp.asarray(input_ids), jnp.asarray(attention_mask), head))
+    def __call__(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, head: str, pixel_values: np.ndarray | None = None
+    ) -> np.ndarray:
+        pixels = None if pixel_values is None else jnp.asarray(pixel_values)
+        return np.asarray(self.run(self.state, jnp.asarray(input_ids), jnp.asarray(attention_mask), pixels, head))
 
 
 def _loaded(model_path_or_model, tokenizer) -> LoadedModel:
@@ -81,20 +100,19 @@ def _loaded(model_path_or_model, tokenizer) -> LoadedModel:
     return load_any(model_path_or_model)
 
 
-def load_any(path: str | Path, compute_dtype: str | None = None) -> LoadedModel:
-    """A model folder (`load_model_folder`) or a trainer checkpoint (its tokenizer from the training config)."""
-    from jasper_jax.convert.export import is_model_folder
+def _encoder(loaded: LoadedModel) -> JittedEncoder:
+    """The model's compiled encoder, made once and kept on the `LoadedModel` (texts and images share it)."""
+    if loaded._jitted is None:
+        loaded._jitted = JittedEncoder(loaded.model)
+    return loaded._jitted
 
-    path = Path(path)
-    if not path.is_dir() or is_model_folder(path):
-        return load_model_folder(path, compute_dtype=compute_dtype)
-    from jasper_jax.convert.export import load_checkpoint, tokenizer_from_training_config
 
-    model, config, metadata = load_checkpoint(path)
-    tokenizer = tokenizer_from_training_config(metadata.get("config", {}))
-    if tokenizer is None:
-        raise FileNotFoundError(f"no tokenizer for checkpoint {path}: its training config names no folder with tokenizer.json")
-    return LoadedModel(model, config, tokenizer, default_head=next(iter(config.heads), POOLED))
+def _truncate(vectors: np.ndarray, dim: int | None) -> np.ndarray:
+    """The first `dim` components renormalised (NAME@D), or the vectors as they are."""
+    if not dim:
+        return vectors
+    vectors = vectors[:, :dim]
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 def encode_texts(
@@ -110,9 +128,9 @@ def encode_texts(
 ) -> np.ndarray:
     """Embed `texts`: float32 (N, d), rows L2-normalised, in input order.
 
-    `model_path_or_model`: a model folder (see `jasper_jax.convert.load_model`) or a trainer checkpoint
-    directory, a `LoadedModel`, or a
-    `JasperStudent` together with `tokenizer`. `max_length` is capped by the model's own max_seq_length."""
+    `model_path_or_model`: a model alias, folder or trainer checkpoint (`jasper_jax.loader.load_any`), a
+    `LoadedModel`, or a `JasperStudent` together with `tokenizer`. `max_length` is capped by the model's own
+    max_seq_length."""
     loaded = _loaded(model_path_or_model, tokenizer)
     name, truncate_dim = parse_head(head, loaded.model, loaded.default_head)
     length_cap = min(max_length, loaded.max_seq_length or max_length)
@@ -120,10 +138,7 @@ def encode_texts(
         text_tokenizer = tokenizer
     else:
         text_tokenizer = load_tokenizer(loaded.tokenizer_folder, length_cap)
-    encoder = getattr(loaded, "_jitted", None)
-    if encoder is None:
-        encoder = _JittedEncoder(loaded.model)
-        loaded._jitted = encoder
+    encoder = _encoder(loaded)
     dim = loaded.config.encoder.hidden_size if name == POOLED else loaded.config.heads[name]
     out = np.zeros((len(texts), truncate_dim or dim), np.float32)
     if not texts:
@@ -138,17 +153,66 @@ def encode_texts(
         length = bucket_length(max(len(row) for row in chunk), text_tokenizer.max_length)
         batch = pad_batch(chunk, length, text_tokenizer.pad_id)
         vectors = encoder(batch["input_ids"], batch["attention_mask"], name)[: len(rows)]
-        if truncate_dim:
-            vectors = vectors[:, :truncate_dim]
-            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        out[rows] = vectors
+        out[rows] = _truncate(vectors, truncate_dim)
         bar.update(len(rows))
     bar.close()
     return out
 
 
+def image_input_ids(loaded: LoadedModel) -> list[int]:
+    """The token ids of an image input for `loaded`: its tokenizer must give the image marker ids the model
+    was trained with."""
+    config = loaded.config
+    if config.vision is None:
+        raise ValueError("this model has no vision tower: images need a student trained with stage 4")
+    tokenizer = load_tokenizer(loaded.tokenizer_folder, max(loaded.max_seq_length or 512, config.image_tokens + 8))
+    ids = add_image_tokens(tokenizer)
+    if ids != tuple(config.image_token_ids):
+        raise ValueError(
+            f"the tokenizer in {loaded.tokenizer_folder} gives image marker ids {ids}, the model expects "
+            f"{tuple(config.image_token_ids)}: use the tokenizer of the model's stage-4 run"
+        )
+    return image_token_ids(tokenizer, config.image_tokens)
+
+
+def encode_images(
+    model_path_or_model,
+    paths: list[str | Path],
+    *,
+    head: str | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+    tokenizer: str | Path | None = None,
+) -> np.ndarray:
+    """Embed image files: float32 (N, d), rows L2-normalised, input order. `head` as in `encode_texts`
+    (a name, `pooled` or NAME@D); the model as in `encode_texts`, with a vision tower."""
+    from jasper_jax.data.images import load_image  # PIL: only for images
+
+    loaded = _loaded(model_path_or_model, tokenizer)
+    name, truncate_dim = parse_head(head, loaded.model, loaded.default_head)
+    ids = np.asarray(image_input_ids(loaded), np.int32)
+    encoder = _encoder(loaded)
+    dim = loaded.config.encoder.hidden_size if name == POOLED else loaded.config.heads[name]
+    out = np.zeros((len(paths), truncate_dim or dim), np.float32)
+    size = loaded.config.vision.image_size
+    input_ids = np.tile(ids, (batch_size, 1))
+    mask = np.ones_like(input_ids)
+    bar = tqdm(total=len(paths), desc="encode images", unit="image", disable=not progress)
+    for start in range(0, len(paths), batch_size):
+        chunk = [load_image(path, size) for path in paths[start : start + batch_size]]
+        real = len(chunk)
+        chunk += [chunk[-1]] * (batch_size - real)  # fixed shape: one compile
+        vectors = encoder(input_ids, mask, name, pixel_values=np.stack(chunk))[:real]
+        out[start : start + real] = _truncate(vectors, truncate_dim)
+        bar.update(real)
+    bar.close()
+    return out
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="Hugging Face / sentence-transformers folder or jasper-jax export")
+    parser.add_argument("--model", required=True,
+                        help="Hugging Face / sentence-transformers folder, jasper-jax export, training checkpoint "
+                             "or model alias (minilm)")
     parser.add_argument("--input", default=None, help="text file, one text per line")
     parser.add_argument("--images", default=None,
                         help="instead of --input: a file with one image path per line (a model with a vision tower)")
@@ -166,8 +230,6 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("jasper-jax encode: give exactly one of --input (texts) and --images (image paths)")
     loaded = load_any(args.model, compute_dtype=args.dtype)
     if args.images is not None:
-        from jasper_jax.encode_images import encode_images
-
         listing = Path(args.images)
         paths = [line.strip() for line in listing.read_text(encoding="utf-8").splitlines() if line.strip()]
         paths = [path if Path(path).is_absolute() or Path(path).exists() else str(listing.parent / path) for path in paths]

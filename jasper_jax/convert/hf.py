@@ -13,14 +13,19 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from jasper_jax.convert import keymaps
+from jasper_jax.errors import UserError
 from jasper_jax.models.bert import BertConfig
 from jasper_jax.models.qwen2 import Qwen2Config
 
 SUPPORTED_MODEL_TYPES = ("bert", "qwen2")
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """Weights or configs that do not fit the model; the message lists the offending keys."""
+
+
+class ModelNotFoundError(UserError, FileNotFoundError):
+    """A model path, file or checkpoint that is not there; the message says what was looked for."""
 
 
 def read_json(path: Path) -> dict:
@@ -55,7 +60,7 @@ def read_weights(folder: Path) -> dict[str, np.ndarray]:
             tensors.update(load_file(str(folder / shard)))
         return tensors
     found = sorted(path.name for path in folder.iterdir()) if folder.is_dir() else []
-    raise FileNotFoundError(
+    raise ModelNotFoundError(
         f"no safetensors weights in {folder}: expected model.safetensors or model.safetensors.index.json "
         f"(found: {', '.join(found) or 'nothing'}). Convert .bin checkpoints with transformers' "
         "save_pretrained(..., safe_serialization=True)."

@@ -13,11 +13,19 @@ import dataclasses
 import re
 from pathlib import Path
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jasper_jax.convert.hf import ConversionError, encoder_config_from_hf, encoder_params_from_hf, read_json, read_weights
+from jasper_jax.convert.hf import (
+    ConversionError,
+    ModelNotFoundError,
+    encoder_config_from_hf,
+    encoder_params_from_hf,
+    read_json,
+    read_weights,
+)
+from jasper_jax.convert.siglip import read_vision
+from jasper_jax.models.params import assign_params, param_shapes
 from jasper_jax.models.student import POOLED, JasperStudent, StudentConfig
 
 JASPER_CONFIG = "jasper_jax.json"
@@ -43,25 +51,6 @@ class _Head:
     name: str
     kernel: np.ndarray  # (in, out)
     bias: np.ndarray
-
-
-def flat_params(model: nnx.Module) -> dict[str, np.ndarray]:
-    """Parameters as '/'-joined path -> numpy array."""
-    return {
-        "/".join(map(str, path)): np.asarray(variable[...])
-        for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param))
-    }
-
-
-def assign_params(model: nnx.Module, values: dict[str, np.ndarray]) -> None:
-    """Overwrite the parameters named in `values` (shapes must match; checked by the callers)."""
-    state = nnx.state(model, nnx.Param)
-    flat = nnx.to_flat_state(state)
-    for path, variable in flat:
-        key = "/".join(map(str, path))
-        if key in values:
-            variable.set_value(jnp.asarray(values[key], dtype=jnp.float32))
-    nnx.update(model, nnx.from_flat_state(flat))
 
 
 # sentence-transformers < 3 wrote one boolean per mode instead of `pooling_mode`
@@ -186,14 +175,16 @@ def load_model_folder(
     """Load a student and its encode settings from a local folder (see the module docstring)."""
     folder = Path(path)
     if not folder.is_dir():
-        raise FileNotFoundError(f"model folder {folder} does not exist (expected a Hugging Face or sentence-transformers folder)")
+        raise ModelNotFoundError(
+            f"model folder {folder} does not exist (expected a Hugging Face or sentence-transformers folder)"
+        )
     if (folder / "modules.json").exists():
         parts = read_sentence_transformers(folder)
     else:
         parts = {"transformer": folder, "pooling": "mean", "heads": [], "active": None, "max_seq_length": None, "prompts": {}}
     transformer = parts["transformer"]
     if not (transformer / "config.json").exists():
-        raise FileNotFoundError(f"{transformer}: no config.json; not a Hugging Face model folder")
+        raise ModelNotFoundError(f"{transformer}: no config.json; not a Hugging Face model folder")
     encoder_config = encoder_config_from_hf(read_json(transformer / "config.json"), source=str(transformer / "config.json"), causal=causal)
     saved = read_json(folder / JASPER_CONFIG) if (folder / JASPER_CONFIG).exists() else {}
     loaded_heads = {head.name: head for head in parts["heads"]}
@@ -206,8 +197,6 @@ def load_model_folder(
             raise ConversionError(f"head {name!r} exists in {folder} with dim {head_dims[name]}, asked for {dim}")
         head_dims.setdefault(name, int(dim))
     student = saved.get("student", {})
-    from jasper_jax.convert.siglip import read_vision
-
     vision = read_vision(folder)  # an export of a student with images (stage 4)
     config = StudentConfig(
         encoder=encoder_config,
@@ -220,11 +209,8 @@ def load_model_folder(
         **(vision[0] if vision else {}),
     )
     model = JasperStudent(config, rngs=rngs or nnx.Rngs(0))
-    shapes = {
-        "/".join(map(str, path)): tuple(variable[...].shape)
-        for path, variable in nnx.to_flat_state(nnx.state(model.encoder, nnx.Param))
-    }
-    params = encoder_params_from_hf(read_weights(transformer), encoder_config, shapes, source=str(transformer))
+    params = encoder_params_from_hf(read_weights(transformer), encoder_config, param_shapes(model.encoder),
+                                    source=str(transformer))
     values = {f"encoder/{key}": value for key, value in params.items()}
     for name, head in loaded_heads.items():
         values[f"heads/{name}/kernel"], values[f"heads/{name}/bias"] = head.kernel, head.bias

@@ -25,14 +25,9 @@ from typing import Any
 import numpy as np
 
 from jasper_jax.data import store as store_lib
+from jasper_jax.prompts import PAPER_PROMPTS as NAMED_PROMPTS  # usable by name on the command line
 
 Encoder = Callable[[list[str]], np.ndarray]
-
-# Query prompts of the paper (PAPER.md, "Student architecture"), usable by name on the command line.
-NAMED_PROMPTS = {
-    "s2p_query": "Instruct: Given a web search query, retrieve relevant passages that answer the query.\nQuery: ",
-    "s2s_query": "Instruct: Retrieve semantically similar text.\nQuery: ",
-}
 
 
 @dataclass(frozen=True)
@@ -78,14 +73,10 @@ def load_encoder(spec: TeacherSpec, *, batch_size: int = 64, max_length: int = 5
 
         return encode_torch
     if backend == "jax":
-        from jasper_jax.encode import encode_texts  # the encoders issue's JAX path; imported lazily
+        from jasper_jax.encode import encode_texts  # JAX and the model code: only when a JAX teacher runs
+        from jasper_jax.loader import load_any
 
-        try:  # load (and jit) once for all shards; encode_texts caches its compiled encoder on the LoadedModel
-            from jasper_jax.convert import load_model_folder
-
-            model = load_model_folder(spec.path)
-        except ImportError:
-            model = spec.path
+        model = load_any(spec.path)  # loaded (and jitted) once for all shards: encode_texts keeps its encoder
 
         def encode_jax(texts: list[str]) -> np.ndarray:
             return np.asarray(encode_texts(model, texts, prompt=spec.prompt, max_length=max_length,

@@ -15,7 +15,13 @@ from pathlib import Path
 import numpy as np
 import tokenizers
 
+from jasper_jax.errors import UserError
+
 MIN_BUCKET = 16
+
+
+class TokenizerNotFoundError(UserError, FileNotFoundError):
+    """A folder without the `tokenizer.json` a model or a command needs; the message says what to pass."""
 
 
 @dataclass
@@ -58,7 +64,7 @@ def load_tokenizer(folder: str | Path, max_length: int = 512) -> TextTokenizer:
     folder = Path(folder)
     path = folder / "tokenizer.json"
     if not path.exists():
-        raise FileNotFoundError(
+        raise TokenizerNotFoundError(
             f"no tokenizer in {folder}: expected {path}. Save the model's fast tokenizer there "
             "(AutoTokenizer.from_pretrained(...).save_pretrained(folder)) and try again."
         )

@@ -3,6 +3,7 @@
     jasper-jax eval --model runs/minilm_demo/stage3 --out results.json         # a training checkpoint
     jasper-jax eval --model artifacts/demo/export --out results.json           # an exported folder
     jasper-jax eval --model ~/.cache/jasper_jax/all-mpnet-base-v2 --backend torch --out mpnet.json
+    jasper-jax eval --model minilm --out minilm.json                             # a model alias (jasper_jax.loader)
 
 Tasks (`jasper_jax.eval.tasks`): Lee document similarity (Spearman of cosine vs human scores) and
 NewsArticles title -> article retrieval over the fixed 1,000 held-out articles (nDCG@10, MRR@10). The
@@ -24,11 +25,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from jasper_jax.errors import UserError
 from jasper_jax.eval.run import AGREEMENT_TOLERANCE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="training checkpoint, jasper-jax export, or HF / sentence-transformers folder")
+    parser.add_argument("--model", required=True,
+                        help="training checkpoint, jasper-jax export, HF / sentence-transformers folder, or a "
+                             "model alias (minilm)")
     parser.add_argument("--out", required=True, help="results JSON")
     parser.add_argument("--backend", choices=("both", "jax", "torch"), default="both")
     parser.add_argument("--heads", default="", help="comma-separated heads (default: every head and 'pooled')")
@@ -53,11 +57,11 @@ def task_files(lee: str | None, news: str | None) -> tuple[Path, Path]:
 
 def sources_for(model: str, backend: str, *, max_length: int, batch_size: int, progress: bool, workdir: Path):
     """{backend: VectorSource} for `model` (a checkpoint is exported under `workdir` for the torch side)."""
-    from jasper_jax.convert.export import export_checkpoint, is_model_folder
-    from jasper_jax.encode import load_any
+    from jasper_jax.convert.export import export_checkpoint
     from jasper_jax.eval.encoders import jax_vectors, torch_vectors
+    from jasper_jax.loader import is_model_folder, load_any, resolve_model_path
 
-    path = Path(model)
+    path = resolve_model_path(model)
     sources = {}
     if backend in ("both", "jax"):
         sources["jax"] = jax_vectors(load_any(path), max_length=max_length, batch_size=batch_size,
@@ -92,11 +96,11 @@ def evaluate_model(model: str, *, backend: str = "both", heads: list[str] | None
         "scores": scores,
     }
     if images:
-        from jasper_jax.encode import load_any
         from jasper_jax.eval.images import image_caption_retrieval
+        from jasper_jax.loader import load_any
 
         result["image_retrieval"] = image_caption_retrieval(
-            load_any(Path(model)), images, split=images_split, heads=heads, max_length=max_length, progress=progress)
+            load_any(model), images, split=images_split, heads=heads, max_length=max_length, progress=progress)
     if len(scores) == 2:
         difference = max_score_difference(scores["jax"], scores["torch"])
         result["max_backend_difference"] = difference
@@ -111,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
                                 heldout_size=args.heldout_size, max_length=args.max_length,
                                 batch_size=args.batch_size, progress=not args.no_progress,
                                 images=args.images, images_split=args.images_split)
-    except (FileNotFoundError, ValueError, RuntimeError) as error:
+    except (UserError, FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"jasper-jax eval: {error}", file=sys.stderr)
         return 2
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

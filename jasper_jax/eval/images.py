@@ -43,8 +43,7 @@ def image_caption_retrieval(
 ) -> dict[str, dict[str, float]]:
     """{head: retrieval scores} of `loaded` (a `LoadedModel` with a vision tower) on `folder`'s split."""
     from jasper_jax.data.images import ImageCaptionSource
-    from jasper_jax.encode import encode_texts
-    from jasper_jax.encode_images import encode_images
+    from jasper_jax.encode import encode_images, encode_texts
 
     source = ImageCaptionSource(folder, split)
     heads = heads or list(loaded.config.heads) or ["pooled"]

@@ -15,8 +15,8 @@ from convert_helpers import MINILM, TEXTS  # noqa: E402
 
 from jasper_jax.convert import load_model_folder  # noqa: E402
 from jasper_jax.convert.export import PAPER_PROMPTS, export_model  # noqa: E402
-from jasper_jax.convert.load import flat_params  # noqa: E402
 from jasper_jax.encode import encode_texts  # noqa: E402
+from jasper_jax.models.params import flat_params  # noqa: E402
 
 HEADS = {"fc1": 48, "fc2": 16, "fc3": 8}
 

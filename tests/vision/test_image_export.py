@@ -9,12 +9,13 @@ import pytest
 from flax import nnx
 
 from jasper_jax.cli import main as cli_main
-from jasper_jax.convert import export_model, load_model_folder
+from jasper_jax.convert import load_model_folder
+from jasper_jax.convert.export import export_model
 from jasper_jax.convert.load import LoadedModel
 from jasper_jax.convert.siglip import attach_vision
 from jasper_jax.data.images import ImageCaptionSource, write_shapes_dataset
 from jasper_jax.data.tokenization import add_image_tokens, load_tokenizer
-from jasper_jax.encode_images import encode_images
+from jasper_jax.encode import encode_images
 from jasper_jax.models.siglip import tiny_siglip_config
 
 HEADS = {"fc1": 16, "fc2": 8}

@@ -52,8 +52,8 @@ def test_stage4_trains_checkpoints_resumes_and_encodes(tmp_path):
     resumed = _metrics(workdir)
     np.testing.assert_allclose([r["loss"] for r in resumed], [r["loss"] for r in records], rtol=1e-5)
 
-    from jasper_jax.encode import load_any
-    from jasper_jax.encode_images import encode_images
+    from jasper_jax.encode import encode_images
+    from jasper_jax.loader import load_any
 
     loaded = load_any(workdir / "stage4")
     assert loaded.config.vision is not None and loaded.config.image_tokens == 8
