@@ -36,11 +36,13 @@ def main() -> None:
     import jax
     from flax import nnx
 
+    from jasper_jax.losses import ObjectiveConfig
     from jasper_jax.models import JasperStudent, Qwen2Config, StudentConfig
     from jasper_jax.train import optimizer as optimizer_lib
     from jasper_jax.train import sharding as sharding_lib
     from jasper_jax.train import step as step_lib
     from jasper_jax.train.mesh import make_mesh
+    from jasper_jax.train.settings import OptimizerSettings
 
     heads = {"fc1": 12288, "fc2": 1024, "fc3": 512, "fc4": 256}
     encoder = Qwen2Config(vocab_size=151646)
@@ -60,7 +62,7 @@ def main() -> None:
 
     abstract = nnx.eval_shape(create)
     graphdef, trainable, frozen, rest = optimizer_lib.split_model(abstract, (".*",))
-    tx, schedule = optimizer_lib.make_optimizer({"warmup_fraction": 0.05}, 7e-5, 2200)
+    tx, schedule = optimizer_lib.make_optimizer(OptimizerSettings(warmup_fraction=0.05), 7e-5, 2200)
     abstract_state = jax.eval_shape(lambda p: step_lib.init_train_state(p, tx), trainable)
     shardings = step_lib.step_shardings(mesh, sharding_lib.rules_from_config(None), abstract_state, frozen, rest)
 
@@ -71,7 +73,7 @@ def main() -> None:
 
     state, rest = initialise()
     frozen = jax.tree.map(lambda x: x, frozen)  # empty: everything is trainable in stage 3
-    objective = step_lib.objective_from_config({})
+    objective = step_lib.text_objective(ObjectiveConfig())
     step = step_lib.jit_train_step(
         step_lib.train_step_fn(graphdef, tx, objective, schedule, deterministic=False), shardings, mesh
     )

@@ -39,19 +39,21 @@ def setup_jax(path: str, batch: dict[str, np.ndarray], teacher_dim: int):
     from flax import nnx
 
     from jasper_jax.convert import load_model
+    from jasper_jax.losses import ObjectiveConfig
     from jasper_jax.train import optimizer as optimizer_lib
     from jasper_jax.train import sharding as sharding_lib
     from jasper_jax.train import step as step_lib
     from jasper_jax.train.mesh import make_mesh
+    from jasper_jax.train.settings import OptimizerSettings
 
     with nnx.use_eager_sharding(False):
         model, _ = load_model(path, heads={"fc1": teacher_dim}, rngs=nnx.Rngs(0))
     graphdef, trainable, frozen, rest = optimizer_lib.split_model(model, (".*",))
-    tx, schedule = optimizer_lib.make_optimizer({"warmup_fraction": 0.0, "clip_norm": 0.0}, 1e-4, 1000)
+    tx, schedule = optimizer_lib.make_optimizer(OptimizerSettings(warmup_fraction=0.0, clip_norm=0.0), 1e-4, 1000)
     state = step_lib.init_train_state(trainable, tx)
     mesh = make_mesh({"data": 1}, jax.devices()[:1])
     shardings = step_lib.step_shardings(mesh, sharding_lib.rules_from_config(None), state, frozen, rest)
-    objective = step_lib.objective_from_config({})
+    objective = step_lib.text_objective(ObjectiveConfig())
     step = step_lib.jit_train_step(step_lib.train_step_fn(graphdef, tx, objective, schedule), shardings, mesh)
     state, frozen, rest = (step_lib.place(x, s) for x, s in
                            ((state, shardings.state), (frozen, shardings.frozen), (rest, shardings.rest)))

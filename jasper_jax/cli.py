@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from jasper_jax.errors import EXIT_BAD_INPUT, EXIT_OK, UserError
+
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "encode": ("jasper_jax.encode", "embed texts (one per line) with a model; rows L2-normalised"),
@@ -24,13 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _load(module_name: str):
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name and module_name.startswith(error.name):
-            return None  # the command's module itself does not exist yet
-        raise
+# errors that name a file the user gave (a missing --input, an unreadable folder): one line, as for UserError
+_PATH_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,25 +39,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Dispatch to the sub-command's module; the one place where errors become exit codes."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         parser = build_parser()
         if argv and argv[0] not in ("-h", "--help"):
             parser.print_usage(sys.stderr)
             print(f"jasper-jax: unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
-            return 2
+            return EXIT_BAD_INPUT
         parser.print_help()
-        return 0
+        return EXIT_OK
     name, rest = argv[0], argv[1:]
     module_name, help_text = COMMANDS[name]
-    module = _load(module_name)
-    if module is None:
-        print(f"jasper-jax {name}: not available in this version yet ({help_text}).", file=sys.stderr)
-        return 2
+    module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"jasper-jax {name}", description=help_text)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except UserError as error:
+        print(f"jasper-jax {name}: {error}", file=sys.stderr, flush=True)
+        return error.exit_code
+    except _PATH_ERRORS as error:
+        print(f"jasper-jax {name}: {error}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

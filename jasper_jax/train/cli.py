@@ -11,6 +11,8 @@ import argparse
 import logging
 import sys
 
+from jasper_jax.errors import UserError
+
 OVERRIDE_PREFIX = "--config."
 
 
@@ -43,7 +45,7 @@ def _accept_config_overrides(parser: argparse.ArgumentParser) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="a Python config file with get_config() (configs/*.py)")
-    parser.add_argument("--stages", default="", help="comma-separated stage numbers (default: all available)")
+    parser.add_argument("--stages", default="", help="comma-separated stage numbers (default: every configured stage)")
     parser.add_argument("--log-level", default="WARNING", help="Python logging level")
     parser.epilog = "Any config field can be set with --config.FIELD=VALUE, e.g. --config.workdir=/tmp/run"
     _accept_config_overrides(parser)
@@ -53,7 +55,7 @@ def parse_stages(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise SystemExit(f"jasper-jax train: --stages {text!r} must be comma-separated numbers, e.g. 1,2,3") from None
+        raise UserError(f"--stages {text!r} must be comma-separated numbers, e.g. 1,2,3") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,10 +63,5 @@ def run(args: argparse.Namespace) -> int:
     from jasper_jax.train.loop import train
 
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING))
-    try:
-        config = load_config(args.config, getattr(args, "config_overrides", []))
-    except (FileNotFoundError, KeyError, ValueError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"jasper-jax train: {message}", file=sys.stderr)
-        return 2
-    return train(config, parse_stages(args.stages))
+    train(load_config(args.config, getattr(args, "config_overrides", [])), parse_stages(args.stages))
+    return 0

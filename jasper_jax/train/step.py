@@ -26,6 +26,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
+from jasper_jax.losses import ObjectiveConfig, distillation_objective
 from jasper_jax.train import sharding as sharding_lib
 
 Objective = Callable[[Mapping[str, jax.Array], jax.Array, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
@@ -75,11 +76,8 @@ def reseed(rest: nnx.State, step: jax.Array) -> nnx.State:
     return jax.tree.map(fold, rest, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def objective_from_config(objective_config: Mapping[str, Any]) -> Objective:
-    """The stage objective `(head_outputs, teacher, row_mask) -> (loss, metrics)` from `jasper_jax.losses`."""
-    from jasper_jax.losses import ObjectiveConfig, distillation_objective
-
-    config = ObjectiveConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in dict(objective_config).items()})
+def text_objective(config: ObjectiveConfig) -> Objective:
+    """The stage objective `(head_outputs, teacher, row_mask) -> (loss, metrics)` of `jasper_jax.losses`."""
 
     def objective(head_outputs, teacher, row_mask):
         return distillation_objective(head_outputs, teacher, row_mask, config=config)

@@ -12,7 +12,7 @@ from flax import nnx
 
 from jasper_jax.train import head_fit
 from jasper_jax.train.config_base import load_config
-from jasper_jax.train.loop import EXIT_OK, train
+from jasper_jax.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs" / "tiny.py")
@@ -94,8 +94,8 @@ def _tiny(workdir, *overrides):
 
 @pytest.mark.slow
 def test_a_fitted_stage1_head_starts_far_closer_to_the_teacher_than_a_random_one(tmp_path):
-    assert train(_tiny(tmp_path / "random"), [1]) == EXIT_OK
-    assert train(_tiny(tmp_path / "fit", "stages.stage1.head_init=fit", "stages.stage1.head_fit_batches=8"), [1]) == EXIT_OK
+    train(_tiny(tmp_path / "random"), [1])
+    train(_tiny(tmp_path / "fit", "stages.stage1.head_init=fit", "stages.stage1.head_fit_batches=8"), [1])
     random_start, fitted_start = _first_losses(tmp_path / "random", 1), _first_losses(tmp_path / "fit", 1)
     cosine = next(key for key in fitted_start if key.startswith("cosine"))
     assert fitted_start[cosine] < 0.5 * random_start[cosine]

@@ -3,9 +3,13 @@
 import hashlib
 from pathlib import Path
 
+import pytest
+
 from jasper_jax.train import run_settings
 from jasper_jax.train.config_base import load_config
-from jasper_jax.train.loop import EXIT_BAD_INPUT, EXIT_OK, train
+from jasper_jax.errors import EXIT_BAD_INPUT
+from jasper_jax.train.loop import train
+from jasper_jax.train.settings import TrainingError
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs" / "tiny.py")
@@ -80,19 +84,22 @@ def test_rerun_with_other_settings_is_refused_and_leaves_the_run_as_it_was(tmp_p
         return load_config(TINY, [f"workdir={tmp_path}", "progress=false", "stages.stage1.steps=4",
                                   "stages.stage2.steps=2", "checkpoint.every=2", *overrides])
 
-    assert train(tiny(), [1]) == EXIT_OK
+    train(tiny(), [1])
     before = _digest(tmp_path / "stage1")
     capsys.readouterr()
-    assert train(tiny("stages.stage1.lr=0.5"), [1]) == EXIT_BAD_INPUT
-    error = capsys.readouterr().err
+    with pytest.raises(TrainingError) as refused:
+        train(tiny("stages.stage1.lr=0.5"), [1])
+    assert refused.value.exit_code == EXIT_BAD_INPUT
+    error = str(refused.value)
     assert "stage 1:" in error and "stages.stage1.lr:" in error and "0.5 now" in error, error
     assert str(tmp_path / "stage1") in error
     # stage 2 alone would start from the changed stage 1: refused too, before anything is written
-    assert train(tiny("stages.stage1.lr=0.5"), [2]) == EXIT_BAD_INPUT
-    assert "stages.stage1.lr:" in capsys.readouterr().err
+    with pytest.raises(TrainingError, match="stages.stage1.lr:") as refused:
+        train(tiny("stages.stage1.lr=0.5"), [2])
+    assert refused.value.exit_code == EXIT_BAD_INPUT
     stage2 = tmp_path / "stage2" / "checkpoints"
     assert not stage2.exists() or not any(stage2.iterdir())
     assert _digest(tmp_path / "stage1") == before
     # what only changes how the run shows or keeps its work: skipped as complete, and stage 2 starts from it
-    assert train(tiny("log_every=3", "checkpoint.keep=5"), [1, 2]) == EXIT_OK
+    train(tiny("log_every=3", "checkpoint.keep=5"), [1, 2])
     assert _digest(tmp_path / "stage1") == before

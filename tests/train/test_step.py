@@ -4,14 +4,16 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-from train_helpers import make_batch, make_student, simple_objective
+from tests.train.train_helpers import make_batch, make_student, simple_objective
 
+from jasper_jax.losses import ObjectiveConfig
 from jasper_jax.train import optimizer as optimizer_lib
 from jasper_jax.train import sharding as sharding_lib
 from jasper_jax.train import step as step_lib
 from jasper_jax.train.mesh import make_mesh
+from jasper_jax.train.settings import OptimizerSettings
 
-OPT = {"warmup_fraction": 0.2, "clip_norm": 1.0, "weight_decay": 0.01}
+OPT = OptimizerSettings(warmup_fraction=0.2, clip_norm=1.0, weight_decay=0.01)
 
 
 def build(mesh_sizes, devices, patterns=(".*",), dropout=0.0, steps=10):
@@ -108,7 +110,7 @@ def test_trainable_patterns_errors():
     with pytest.raises(ValueError, match="no parameter matches"):
         optimizer_lib.split_model(make_student(), ("heads/typo/.*",))
     with pytest.raises(ValueError, match="only 3 layers"):
-        optimizer_lib.trainable_patterns({"trainable_last_layers": 4}, 3)
+        optimizer_lib.trainable_patterns((), 4, 3)
 
 
 @pytest.mark.parametrize("sizes", [{"data": 2, "fsdp": 4}, {"data": 2, "tensor": 4}])
@@ -120,7 +122,7 @@ def test_real_student_and_objective_sharded_equals_single_device(sizes):
                            intermediate_size=64, max_position_embeddings=16),
         heads={"fc1": 24, "fc2": 8},
     )
-    objective = step_lib.objective_from_config({"full_head": "fc1"})
+    objective = step_lib.text_objective(ObjectiveConfig(full_head="fc1"))
 
     def run_real(mesh_sizes, devices):
         with nnx.use_eager_sharding(False):

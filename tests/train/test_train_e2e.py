@@ -10,7 +10,9 @@ import pytest
 
 from jasper_jax.train.checkpoint import StageCheckpointer
 from jasper_jax.train.config_base import load_config
-from jasper_jax.train.loop import EXIT_NONFINITE, EXIT_OK, train
+from jasper_jax.errors import EXIT_NONFINITE
+from jasper_jax.train.loop import train
+from jasper_jax.train.settings import TrainingError
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs" / "tiny.py")
@@ -45,7 +47,7 @@ def metrics(path):
 def test_stages_chain_and_frozen_params_stay_bit_identical(tmp_path):
     config = tiny(tmp_path, "stages.stage1.steps=6", "stages.stage2.steps=6", "stages.stage3.steps=4",
                   "checkpoint.every=3")
-    assert train(config, [1, 2, 3]) == EXIT_OK
+    train(config, [1, 2, 3])
     s1 = flat(read_params(tmp_path / "stage1" / "checkpoints", 6))
     s2 = flat(read_params(tmp_path / "stage2" / "checkpoints", 6))
     s3 = flat(read_params(tmp_path / "stage3" / "checkpoints", 4))
@@ -65,14 +67,16 @@ def test_stages_chain_and_frozen_params_stay_bit_identical(tmp_path):
         assert any(name.startswith("events") for name in os.listdir(tmp_path / f"stage{stage}" / "tensorboard"))
     assert "similarity/fc3" in metrics(tmp_path / "stage3" / "metrics.jsonl")[0]
     # the same command again: every stage is complete, nothing runs
-    assert train(config, [1, 2, 3]) == EXIT_OK
+    train(config, [1, 2, 3])
 
 
 def test_nonfinite_steps_are_skipped_then_the_run_stops_with_the_last_checkpoint_intact(tmp_path, capsys):
     config = tiny(tmp_path, "stages.stage1.steps=16", "checkpoint.every=5", "max_consecutive_nonfinite=3",
                   "debug.nonfinite_steps=(3, 12, 13, 14)")
-    assert train(config, [1]) == EXIT_NONFINITE
-    error = capsys.readouterr().err
+    with pytest.raises(TrainingError) as refused:
+        train(config, [1])
+    assert refused.value.exit_code == EXIT_NONFINITE
+    error = str(refused.value)
     assert "3 non-finite steps in a row" in error and "last good checkpoint is 10" in error, error
     rows = metrics(tmp_path / "stage1" / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, 15))
@@ -82,7 +86,7 @@ def test_nonfinite_steps_are_skipped_then_the_run_stops_with_the_last_checkpoint
     before = flat(read_params(checkpoints, 10))
     # rerun without the fault: resumes from step 10 and finishes
     config.debug.nonfinite_steps = ()
-    assert train(config, [1]) == EXIT_OK
+    train(config, [1])
     rows = metrics(tmp_path / "stage1" / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, 17)) and all(r["finite"] for r in rows[10:])
     after = flat(read_params(checkpoints, 10)) if (checkpoints / "10").exists() else before

@@ -66,7 +66,7 @@ def test_config_overrides_are_typed():
                                                     "data.shuffle_seed=7"])
     assert config.stages.stage3.lr == 1e-5 and config.mesh.fsdp == 4 and config.model.remat is False
     assert config.stages.stage1.trainable == ("a/.*", "b/.*") and config.data.shuffle_seed == 7
-    assert config.stages.stage4.available and config.stages.stage4.vision.image_tokens == 300
+    assert config.stages.stage4.vision.image_tokens == 300
     with pytest.raises(KeyError, match="no field 'lrr'"):
         apply_override(config, "stages.stage3.lrr=1")
     with pytest.raises(ValueError, match="true/false"):
@@ -88,22 +88,22 @@ def test_every_config_loads():
         assert config.stages.stage1.heads.fc1 > 0 and config.workdir
 
 
-def test_unavailable_stage_is_refused_before_anything_runs(tmp_path, capsys):
-    from jasper_jax.train.loop import EXIT_BAD_INPUT, train
+def test_unknown_stage_is_refused_before_anything_runs(tmp_path):
+    from jasper_jax.train.loop import train
+    from jasper_jax.train.settings import TrainingError
 
     config = load_config(str(CONFIGS / "jasper_paper.py"), [f"workdir={tmp_path}"])
-    config.stages.stage4.available = False
-    config.stages.stage4.note = "the vision tower is switched off in this test"
-    assert train(config, [4]) == EXIT_BAD_INPUT
-    error = capsys.readouterr().err
-    assert "stage 4 is not available" in error and "vision" in error and "--stages 1,2,3" in error, error
+    with pytest.raises(TrainingError, match=r"no stage 7 \(it has \[1, 2, 3, 4\]\)"):
+        train(config, [7])
     assert not any(tmp_path.iterdir())
 
 
 def test_broken_teacher_store_is_refused_before_step_one(tmp_path, capsys):
     import json
 
-    from jasper_jax.train.loop import EXIT_BAD_INPUT, train
+    from jasper_jax.errors import EXIT_BAD_INPUT
+    from jasper_jax.train.loop import train
+    from jasper_jax.train.settings import TrainingError
     from jasper_jax.train.synthetic import generate_tiny_data
 
     generate_tiny_data(tmp_path / "data", rows=40)
@@ -112,7 +112,9 @@ def test_broken_teacher_store_is_refused_before_step_one(tmp_path, capsys):
     manifest["rows"] = 41  # texts and vectors no longer line up
     manifest_path.write_text(json.dumps(manifest))
     config = load_config(str(CONFIGS / "tiny.py"), [f"workdir={tmp_path}", "progress=false"])
-    assert train(config, [1]) == EXIT_BAD_INPUT
-    error = capsys.readouterr().err
+    with pytest.raises(TrainingError) as refused:
+        train(config, [1])
+    assert refused.value.exit_code == EXIT_BAD_INPUT
+    error = str(refused.value)
     assert "teacher store" in error and "nothing was trained" in error, error
     assert not (tmp_path / "stage1").exists()

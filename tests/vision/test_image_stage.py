@@ -3,16 +3,17 @@
 import jax
 import numpy as np
 from flax import nnx
-from vision_helpers import TINY_BERT, image_inputs, images, vision_student
+from tests.vision.vision_helpers import TINY_BERT, image_inputs, images, vision_student
 
-from jasper_jax.losses import cosine_loss, relative_similarity_loss, similarity_loss
+from jasper_jax.losses import ObjectiveConfig, cosine_loss, relative_similarity_loss, similarity_loss
 from jasper_jax.train import optimizer as optimizer_lib
 from jasper_jax.train import sharding as sharding_lib
 from jasper_jax.train import step as step_lib
 from jasper_jax.train.image_stage import (
-    DEFAULT_TRAINABLE, IMAGE_BATCH_KEYS, image_caption_forward, image_caption_objective, objective_from_config,
+    DEFAULT_TRAINABLE, IMAGE_BATCH_KEYS, image_caption_forward, image_caption_objective, image_objective,
 )
 from jasper_jax.train.mesh import make_mesh
+from jasper_jax.train.settings import OptimizerSettings
 
 
 def _batch(batch_size=8, seed=0):
@@ -48,12 +49,12 @@ def test_step_changes_only_vision_parameters():
     model = vision_student(TINY_BERT)
     before = {optimizer_lib.path_string(p): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     graphdef, trainable, frozen, rest = optimizer_lib.split_model(model, DEFAULT_TRAINABLE)
-    tx, schedule = optimizer_lib.make_optimizer({"warmup_fraction": 0.0}, 1e-2, 10)
+    tx, schedule = optimizer_lib.make_optimizer(OptimizerSettings(warmup_fraction=0.0), 1e-2, 10)
     state = step_lib.init_train_state(trainable, tx)
     mesh = make_mesh({"data": 4, "fsdp": 2}, jax.devices())
     rules = sharding_lib.rules_from_config(None)
     shardings = step_lib.step_shardings(mesh, rules, state, frozen, rest, batch_keys=IMAGE_BATCH_KEYS)
-    fn = step_lib.train_step_fn(graphdef, tx, objective_from_config({"margin": 0.015}), schedule,
+    fn = step_lib.train_step_fn(graphdef, tx, image_objective(ObjectiveConfig(margin=0.015)), schedule,
                                 activation_sharding=sharding_lib.activation_sharding(mesh),
                                 forward=image_caption_forward)
     step = step_lib.jit_train_step(fn, shardings, mesh)

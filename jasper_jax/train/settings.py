@@ -1,0 +1,284 @@
+"""The run's settings as frozen, typed objects, built once from the ConfigDict at `train()` entry.
+
+A config file is data (`configs/*.py` return an `ml_collections.ConfigDict`, `--config.FIELD=VALUE` edits it);
+the trainer reads these objects instead, so each field is checked and cast in one place and each default
+exists once: `config_base.base_config()` and `config_base.stage()` are built from the dataclasses below
+(and the objective's from `jasper_jax.losses.ObjectiveConfig`). A field the dataclass does not know is an
+error naming it, as a misspelt override is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from jasper_jax.errors import UserError
+from jasper_jax.losses import ObjectiveConfig
+
+
+class TrainingError(UserError):
+    """A problem with a training run the user can fix (the message says what); `exit_code` as in `errors`."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedSettings:
+    """Explicit `jax.distributed` setup; empty values are read from the environment (launcher)."""
+
+    coordinator_address: str = ""
+    num_processes: int = 0
+    process_id: int = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+    """The student: `source` "random" (from `family` + `encoder`), an alias such as "minilm", or a folder."""
+
+    source: str = "random"
+    family: str = "bert"
+    encoder: dict[str, Any] = dataclasses.field(default_factory=dict)
+    pooling: str = "mean"
+    compute_dtype: str = "float32"
+    remat: bool = False
+    vector_dropout: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateSettings:
+    """A generated corpus, tokenizer and teacher store under `workdir/data` (tiny runs and tests)."""
+
+    enabled: bool = False
+    rows: int = 512
+    words: int = 200
+    teacher_dims: tuple[int, ...] = (24, 8)
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+    """Where the texts and teacher vectors come from and how they are batched."""
+
+    store: str = ""
+    tokenizer: str = ""  # a folder with tokenizer.json; default: the model's folder
+    generate: GenerateSettings = GenerateSettings()
+    max_length: int = 512
+    prompt: str = ""
+    shuffle_seed: int | None = None  # None: the store's order (the official code does not shuffle)
+    teachers: tuple[str, ...] | None = None  # None: every teacher of the store
+    verify_checksums: bool = True
+    worker_threads: int = 2
+    prefetch: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSettings:
+    """AdamW after global-norm clipping (0 = none), linear warmup then cosine decay (official code's defaults)."""
+
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    clip_norm: float = 1.0
+    warmup_fraction: float = 0.05
+    end_lr_fraction: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSettings:
+    every: int = 500
+    keep: int = 3
+    async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionSettings:
+    """Stage 4's tower: "random" (SiglipVisionConfig fields in `encoder`) or a SigLIP folder; n image tokens."""
+
+    source: str = "random"
+    encoder: dict[str, Any] = dataclasses.field(default_factory=dict)
+    image_tokens: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagesSettings:
+    """Stage 4's image-caption pairs: `folder`, or generated shapes (`write_shapes_dataset` arguments)."""
+
+    folder: str = ""
+    split: str = "train"
+    generate: dict[str, Any] = dataclasses.field(default_factory=lambda: {"enabled": False})
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSettings:
+    """One stage (PAPER.md 3.1): what trains, the model's heads, how new heads start, the schedule.
+
+    `trainable`: regexes over parameter paths, plus the last `trainable_last_layers` encoder layers;
+    `head_init`: "random", "prefix:<head>" (the first d output columns of that head) or "fit" (closed-form
+    fit on `head_fit_batches` batches, `jasper_jax.train.head_fit`); `init_from`: "previous" (the previous
+    configured stage's final checkpoint) or "model" (`model.source`); `objective`: the global objective
+    updated by the stage's own fields. An image stage (stage 4) has `vision` and `images`.
+    """
+
+    number: int
+    trainable: tuple[str, ...] = ()
+    trainable_last_layers: int = 0
+    heads: dict[str, int] = dataclasses.field(default_factory=lambda: {"fc1": 0})
+    head_init: str = "random"
+    head_fit_batches: int = 32
+    init_from: Literal["previous", "model"] = "previous"
+    batch_size: int = 128
+    lr: float = 1e-4
+    steps: int = 1000
+    objective: ObjectiveConfig = ObjectiveConfig()
+    vision: VisionSettings | None = None
+    images: ImagesSettings | None = None
+
+    @property
+    def is_image_stage(self) -> bool:
+        """Whether the stage trains on image-caption pairs (it has `images` and `vision`)."""
+        return self.images is not None and self.vision is not None
+
+
+# the fields of a stage block in a config (`config_base.stage`): all but those derived or optional
+STAGE_BLOCK_FIELDS = tuple(f.name for f in dataclasses.fields(StageSettings)
+                           if f.name not in ("number", "vision", "images"))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """Everything `train()` reads, typed; `config` is the ConfigDict as given (JSON: checkpoint metadata)."""
+
+    workdir: Path
+    seed: int
+    mesh: dict[str, int]
+    sharding_rules: tuple[tuple[str, Any], ...]
+    activation_sharding: bool
+    distributed: DistributedSettings
+    model: ModelSettings
+    data: DataSettings
+    optimizer: OptimizerSettings
+    objective: ObjectiveConfig
+    checkpoint: CheckpointSettings
+    log_every: int
+    max_consecutive_nonfinite: int
+    progress: bool
+    debug_nonfinite_steps: tuple[int, ...]
+    stages: dict[int, StageSettings]
+    config_json: dict[str, Any] = dataclasses.field(repr=False, compare=False, default_factory=dict)
+
+    def stage(self, number: int) -> StageSettings:
+        if number not in self.stages:
+            raise TrainingError(f"the config has no stage {number} (it has {sorted(self.stages)})")
+        return self.stages[number]
+
+    def stage_dir(self, number: int) -> Path:
+        return self.workdir.absolute() / f"stage{number}"
+
+
+# ------------------------------------------------------------------------------------------ building
+
+
+def _plain(value: Any) -> Any:
+    """A ConfigDict block as a plain dict (this module does not import ml_collections: benchmarks stay light)."""
+    return value.to_dict() if hasattr(value, "to_dict") else value
+
+
+def _cast(kind: Any, value: Any, where: str) -> Any:
+    """`value` as the annotated `kind` (int, float, bool, str, Path, tuples, dicts, Literal, Optional, dataclasses)."""
+    value = _plain(value)
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (kind,) = [arg for arg in args if arg is not type(None)]
+        return _cast(kind, value, where)
+    if dataclasses.is_dataclass(kind):
+        if isinstance(value, kind):
+            return value
+        if not isinstance(value, Mapping):
+            raise TrainingError(f"config field {where}: expected a block of fields, got {value!r}")
+        return build(kind, value, where)
+    if origin is Literal:
+        if value not in args:
+            raise TrainingError(f"config field {where}={value!r}: choose from {', '.join(map(repr, args))}")
+        return value
+    if origin is tuple:
+        if isinstance(value, (str, int, float)):
+            value = (value,)
+        value = tuple(value)
+        kinds = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(kinds) != len(value):
+            raise TrainingError(f"config field {where}={value!r}: expected {len(kinds)} values")
+        return tuple(_cast(k, v, f"{where}[{i}]") for i, (k, v) in enumerate(zip(kinds, value)))
+    if origin is dict:
+        key_kind, item_kind = args or (Any, Any)
+        return {_cast(key_kind, k, where): _cast(item_kind, v, f"{where}.{k}") for k, v in dict(value).items()}
+    try:
+        if kind is bool:
+            if not isinstance(value, (bool, int)):
+                raise ValueError
+            return bool(value)
+        if kind in (int, float, str, Path):
+            if kind is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return kind(value)
+    except (TypeError, ValueError):
+        raise TrainingError(f"config field {where}={value!r}: expected {kind.__name__}") from None
+    return value
+
+
+def build(kind: type, values: Mapping[str, Any], where: str, **fixed: Any):
+    """A `kind` dataclass from a config block; unknown fields are refused with the known ones listed."""
+    hints = typing.get_type_hints(kind)
+    names = [f.name for f in dataclasses.fields(kind)]
+    values = dict(_plain(values))
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise TrainingError(f"config block {where} has unknown field(s) {unknown}; known: {sorted(set(names) - set(fixed))}")
+    return kind(**fixed, **{name: _cast(hints[name], value, f"{where}.{name}") for name, value in values.items()})
+
+
+def defaults(kind: type, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A dataclass's defaults as a plain dict (nested dataclasses too): a config block to start from."""
+    values = {}
+    for field in dataclasses.fields(kind):
+        if field.name in exclude:
+            continue
+        if field.default is not dataclasses.MISSING:
+            value = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            value = field.default_factory()
+        else:
+            continue
+        values[field.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return values
+
+
+def stage_from_config(config, number: int) -> StageSettings:
+    """Stage `number` of the config; its objective is the global one updated by the stage's own fields."""
+    key = f"stage{number}"
+    block = dict(_plain(config.stages[key]))
+    objective = {**_plain(config.objective), **dict(_plain(block.pop("objective", None)) or {})}
+    block["objective"] = objective
+    return build(StageSettings, block, f"stages.{key}", number=number)
+
+
+def settings_from_config(config) -> RunSettings:
+    """The typed settings of a training config (raises TrainingError naming a bad or unknown field)."""
+    numbers = sorted(int(key.removeprefix("stage")) for key in config.stages.keys())
+    values = {key: value for key, value in _plain(config).items() if key not in ("stages", "debug")}
+    known = {f.name for f in dataclasses.fields(RunSettings)} - {"stages", "config_json", "debug_nonfinite_steps"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise TrainingError(f"the config has unknown top-level field(s) {unknown}; known: {sorted(known)}")
+    debug = dict(_plain(config.get("debug", {})) or {})
+    return build(
+        RunSettings, values, "config",
+        stages={number: stage_from_config(config, number) for number in numbers},
+        debug_nonfinite_steps=tuple(int(step) for step in debug.get("nonfinite_steps", ())),
+        config_json=json.loads(config.to_json_best_effort()),
+    )

@@ -1,0 +1,244 @@
+"""The parts a stage is made of: its model, its jitted step and its input.
+
+`jasper-jax train` builds them from real weights and data (`loop.run_stage`); `jasper-jax compile-check`
+builds the same model and step from abstract shapes and an abstract batch, so what is compiled there is
+what trains here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jasper_jax.models import JasperStudent, StudentConfig
+from jasper_jax.models.student import ENCODER_FAMILIES
+from jasper_jax.train import image_stage as image_lib
+from jasper_jax.train import optimizer as optimizer_lib
+from jasper_jax.train import sharding as sharding_lib
+from jasper_jax.train import step as step_lib
+from jasper_jax.train.mesh import batch_size_divisor
+from jasper_jax.train.settings import RunSettings, StageSettings, TrainingError
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataPaths:
+    store: Path
+    tokenizer: Path
+
+
+@dataclasses.dataclass
+class StageModel:
+    """The stage's student (concrete, or abstract for compile-check) and the tokenizer its inputs use."""
+
+    model: JasperStudent
+    config: StudentConfig
+    tokenizer_folder: Path | None = None  # an image stage saves its own (text tokenizer + image markers)
+    image_tokenizer: Any = None
+
+
+@dataclasses.dataclass
+class StageStep:
+    """The model split by the stage's trainable regexes, the optimizer and the jitted step."""
+
+    graphdef: nnx.GraphDef
+    trainable: nnx.State
+    frozen: nnx.State
+    rest: nnx.State
+    patterns: tuple[str, ...]
+    tx: Any
+    schedule: Any
+    abstract_state: step_lib.TrainState
+    abstract_frozen: nnx.State
+    shardings: step_lib.StepShardings
+    step_fn: Any
+
+
+# ------------------------------------------------------------------------------------------------ model
+
+
+def model_source_path(run: RunSettings) -> str | None:
+    """The folder of `model.source` (None for a random model)."""
+    if run.model.source == "random":
+        return None
+    from jasper_jax.loader import resolve_model_path
+
+    return str(resolve_model_path(run.model.source))
+
+
+def _training_options(run: RunSettings) -> dict[str, Any]:
+    model = run.model
+    return dict(compute_dtype=model.compute_dtype, remat=model.remat, vector_dropout=model.vector_dropout)
+
+
+def student_config_for(run: RunSettings, heads: dict[str, int], saved: dict[str, Any] | None) -> StudentConfig:
+    """The StudentConfig of a stage: the saved one of the previous stage, or a random model's from the config."""
+    if saved is not None:
+        return StudentConfig.from_dict(dict(saved, heads=dict(heads), **_training_options(run)))
+    family = run.model.family
+    if family not in ENCODER_FAMILIES:
+        raise TrainingError(f"config.model.family={family!r}; choose from {sorted(ENCODER_FAMILIES)}")
+    encoder = ENCODER_FAMILIES[family][0](**run.model.encoder)
+    return StudentConfig(encoder=encoder, heads=dict(heads), pooling=run.model.pooling, **_training_options(run))
+
+
+def build_student(run: RunSettings, heads: dict[str, int], seed: int, saved: dict[str, Any] | None):
+    """`(model, student_config)` on the host: a fresh model with the stage's heads.
+
+    `saved`: the previous stage's StudentConfig dict (the encoder weights then come from its checkpoint);
+    otherwise `model.source` (random, or a folder loaded with `jasper_jax.convert.load_model`).
+    """
+    rngs = nnx.Rngs(params=seed, dropout=seed + 1)
+    path = model_source_path(run)
+    if saved is not None or path is None:
+        student_config = student_config_for(run, heads, saved)
+        return JasperStudent(student_config, rngs=rngs), student_config
+    from jasper_jax.convert import load_model
+    from jasper_jax.models.params import assign_params, flat_params
+
+    loaded, loaded_config = load_model(path, heads=dict(heads), rngs=rngs, **_training_options(run))
+    if set(loaded_config.heads) == set(heads):
+        return loaded, loaded_config
+    # the folder carries heads this stage does not train (e.g. Stella's 2_Dense_*): rebuild without them
+    log.info("model %s carries heads %s not used by this stage; dropped", path, sorted(set(loaded_config.heads) - set(heads)))
+    student_config = dataclasses.replace(loaded_config, heads=dict(heads))
+    model = JasperStudent(student_config, rngs=rngs)
+    assign_params(model, flat_params(loaded))
+    return model, student_config
+
+
+def build_stage_model(run: RunSettings, stage: StageSettings, paths: DataPaths, saved: dict[str, Any] | None) -> StageModel:
+    """The stage's student on the host (its heads; stage 4 adds the vision tower and the image markers)."""
+    seed = run.seed + stage.number
+    with nnx.use_eager_sharding(False):
+        model, student_config = build_student(run, stage.heads, seed, saved)
+        if not stage.is_image_stage:
+            return StageModel(model, student_config)
+        tokenizer_folder = run.stage_dir(stage.number) / "tokenizer"
+        image_tokenizer, marker_ids = image_lib.stage_tokenizer(paths.tokenizer, tokenizer_folder, run.data.max_length)
+        if student_config.vision is None:
+            model, student_config = image_lib.add_stage_vision(model, student_config, stage, marker_ids, seed)
+        elif tuple(student_config.image_token_ids) != marker_ids:
+            raise TrainingError(f"stage {stage.number}: the model's image marker ids {student_config.image_token_ids} "
+                                f"differ from the tokenizer's {marker_ids}")
+    return StageModel(model, student_config, tokenizer_folder, image_tokenizer)
+
+
+def abstract_stage_model(run: RunSettings, stage: StageSettings) -> StageModel:
+    """The stage's student from shapes only (no weights are created): compile-check."""
+    student_config = student_config_for(run, stage.heads, None)
+    if stage.is_image_stage:  # the tower's shapes from the config or its folder
+        student_config = image_lib.abstract_vision_student_config(student_config, stage)
+    with nnx.use_eager_sharding(False):
+        model = nnx.eval_shape(lambda: JasperStudent(student_config, rngs=nnx.Rngs(params=0, dropout=1)))
+    return StageModel(model, student_config)
+
+
+def check_heads(stage: StageSettings, teacher_dim: int | None) -> None:
+    """The full head must be as wide as the teacher store (text stages); image stages cannot fit heads."""
+    if stage.is_image_stage:
+        if stage.head_init == "fit":
+            raise TrainingError(f"stage {stage.number} trains on images: head_init='fit' needs teacher vectors; "
+                                "use 'random'")
+        return
+    full_head = stage.objective.full_head
+    if stage.heads.get(full_head) != teacher_dim:
+        raise TrainingError(
+            f"stage {stage.number}: head {full_head!r} has {stage.heads.get(full_head)} dims but the teacher store "
+            f"has {teacher_dim}; set stages.stage{stage.number}.heads.{full_head}={teacher_dim}"
+        )
+
+
+# ------------------------------------------------------------------------------------------------- step
+
+
+def stage_objective(stage: StageSettings):
+    """`(objective, forward)`: texts against teacher vectors, or (stage 4) images against their captions."""
+    if stage.is_image_stage:
+        return image_lib.image_objective(stage.objective), image_lib.image_caption_forward
+    return step_lib.text_objective(stage.objective), step_lib.text_forward
+
+
+def build_stage_step(run: RunSettings, stage: StageSettings, built: StageModel, mesh: jax.sharding.Mesh) -> StageStep:
+    """Split the model by the stage's trainable regexes, make its optimizer, shardings and jitted step."""
+    try:
+        patterns = optimizer_lib.trainable_patterns(stage.trainable, stage.trainable_last_layers,
+                                                    built.config.encoder.num_hidden_layers)
+        graphdef, trainable, frozen, rest = optimizer_lib.split_model(built.model, patterns)
+    except ValueError as error:
+        raise TrainingError(f"stage {stage.number}: {error}") from None
+    tx, schedule = optimizer_lib.make_optimizer(run.optimizer, stage.lr, stage.steps)
+    abstract_state = jax.eval_shape(lambda p: step_lib.init_train_state(p, tx), trainable)
+    abstract_frozen = jax.eval_shape(lambda f: f, frozen)
+    batch_keys = image_lib.IMAGE_BATCH_KEYS if stage.is_image_stage else step_lib.BATCH_KEYS
+    rules = sharding_lib.rules_from_config(run.sharding_rules)
+    shardings = step_lib.step_shardings(mesh, rules, abstract_state, abstract_frozen, rest, batch_keys=batch_keys)
+    objective, forward = stage_objective(stage)
+    step_fn = step_lib.jit_train_step(
+        step_lib.train_step_fn(graphdef, tx, objective, schedule, deterministic=built.config.vector_dropout == 0,
+                               activation_sharding=sharding_lib.activation_sharding(mesh, run.activation_sharding),
+                               forward=forward),
+        shardings, mesh,
+    )
+    return StageStep(graphdef, trainable, frozen, rest, patterns, tx, schedule, abstract_state, abstract_frozen,
+                     shardings, step_fn)
+
+
+# ------------------------------------------------------------------------------------------------ input
+
+
+def check_batch_size(stage: StageSettings, mesh: jax.sharding.Mesh) -> None:
+    divisor = batch_size_divisor(mesh)
+    if stage.batch_size % divisor:
+        raise TrainingError(f"stage {stage.number}: batch_size {stage.batch_size} is not divisible by the {divisor} "
+                            "devices of the mesh's batch axes (data x fsdp)")
+
+
+def text_iterator(run: RunSettings, paths: DataPaths, batch_size: int, mesh, shuffle_seed: int | None):
+    """The Grain iterator of global text batches over the teacher store, as `data` says."""
+    from jasper_jax.data.pipeline import make_train_iterator
+
+    data = run.data
+    return make_train_iterator(
+        paths.store, paths.tokenizer, global_batch_size=batch_size, mesh=mesh, max_length=data.max_length,
+        shuffle_seed=shuffle_seed, prompt=data.prompt, teachers=list(data.teachers) if data.teachers else None,
+        worker_threads=data.worker_threads, prefetch=data.prefetch,
+    )
+
+
+def stage_input(run: RunSettings, stage: StageSettings, paths: DataPaths, mesh, built: StageModel):
+    """The stage's iterator of global batches: teacher-store texts, or (stage 4) image-caption pairs."""
+    check_batch_size(stage, mesh)
+    if not stage.is_image_stage:
+        return text_iterator(run, paths, stage.batch_size, mesh, run.data.shuffle_seed)
+    from jasper_jax.data.images import make_image_caption_iterator
+
+    return make_image_caption_iterator(
+        image_lib.prepare_images(run, stage), built.image_tokenizer, image_size=built.config.vision.image_size,
+        image_tokens=built.config.image_tokens, global_batch_size=stage.batch_size, mesh=mesh,
+        split=stage.images.split, shuffle_seed=run.seed, prompt=run.data.prompt,
+        worker_threads=run.data.worker_threads, prefetch=run.data.prefetch,
+    )
+
+
+def abstract_stage_batch(run: RunSettings, stage: StageSettings, built: StageModel, step: StageStep,
+                         batch_size: int, length: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """The stage's batch as sharded ShapeDtypeStructs (compile-check): what `stage_input` yields."""
+    if stage.is_image_stage:
+        shapes = image_lib.abstract_image_batch(built.config, batch_size, length)
+    else:
+        shapes = {
+            "input_ids": ((batch_size, length), jnp.int32),
+            "attention_mask": ((batch_size, length), jnp.int32),
+            "teacher": ((batch_size, stage.heads[stage.objective.full_head]), jnp.float32),
+            "row_mask": ((batch_size,), jnp.bool_),
+        }
+    return {key: jax.ShapeDtypeStruct(shape, dtype, sharding=step.shardings.batch[key])
+            for key, (shape, dtype) in shapes.items()}
