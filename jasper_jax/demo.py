@@ -31,12 +31,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from jasper_jax.errors import EXIT_BAD_INPUT, EXIT_FAILED, UserError
 
 DEFAULT_OUT = "artifacts/demo"
 DEFAULT_CONFIG = "configs/minilm_demo.py"
@@ -70,7 +71,7 @@ class DemoSettings:
     chunk_fraction: float = 0.0
     max_length: int = 64  # tokens per text everywhere (corpus texts are news passages; 64 keeps the run in budget)
     batch_size: int = 32
-    stages: list[int] | None = None  # default: every available stage of the config
+    stages: list[int] | None = None  # default: every stage of the config
     progress: bool = True
     data_from: Path | None = None  # another run folder made with the same data settings: start from its data
 
@@ -111,8 +112,8 @@ class Steps:
         return {path.stem: json.loads(path.read_text())["seconds"] for path in sorted(self.folder.glob("*.json"))}
 
 
-class DemoError(RuntimeError):
-    """A problem the user fixes (the message says how); `jasper-jax demo` exits 2 with it."""
+class DemoError(UserError):
+    """A problem the user fixes (the message says how); `jasper-jax demo` exits with its code (default 2)."""
 
 
 def data_settings(settings: DemoSettings) -> dict[str, Any]:
@@ -122,10 +123,6 @@ def data_settings(settings: DemoSettings) -> dict[str, Any]:
             "pair_titles": settings.pair_titles, "chunk_fraction": settings.chunk_fraction,
             "max_length": settings.max_length,
             "teachers": [[t.name, t.path, t.backend] for t in settings.teachers or []]}
-
-
-# data settings added after runs were already recorded without them: the value those runs used
-SETTINGS_BEFORE_RECORDED = {"chunk_fraction": 0.3}
 
 
 def check_data_settings(settings: DemoSettings) -> None:
@@ -153,7 +150,7 @@ def check_data_settings(settings: DemoSettings) -> None:
 
 def changed_data_settings(recorded_file: Path, settings: DemoSettings) -> str:
     """`"key: X there, Y now; ..."` for each data setting that differs from the run's `settings.json`."""
-    recorded = {**SETTINGS_BEFORE_RECORDED, **json.loads(recorded_file.read_text())}
+    recorded = json.loads(recorded_file.read_text())
     return "; ".join(f"{key}: {recorded.get(key)!r} there, {value!r} now"
                      for key, value in data_settings(settings).items() if recorded.get(key) != value)
 
@@ -252,44 +249,52 @@ def encode_teachers(settings: DemoSettings) -> None:
                  batch_size=settings.batch_size, max_length=settings.max_length, progress=settings.progress)
     problems = check_store(settings.out / "teachers", [t.name for t in settings.teachers])
     if problems:
-        raise RuntimeError("teacher store problems:\n  " + "\n  ".join(problems))
+        raise DemoError("teacher store problems:\n  " + "\n  ".join(problems), EXIT_FAILED)
 
 
-def training_config(settings: DemoSettings):
-    """The config of the run: `settings.config` with workdir, store, fc1 width and the user's overrides."""
+@dataclasses.dataclass(frozen=True)
+class DemoTraining:
+    """The training run of the demo, built once after the teacher step and passed to every later step."""
+
+    config: Any  # the ConfigDict `train()` runs (and records in each checkpoint)
+    run: Any  # its typed `jasper_jax.train.settings.RunSettings`
+    stages: list[int]  # the stages this demo trains, exports and evaluates
+
+
+def training_run(settings: DemoSettings) -> DemoTraining:
+    """`settings.config` with workdir, store, length, progress, fc1 at the store's width and the user's
+    overrides; the teacher store is opened once, for its width."""
     from jasper_jax.data.store import TeacherStore
     from jasper_jax.train.config_base import apply_override, load_config
+    from jasper_jax.train.settings import settings_from_config
 
+    store = settings.out / "teachers"
     config = load_config(settings.config)
     apply_override(config, f"workdir={(settings.out / 'train').absolute()}")
-    apply_override(config, f"data.store={(settings.out / 'teachers').absolute()}")
+    apply_override(config, f"data.store={store.absolute()}")
     apply_override(config, f"data.max_length={settings.max_length}")
     apply_override(config, f"progress={str(settings.progress).lower()}")  # --no-progress: no training bars either
-    store_dim = TeacherStore(settings.out / "teachers").dim
+    store_dim = TeacherStore(store).dim
     full_head = config.objective.full_head
     for key in config.stages.keys():
         if full_head in config.stages[key].heads:
             apply_override(config, f"stages.{key}.heads.{full_head}={store_dim}")
     for override in settings.overrides:
         apply_override(config, override)
-    return config
+    run = settings_from_config(config)
+    return DemoTraining(config, run, settings.stages or sorted(run.stages))
 
 
-def stages_of(settings: DemoSettings, config) -> list[int]:
-    from jasper_jax.train.loop import configured_stages, stage_config
+def train_student(settings: DemoSettings, training: DemoTraining) -> None:
+    from jasper_jax.train.loop import train
+    from jasper_jax.train.settings import TrainingError
 
-    return settings.stages or [n for n in configured_stages(config) if stage_config(config, n).available]
-
-
-def train_student(settings: DemoSettings) -> None:
-    from jasper_jax.train.loop import EXIT_BAD_INPUT, train
-
-    config = training_config(settings)
-    code = train(config, stages_of(settings, config))
-    if code == EXIT_BAD_INPUT:  # e.g. a finished stage trained with other settings: the message says what to do
-        raise DemoError(f"training refused to start; see the message above ({settings.out / 'train'} is unchanged)")
-    if code != 0:
-        raise RuntimeError(f"training failed (exit code {code}); see the messages above; rerun `make demo` to resume")
+    try:
+        train(training.run, training.stages)
+    except TrainingError as error:
+        if error.exit_code == EXIT_BAD_INPUT:  # e.g. a finished stage trained with other settings
+            raise DemoError(f"training refused to start: {error} ({settings.out / 'train'} is unchanged)") from None
+        raise DemoError(f"training stopped: {error} Rerun `make demo` to resume.", error.exit_code) from None
 
 
 def checkpoint_identity(stage_folder: Path, step: int) -> str:
@@ -301,151 +306,186 @@ def checkpoint_identity(stage_folder: Path, step: int) -> str:
     return f"{stage_folder.name}/checkpoints/{step}" + (f"@{stamp}" if stamp else "")
 
 
-def final_checkpoint(settings: DemoSettings, config) -> str:
+def final_checkpoint(training: DemoTraining) -> str:
     """`checkpoint_identity` of the last stage's latest checkpoint (what the export is made from)."""
-    from jasper_jax.train.loop import make_checkpointer, stage_dir
+    from jasper_jax.train.loop import make_checkpointer
 
-    last = stages_of(settings, config)[-1]
-    checkpointer = make_checkpointer(config, last)
+    last = training.stages[-1]
+    checkpointer = make_checkpointer(training.run, last)
     try:
         step = checkpointer.latest_step()
     finally:
         checkpointer.close()
     if step is None:
-        raise RuntimeError(f"stage {last} has no checkpoint to export; rerun to train it")
-    return checkpoint_identity(stage_dir(config, last), step)
+        raise DemoError(f"stage {last} has no checkpoint to export; rerun to train it")
+    return checkpoint_identity(training.run.stage_dir(last), step)
 
 
-def export_student(settings: DemoSettings) -> None:
+def export_student(settings: DemoSettings, training: DemoTraining) -> None:
     """Export the last stage's final checkpoint, unless `export/SOURCE` says that one is exported already."""
     from jasper_jax.convert.export import export_checkpoint
-    from jasper_jax.train.loop import stage_dir
 
-    config = training_config(settings)
-    source = final_checkpoint(settings, config)
+    source = final_checkpoint(training)
     marker = settings.out / "export" / "SOURCE"
     if marker.exists() and marker.read_text().strip() == source:
         log(f"export: {source} exported before; skipped")
         return
-    last = stages_of(settings, config)[-1]
-    export_checkpoint(stage_dir(config, last), settings.out / "export", max_seq_length=settings.max_length)
+    export_checkpoint(training.run.stage_dir(training.stages[-1]), settings.out / "export",
+                      max_seq_length=settings.max_length)
     marker.write_text(source + "\n")
 
 
 # ------------------------------------------------------------------------------------------------- eval
 
 
-def evaluated_models(settings: DemoSettings, config) -> list[dict[str, Any]]:
-    """The models of the report, in order: name, kind, what to load, backend."""
-    from jasper_jax.train.loop import model_source_path, stage_dir
+@dataclasses.dataclass
+class EvaluatedModel:
+    """One model of the report: what to load (`path`, `backend`: jax, torch or concat) and what its
+    evaluation depends on (`made_from`, see `_made_from`)."""
 
-    models = [{"name": f"teacher_{t.name}", "kind": "teacher", "path": t.path, "backend": t.backend}
-              for t in settings.teachers]
-    models.append({"name": "teachers_concatenated", "kind": "teacher", "path": None, "backend": "concat"})
-    source = model_source_path(config)
+    name: str
+    kind: str  # teacher, undistilled, stage or export
+    path: str | None
+    backend: str
+    stage: int | None = None
+    image_stage: bool = False
+    made_from: str | None = None
+
+
+def evaluated_models(settings: DemoSettings, training: DemoTraining) -> list[EvaluatedModel]:
+    """The models of the report, in order: the teachers (each and concatenated), the undistilled student,
+    each stage, the PyTorch export."""
+    from jasper_jax.train.stage_build import model_source_path
+
+    models = [EvaluatedModel(f"teacher_{t.name}", "teacher", t.path, t.backend) for t in settings.teachers]
+    models.append(EvaluatedModel("teachers_concatenated", "teacher", None, "concat"))
+    source = model_source_path(training.run)
     if source is not None:
-        models.append({"name": "undistilled", "kind": "undistilled", "path": source, "backend": "jax"})
-    from jasper_jax.train.image_stage import is_image_stage
-
-    for number in stages_of(settings, config):
-        models.append({"name": f"stage{number}", "kind": "stage", "stage": number,
-                       "path": str(stage_dir(config, number)), "backend": "jax",
-                       "image_stage": is_image_stage(config.stages[f"stage{number}"])})
-    models.append({"name": "export_pytorch", "kind": "export", "path": str(settings.out / "export"), "backend": "torch"})
+        models.append(EvaluatedModel("undistilled", "undistilled", source, "jax"))
+    for number in training.stages:
+        models.append(EvaluatedModel(f"stage{number}", "stage", str(training.run.stage_dir(number)), "jax",
+                                     stage=number, image_stage=training.run.stages[number].is_image_stage))
+    models.append(EvaluatedModel("export_pytorch", "export", str(settings.out / "export"), "torch"))
+    for model in models:
+        model.made_from = _made_from(model)
     return models
 
 
-def _made_from(model: dict[str, Any]) -> str | None:
+def _made_from(model: EvaluatedModel) -> str | None:
     """What a model's evaluation depends on: the stage's latest checkpoint (`checkpoint_identity`), the export's
     source, or the model's path."""
-    path = Path(model["path"]) if model["path"] else None
-    if model["kind"] == "stage":
+    path = Path(model.path) if model.path else None
+    if model.kind == "stage":
         steps = [int(p.name) for p in (path / "checkpoints").glob("[0-9]*") if p.name.isdigit()]
         return checkpoint_identity(path, max(steps)) if steps else None
-    if model["kind"] == "export" and (path / "SOURCE").exists():
+    if model.kind == "export" and (path / "SOURCE").exists():
         return (path / "SOURCE").read_text().strip()
-    return model["path"]
+    return model.path
 
 
 # the models whose result carries their held-out agreement with the concatenated teacher
 AGREEMENT_KINDS = ("stage", "undistilled", "export")
 
 
-def evaluate_all(settings: DemoSettings) -> None:
-    from jasper_jax.encode import load_any
-    from jasper_jax.eval.encoders import concatenated, jax_vectors, torch_vectors
-    from jasper_jax.eval.run import agreement, evaluate_heads, max_score_difference
+@dataclasses.dataclass
+class _Evaluation:
+    """What every model's evaluation shares: the tasks, the held-out texts, the loaded vector sources."""
+
+    settings: DemoSettings
+    training: DemoTraining
+    models: list[EvaluatedModel]
+    tasks: Any
+    agreement_texts: list[str]
+    sources: dict[tuple[str, str | None], Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def folder(self) -> Path:
+        return self.settings.out / "eval"
+
+    @property
+    def teacher_file(self) -> Path:
+        """The concatenated teacher's held-out vectors (written by its evaluation, read by every agreement)."""
+        return self.folder / "teacher_agreement_vectors.npy"
+
+    def source(self, model: EvaluatedModel):
+        """The model's vectors by head (`jasper_jax.eval.encoders`), loaded once per (backend, path)."""
+        from jasper_jax.eval.encoders import concatenated, jax_vectors, torch_vectors
+        from jasper_jax.loader import load_any
+
+        key = (model.backend, model.path)
+        if key not in self.sources:
+            options = dict(max_length=self.settings.max_length, batch_size=self.settings.batch_size,
+                           progress=self.settings.progress)
+            if model.backend == "concat":
+                teachers = [m for m in self.models if m.kind == "teacher" and m.backend != "concat"]
+                self.sources[key] = concatenated([self.source(m) for m in teachers], name="teachers")
+            elif model.backend == "jax":
+                self.sources[key] = jax_vectors(load_any(model.path), name=model.name, **options)
+            else:
+                self.sources[key] = torch_vectors(model.path, name=model.name, **options)
+        return self.sources[key]
+
+
+def evaluate_all(settings: DemoSettings, training: DemoTraining) -> None:
+    """Every model on both tasks, every head; a model evaluated before from the same checkpoint is skipped."""
     from jasper_jax.eval.tasks import news_split, offline_tasks
 
-    config = training_config(settings)
-    folder = settings.out / "eval"
-    folder.mkdir(parents=True, exist_ok=True)
-    tasks = offline_tasks(settings.lee, settings.news, settings.heldout_size)
     held_out, _ = news_split(settings.news, settings.heldout_size)
-    agreement_texts = [a.text for a in held_out] + [a.title for a in held_out]
-    options = dict(max_length=settings.max_length, batch_size=settings.batch_size, progress=settings.progress)
-    sources: dict[str, Any] = {}
-
-    def source_for(model: dict):
-        key = (model["backend"], model["path"])
-        if key in sources:
-            return sources[key]
-        if model["backend"] == "concat":
-            source = concatenated([source_for(m) for m in evaluated_models(settings, config) if m["kind"] == "teacher"
-                                   and m["backend"] != "concat"], name="teachers")
-        elif model["backend"] == "jax":
-            source = jax_vectors(load_any(model["path"]), name=model["name"], **options)
-        else:
-            source = torch_vectors(model["path"], name=model["name"], **options)
-        sources[key] = source
-        return source
-
-    teacher_file = folder / "teacher_agreement_vectors.npy"
-    for model in evaluated_models(settings, config):
-        out = folder / f"{model['name']}.json"
-        model["made_from"] = _made_from(model)
-        if _evaluated_before(out, model, teacher_file):
-            log(f"eval {model['name']}: done before; skipped")
+    evaluation = _Evaluation(settings, training, evaluated_models(settings, training),
+                             offline_tasks(settings.lee, settings.news, settings.heldout_size),
+                             [a.text for a in held_out] + [a.title for a in held_out])
+    evaluation.folder.mkdir(parents=True, exist_ok=True)
+    for model in evaluation.models:
+        out = evaluation.folder / f"{model.name}.json"
+        if _evaluated_before(out, model, evaluation.teacher_file):
+            log(f"eval {model.name}: done before; skipped")
             continue
-        log(f"eval {model['name']}")
+        log(f"eval {model.name}")
         start = time.perf_counter()
-        text_twin = _text_twin(settings, config, model)
-        if text_twin is not None:  # only the vision tower trained: the text vectors are the earlier stage's
-            twin = json.loads((folder / f"{text_twin}.json").read_text())
-            result = {**model, **{key: twin[key] for key in ("scores", "dims", "agreement") if key in twin},
-                      "text_scores_from": text_twin}
-            vectors = None
-        else:
-            source = source_for(model)
-            result = {**model, "scores": evaluate_heads(source, tasks), "dims": {}}
-            vectors = source(agreement_texts)
-            result["dims"] = {head: int(v.shape[1]) for head, v in vectors.items()}
-        if vectors is not None and model["backend"] == "concat":
-            np.save(teacher_file, vectors["pooled"])
-        elif vectors is not None and model["kind"] in AGREEMENT_KINDS and teacher_file.exists():
-            teacher = np.load(teacher_file)
-            full = config.objective.full_head
-            student = vectors[full] if full in vectors else vectors["pooled"]
-            result["agreement"] = agreement(student, teacher)
-        if model["kind"] == "export":
-            jax_result = folder / f"stage{stages_of(settings, config)[-1]}.json"
-            if jax_result.exists():
-                result["max_backend_difference"] = max_score_difference(
-                    json.loads(jax_result.read_text())["scores"], result["scores"])
-        if model.get("image_stage"):  # stage 4: image -> caption retrieval on the held-out pairs
-            from jasper_jax.eval.images import image_caption_retrieval
-            from jasper_jax.train.image_stage import images_folder
-
-            result["image_retrieval"] = image_caption_retrieval(
-                load_any(model["path"]), images_folder(config, config.stages[f"stage{model['stage']}"]),
-                max_length=settings.max_length, progress=settings.progress)
-        if model["kind"] == "export" and (Path(model["path"]) / "vision").is_dir():
-            _export_image_results(settings, config, model, result)
+        result = evaluate_model(evaluation, model)
         result["seconds"] = time.perf_counter() - start
         out.write_text(json.dumps(result, indent=1) + "\n")
 
 
-def _evaluated_before(out: Path, model: dict[str, Any], teacher_file: Path) -> bool:
+def evaluate_model(evaluation: _Evaluation, model: EvaluatedModel) -> dict[str, Any]:
+    """One model's result: scores per head and held-out agreement, the export's difference to the JAX
+    student, and the image -> caption retrieval of a student with a vision tower."""
+    result = _twin_text_scores(evaluation, model) or _scores_and_agreement(evaluation, model)
+    if model.kind == "export":
+        jax_result = evaluation.folder / f"stage{evaluation.training.stages[-1]}.json"
+        if jax_result.exists():
+            result["max_backend_difference"] = _max_score_difference(jax_result, result)
+    if model.image_stage:  # stage 4: image -> caption retrieval on the held-out pairs
+        result["image_retrieval"] = _image_retrieval(evaluation, model)
+    if model.kind == "export" and (Path(model.path) / "vision").is_dir():
+        _export_image_results(evaluation, model, result)
+    return result
+
+
+def _scores_and_agreement(evaluation: _Evaluation, model: EvaluatedModel) -> dict[str, Any]:
+    """mteb scores per head; the held-out vectors: saved (the concatenated teacher) or compared with them."""
+    from jasper_jax.eval.run import agreement, evaluate_heads
+
+    source = evaluation.source(model)
+    result = {**dataclasses.asdict(model), "scores": evaluate_heads(source, evaluation.tasks)}
+    vectors = source(evaluation.agreement_texts)
+    result["dims"] = {head: int(v.shape[1]) for head, v in vectors.items()}
+    if model.backend == "concat":
+        np.save(evaluation.teacher_file, vectors["pooled"])
+    elif model.kind in AGREEMENT_KINDS and evaluation.teacher_file.exists():
+        full = evaluation.training.run.objective.full_head
+        student = vectors[full] if full in vectors else vectors["pooled"]
+        result["agreement"] = agreement(student, np.load(evaluation.teacher_file))
+    return result
+
+
+def _max_score_difference(jax_result: Path, result: dict[str, Any]) -> float:
+    from jasper_jax.eval.run import max_score_difference
+
+    return max_score_difference(json.loads(jax_result.read_text())["scores"], result["scores"])
+
+
+def _evaluated_before(out: Path, model: EvaluatedModel, teacher_file: Path) -> bool:
     """Whether `out` holds this model's finished evaluation: made from the same checkpoint, and complete.
     The concatenated teacher's evaluation also writes the held-out teacher vectors (`teacher_file`) that
     every student's agreement needs, so it is redone when that file is missing, and a student's result
@@ -453,47 +493,59 @@ def _evaluated_before(out: Path, model: dict[str, Any], teacher_file: Path) -> b
     if not out.exists():
         return False
     previous = json.loads(out.read_text())
-    if previous.get("made_from") != model["made_from"]:
+    if previous.get("made_from") != model.made_from:
         return False
-    if model["backend"] == "concat":
+    if model.backend == "concat":
         return teacher_file.exists()
-    if model["kind"] in AGREEMENT_KINDS:
+    if model.kind in AGREEMENT_KINDS:
         return "agreement" in previous
     return True
 
 
-def _text_twin(settings: DemoSettings, config, model: dict[str, Any]) -> str | None:
-    """The earlier stage whose text vectors an image stage shares: its trainable parameters are all in the
-    vision tower (`vision/...`, no encoder layers), so every text parameter is the previous stage's."""
-    if not model.get("image_stage"):
+def _twin_text_scores(evaluation: _Evaluation, model: EvaluatedModel) -> dict[str, Any] | None:
+    """An image stage whose trainable parameters are all in the vision tower (`vision/...`, no encoder layers)
+    shares every text parameter with the previous stage: its text results are that stage's (None otherwise)."""
+    if not model.image_stage:
         return None
-    stage = config.stages[f"stage{model['stage']}"]
-    numbers = stages_of(settings, config)
-    index = numbers.index(model["stage"])
-    vision_only = all(str(pattern).startswith("vision/") for pattern in stage.trainable)
-    if index == 0 or not vision_only or int(stage.trainable_last_layers) or stage.init_from != "previous":
+    stage = evaluation.training.run.stages[model.stage]
+    numbers = evaluation.training.stages
+    index = numbers.index(model.stage)
+    vision_only = all(pattern.startswith("vision/") for pattern in stage.trainable)
+    if index == 0 or not vision_only or stage.trainable_last_layers or stage.init_from != "previous":
         return None
-    twin = f"stage{numbers[index - 1]}"
-    return twin if (settings.out / "eval" / f"{twin}.json").exists() else None
+    twin = evaluation.folder / f"stage{numbers[index - 1]}.json"
+    if not twin.exists():
+        return None
+    scores = json.loads(twin.read_text())
+    return {**dataclasses.asdict(model), **{key: scores[key] for key in ("scores", "dims", "agreement") if key in scores},
+            "text_scores_from": twin.stem}
 
 
-def _export_image_results(settings: DemoSettings, config, model: dict, result: dict) -> None:
+def _image_retrieval(evaluation: _Evaluation, model: EvaluatedModel) -> dict[str, Any]:
+    from jasper_jax.eval.images import image_caption_retrieval
+    from jasper_jax.loader import load_any
+    from jasper_jax.train.image_stage import images_folder
+
+    run = evaluation.training.run
+    return image_caption_retrieval(load_any(model.path), images_folder(run, run.stages[model.stage]),
+                                   max_length=evaluation.settings.max_length, progress=evaluation.settings.progress)
+
+
+def _export_image_results(evaluation: _Evaluation, model: EvaluatedModel, result: dict) -> None:
     """The export's image -> caption retrieval on the PyTorch side, and its image vectors' cosine to the JAX
     student's (the last stage) on the held-out images."""
     from jasper_jax.data.images import ImageCaptionSource
-    from jasper_jax.encode import load_any
-    from jasper_jax.encode_images import encode_images
+    from jasper_jax.encode import encode_images
     from jasper_jax.eval.images import torch_image_caption_retrieval
-    from jasper_jax.train.image_stage import images_folder, is_image_stage
-    from jasper_jax.train.loop import stage_dir
+    from jasper_jax.loader import load_any
+    from jasper_jax.train.image_stage import images_folder
 
-    last = stages_of(settings, config)[-1]
-    stage = config.stages[f"stage{last}"]
-    if not is_image_stage(stage):
+    run, last = evaluation.training.run, evaluation.training.stages[-1]
+    if not run.stages[last].is_image_stage:
         return
-    folder = images_folder(config, stage)
-    result["image_retrieval"], torch_vectors = torch_image_caption_retrieval(model["path"], folder)
-    loaded = load_any(stage_dir(config, last))
+    folder = images_folder(run, run.stages[last])
+    result["image_retrieval"], torch_vectors = torch_image_caption_retrieval(model.path, folder)
+    loaded = load_any(run.stage_dir(last))
     paths = ImageCaptionSource(folder, "heldout").image_paths()
     result["image_agreement"] = {
         head: float(np.min(np.sum(encode_images(loaded, paths, head=head, progress=False) * vectors, axis=1)))
@@ -501,13 +553,12 @@ def _export_image_results(settings: DemoSettings, config, model: dict, result: d
     }
 
 
-def write_report(settings: DemoSettings, steps: Steps, wall_seconds: float | None) -> Path:
+def write_report(settings: DemoSettings, training: DemoTraining, steps: Steps) -> Path:
     from jasper_jax.eval.report import write_report as write
 
-    config = training_config(settings)
-    results = [json.loads((settings.out / "eval" / f"{m['name']}.json").read_text())
-               for m in evaluated_models(settings, config)]
-    return write(settings.out, results, config, steps.seconds(), settings)
+    results = [json.loads((settings.out / "eval" / f"{m.name}.json").read_text())
+               for m in evaluated_models(settings, training)]
+    return write(settings.out, results, training.run, steps.seconds(), settings)
 
 
 # -------------------------------------------------------------------------------------------------- run
@@ -529,13 +580,14 @@ def run_demo(settings: DemoSettings) -> Path:
     check_data_settings(settings)
     steps.run("corpus", build_demo_corpus, settings)
     steps.run("teachers", encode_teachers, settings)
+    training = training_run(settings)
     # the trainer skips finished stages (and refuses ones trained with other settings), export and eval skip what was
     # made from the same checkpoint: always entered, so that a config gaining a stage continues where the last run
     # stopped
-    steps.run("train", train_student, settings, always=True)
-    steps.run("export", export_student, settings, always=True)
-    steps.run("eval", evaluate_all, settings, always=True)
-    report = write_report(settings, steps, time.perf_counter() - start)
+    steps.run("train", train_student, settings, training, always=True)
+    steps.run("export", export_student, settings, training, always=True)
+    steps.run("eval", evaluate_all, settings, training, always=True)
+    report = write_report(settings, training, steps)
     log(f"report: {report} (this run: {time.perf_counter() - start:.0f} s)")
     return report
 
@@ -549,7 +601,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk-fraction", type=float, default=DemoSettings.chunk_fraction,
                         help="share of corpus documents replaced by their 1-10-sentence chunks")
     parser.add_argument("--max-length", type=int, default=DemoSettings.max_length, help="tokens per text everywhere")
-    parser.add_argument("--stages", default="", help="comma-separated stages (default: all available)")
+    parser.add_argument("--stages", default="", help="comma-separated stages (default: every configured stage)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--data-from", default=None, metavar="RUN",
                         help="start from RUN's corpus, teacher store and teacher evaluations (same data settings)")
@@ -564,12 +616,5 @@ def run(args: argparse.Namespace) -> int:
         stages=[int(s) for s in args.stages.split(",") if s.strip()] or None, progress=not args.no_progress,
         data_from=Path(args.data_from) if args.data_from else None,
     )
-    try:
-        run_demo(settings)
-    except DemoError as error:
-        print(f"jasper-jax demo: {error}", file=sys.stderr)
-        return 2
-    except RuntimeError as error:
-        print(f"jasper-jax demo: {error}", file=sys.stderr)
-        return 1
+    run_demo(settings)
     return 0

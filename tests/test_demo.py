@@ -9,25 +9,21 @@ from __future__ import annotations
 
 import json
 import re
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "eval"))
-from eval_inputs import tiny_bert_export, write_lee_files, write_news_csv  # noqa: E402
+from tests.eval.eval_inputs import tiny_bert_export, write_lee_files, write_news_csv
 
 pytestmark = pytest.mark.slow  # about 2 minutes: three training stages and eight evaluated models
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    from jasper_jax.assets import minilm_path
+def demo_run(tmp_path_factory, minilm_folder):
     from jasper_jax.demo import DemoSettings, Teacher, run_demo
 
     root = tmp_path_factory.mktemp("demo")
-    tiny_plain_folder = tiny_bert_export(root / "tiny_bert", {}, seed=1)
+    tiny_plain_folder = tiny_bert_export(root / "tiny_bert", {}, seed=1, tokenizer_folder=minilm_folder)
     overrides = [f"model.source={tiny_plain_folder}", "checkpoint.every=2", "data.worker_threads=1"]
     for stage in (1, 2, 3, 4):
         overrides += [f"stages.stage{stage}.steps=3", f"stages.stage{stage}.batch_size=8"]
@@ -35,7 +31,7 @@ def demo_run(tmp_path_factory):
                   "stages.stage1.head_fit_batches=2", "stages.stage3.head_fit_batches=2"]
     settings = DemoSettings(
         out=root / "demo", overrides=overrides,
-        teachers=[Teacher("minilm", str(minilm_path()), "jax"), Teacher("tiny", str(tiny_plain_folder), "torch")],
+        teachers=[Teacher("minilm", str(minilm_folder), "jax"), Teacher("tiny", str(tiny_plain_folder), "torch")],
         lee=write_lee_files(root / "lee"), news=write_news_csv(root / "news.csv"), heldout_size=10,
         corpus_size=48, max_length=32, batch_size=8, progress=False,
     )
@@ -48,7 +44,7 @@ def test_every_artifact_exists_and_loads(demo_run):
 
     from jasper_jax.data.check import check_store
     from jasper_jax.data.store import TeacherStore
-    from jasper_jax.encode import load_any
+    from jasper_jax.loader import load_any
 
     settings, report = demo_run
     out = settings.out
@@ -142,11 +138,11 @@ def test_rerun_skips_finished_steps(demo_run, capsys):
 def test_no_progress_reaches_the_trainer(demo_run):
     import dataclasses
 
-    from jasper_jax.demo import training_config
+    from jasper_jax.demo import training_run
 
     settings, report = demo_run
-    assert settings.progress is False and training_config(settings).progress is False
-    assert training_config(dataclasses.replace(settings, progress=True)).progress is True
+    assert settings.progress is False and training_run(settings).run.progress is False
+    assert training_run(dataclasses.replace(settings, progress=True)).run.progress is True
 
 
 def test_a_rerun_with_other_data_settings_is_refused_and_changes_nothing(demo_run):
@@ -164,7 +160,9 @@ def test_a_rerun_with_other_data_settings_is_refused_and_changes_nothing(demo_ru
 def test_a_stage_trained_again_to_the_same_step_is_evaluated_again(tmp_path):
     """After a stage folder is deleted and trained again, its final step is the same number: the evaluation
     made from the old save must not count as done (nor the export made from it)."""
-    from jasper_jax.demo import _evaluated_before, _made_from, checkpoint_identity
+    import dataclasses
+
+    from jasper_jax.demo import EvaluatedModel, _evaluated_before, _made_from, checkpoint_identity
 
     stage = tmp_path / "train" / "stage3"
 
@@ -175,15 +173,16 @@ def test_a_stage_trained_again_to_the_same_step_is_evaluated_again(tmp_path):
 
     save(100, 5)
     save(150, 7)
-    model = {"name": "stage3", "kind": "stage", "path": str(stage), "backend": "jax"}
+    model = EvaluatedModel("stage3", "stage", str(stage), "jax", stage=3)
     first = _made_from(model)
     assert first == checkpoint_identity(stage, 150) == "stage3/checkpoints/150@7"
     result = tmp_path / "stage3.json"
     result.write_text(json.dumps({"made_from": first, "agreement": {}}))
-    assert _evaluated_before(result, {**model, "made_from": first}, tmp_path / "teacher.npy")
+    assert _evaluated_before(result, dataclasses.replace(model, made_from=first), tmp_path / "teacher.npy")
     save(150, 9)  # trained again: the same step, another save
     again = _made_from(model)
-    assert again != first and not _evaluated_before(result, {**model, "made_from": again}, tmp_path / "teacher.npy")
+    assert again != first and not _evaluated_before(result, dataclasses.replace(model, made_from=again),
+                                                    tmp_path / "teacher.npy")
 
 
 def test_a_rerun_with_other_training_settings_is_refused_and_changes_nothing(demo_run, capsys):
@@ -196,9 +195,9 @@ def test_a_rerun_with_other_training_settings_is_refused_and_changes_nothing(dem
     before = {p: p.stat().st_mtime_ns for p in settings.out.rglob("*") if p.is_file()}
     capsys.readouterr()
     changed = dataclasses.replace(settings, overrides=[*settings.overrides, "stages.stage3.lr=0.125"])
-    with pytest.raises(DemoError, match="training refused to start"):
+    with pytest.raises(DemoError, match="training refused to start") as refused:
         run_demo(changed)
-    error = capsys.readouterr().err
+    error = str(refused.value)
     assert "stage 3:" in error and "stages.stage3.lr:" in error and "0.125 now" in error, error
     assert {p: p.stat().st_mtime_ns for p in settings.out.rglob("*") if p.is_file()} == before
 
@@ -223,9 +222,7 @@ def test_data_from_another_run_skips_the_data_steps_and_refuses_other_data_setti
     assert store and all((again.out / p).read_bytes() == (settings.out / p).read_bytes() for p in store)
 
 
-def test_settings_recorded_before_chunk_fraction_existed_read_as_the_old_value(demo_run):
-    """A run folder recorded before `chunk_fraction` was a setting was built with the paper's 0.3: it must be
-    accepted with 0.3 and refused with another value, and a value outside [0, 1] refused before anything."""
+def test_corpus_settings_out_of_range_are_refused_before_anything(demo_run):
     import dataclasses
 
     from jasper_jax.demo import DemoError, check_data_settings
@@ -233,15 +230,10 @@ def test_settings_recorded_before_chunk_fraction_existed_read_as_the_old_value(d
     settings, report = demo_run
     path = settings.out / "settings.json"
     recorded = path.read_text()
-    try:
-        path.write_text(json.dumps({k: v for k, v in json.loads(recorded).items() if k != "chunk_fraction"}))
-        check_data_settings(dataclasses.replace(settings, chunk_fraction=0.3))
-        with pytest.raises(DemoError, match=r"chunk_fraction: 0.3 there, 0.5 now"):
-            check_data_settings(dataclasses.replace(settings, chunk_fraction=0.5))
-    finally:
-        path.write_text(recorded)
     with pytest.raises(DemoError, match=r"--chunk-fraction\): chunk_fraction is a probability .* got 2.0"):
         check_data_settings(dataclasses.replace(settings, chunk_fraction=2.0))
+    with pytest.raises(DemoError, match=r"chunk_fraction: 0.0 there, 0.5 now"):
+        check_data_settings(dataclasses.replace(settings, chunk_fraction=0.5))
     assert path.read_text() == recorded
 
 
@@ -249,7 +241,7 @@ def test_eval_redoes_what_a_missing_teacher_vector_file_left_incomplete(demo_run
     """The held-out teacher vectors are written by the concatenated teacher's evaluation and read by every
     student's agreement: without them, eval must redo that evaluation and every student result lacking an
     agreement, and leave the complete results alone."""
-    from jasper_jax.demo import evaluate_all
+    from jasper_jax.demo import evaluate_all, training_run
 
     settings, report = demo_run
     folder = settings.out / "eval"
@@ -261,7 +253,7 @@ def test_eval_redoes_what_a_missing_teacher_vector_file_left_incomplete(demo_run
     untouched = {p: p.stat().st_mtime_ns for p in folder.glob("*.json") if p.name not in
                  ("teachers_concatenated.json", "stage3.json")}
     capsys.readouterr()
-    evaluate_all(settings)
+    evaluate_all(settings, training_run(settings))
     printed = capsys.readouterr().out
     assert "eval teachers_concatenated\n" in printed and "eval stage3\n" in printed, printed
     np.testing.assert_allclose(np.load(teacher_file), teacher_vectors, atol=1e-6)
