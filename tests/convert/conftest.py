@@ -1,12 +1,8 @@
 """Fixtures of the convert tests."""
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from convert_helpers import save_random_qwen2  # noqa: E402
+from tests.convert.convert_helpers import save_random_qwen2
 
 
 @pytest.fixture(scope="session")

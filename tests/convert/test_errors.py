@@ -2,62 +2,62 @@
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-sys.path.insert(0, str(Path(__file__).parent))
-from convert_helpers import MINILM  # noqa: E402
-
-from jasper_jax.convert import ConversionError, load_model, load_model_folder  # noqa: E402
-from jasper_jax.convert.export import export_model  # noqa: E402
-from jasper_jax.encode import encode_texts  # noqa: E402
+from jasper_jax.convert import ConversionError, load_model, load_model_folder
+from jasper_jax.convert.export import export_model
+from jasper_jax.encode import encode_texts
 
 
 @pytest.fixture(scope="module")
-def minilm_tensors():
-    return load_file(str(MINILM / "model.safetensors"))
+def minilm_tensors(minilm_folder):
+    return load_file(str(minilm_folder / "model.safetensors"))
 
 
-def hf_folder(tmp_path: Path, tensors: dict, config: dict | None = None) -> Path:
+@pytest.fixture(scope="module")
+def minilm_config(minilm_folder):
+    return json.loads((minilm_folder / "config.json").read_text())
+
+
+def hf_folder(tmp_path: Path, tensors: dict, config: dict) -> Path:
     folder = tmp_path / "model"
     folder.mkdir()
-    config = config or json.loads((MINILM / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps(config))
     save_file(tensors, str(folder / "model.safetensors"))
     return folder
 
 
-def test_missing_unexpected_and_misshaped_keys_are_listed(tmp_path, minilm_tensors):
+def test_missing_unexpected_and_misshaped_keys_are_listed(tmp_path, minilm_tensors, minilm_config):
     tensors = dict(minilm_tensors)
     del tensors["encoder.layer.3.attention.self.key.weight"]
     tensors["encoder.layer.0.attention.self.extra.weight"] = np.zeros((2, 2), np.float32)
     tensors["encoder.layer.5.output.dense.bias"] = np.zeros((7,), np.float32)
     with pytest.raises(ConversionError) as error:
-        load_model(hf_folder(tmp_path, tensors))
+        load_model(hf_folder(tmp_path, tensors, minilm_config))
     message = str(error.value)
     assert "missing keys (1): encoder.layer.3.attention.self.key.weight" in message
     assert "unexpected keys (1): encoder.layer.0.attention.self.extra.weight" in message
     assert "encoder.layer.5.output.dense.bias: shape (7,)" in message
 
 
-def test_prefixed_checkpoint_and_known_extras_load(tmp_path, minilm_tensors):
+def test_prefixed_checkpoint_and_known_extras_load(tmp_path, minilm_tensors, minilm_config):
     """`bert.`-prefixed keys (BertForX checkpoints) load; pooler / position_ids buffers are skipped."""
     tensors = {f"bert.{key}": value for key, value in minilm_tensors.items()}
     tensors["cls.predictions.bias"] = np.zeros((3,), np.float32)
-    model, _ = load_model(hf_folder(tmp_path, tensors))
+    model, _ = load_model(hf_folder(tmp_path, tensors, minilm_config))
     np.testing.assert_array_equal(
         model.encoder.word_embeddings.embedding[...], minilm_tensors["embeddings.word_embeddings.weight"]
     )
 
 
-def test_sharded_checkpoint_loads(tmp_path, minilm_tensors):
+def test_sharded_checkpoint_loads(tmp_path, minilm_tensors, minilm_folder):
     folder = tmp_path / "sharded"
     folder.mkdir()
-    shutil.copyfile(MINILM / "config.json", folder / "config.json")
+    shutil.copyfile(minilm_folder / "config.json", folder / "config.json")
     keys = sorted(minilm_tensors)
     weight_map = {}
     for number, part in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2 :])):
@@ -69,8 +69,8 @@ def test_sharded_checkpoint_loads(tmp_path, minilm_tensors):
     np.testing.assert_array_equal(model.encoder.layers[5].mlp_norm.bias[...], minilm_tensors["encoder.layer.5.output.LayerNorm.bias"])
 
 
-def test_unsupported_architecture_names_model_type(tmp_path, minilm_tensors):
-    config = json.loads((MINILM / "config.json").read_text())
+def test_unsupported_architecture_names_model_type(tmp_path, minilm_tensors, minilm_config):
+    config = dict(minilm_config)
     config["model_type"] = "t5"
     with pytest.raises(ConversionError, match=r"unsupported model_type 't5'; supported model types: bert, qwen2"):
         load_model(hf_folder(tmp_path, dict(minilm_tensors), config))
@@ -87,18 +87,18 @@ def test_unsupported_sentence_transformers_module_is_named(tmp_path):
         load_model(folder)
 
 
-def test_missing_folder_and_weights(tmp_path):
+def test_missing_folder_and_weights(tmp_path, minilm_folder):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_model(tmp_path / "nowhere")
     folder = tmp_path / "noweights"
     folder.mkdir()
-    shutil.copyfile(MINILM / "config.json", folder / "config.json")
+    shutil.copyfile(minilm_folder / "config.json", folder / "config.json")
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         load_model(folder)
 
 
-def test_no_tokenizer_is_a_clear_error(tmp_path, minilm_tensors):
-    folder = hf_folder(tmp_path, dict(minilm_tensors))
+def test_no_tokenizer_is_a_clear_error(tmp_path, minilm_tensors, minilm_config):
+    folder = hf_folder(tmp_path, dict(minilm_tensors), minilm_config)
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         encode_texts(folder, ["hello"], progress=False)
     loaded = load_model_folder(folder)
@@ -106,8 +106,8 @@ def test_no_tokenizer_is_a_clear_error(tmp_path, minilm_tensors):
         export_model(loaded.model, loaded.config, folder, tmp_path / "out")
 
 
-def test_unknown_head_lists_the_heads():
-    loaded = load_model_folder(MINILM, heads={"fc1": 8})
+def test_unknown_head_lists_the_heads(minilm_folder):
+    loaded = load_model_folder(minilm_folder, heads={"fc1": 8})
     with pytest.raises(ValueError, match="unknown head 'fc9'; this model has: fc1, pooled"):
         encode_texts(loaded, ["hello"], head="fc9", progress=False)
 

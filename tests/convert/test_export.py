@@ -2,28 +2,24 @@
 head, and import -> export -> import is bit-identical; for a BERT (MiniLM) and a bidirectional Qwen2 student."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from flax import nnx
 
-sys.path.insert(0, str(Path(__file__).parent))
-from convert_helpers import MINILM, TEXTS  # noqa: E402
-
-from jasper_jax.convert import load_model_folder  # noqa: E402
-from jasper_jax.convert.export import PAPER_PROMPTS, export_model  # noqa: E402
-from jasper_jax.encode import encode_texts  # noqa: E402
-from jasper_jax.models.params import flat_params  # noqa: E402
+from jasper_jax.convert import load_model_folder
+from jasper_jax.convert.export import PAPER_PROMPTS, export_model
+from jasper_jax.encode import encode_texts
+from jasper_jax.models.params import flat_params
+from tests.convert.convert_helpers import TEXTS
 
 HEADS = {"fc1": 48, "fc2": 16, "fc3": 8}
 
 
 @pytest.fixture(scope="module", params=["bert", "qwen2"])
-def exported(request, tmp_path_factory, qwen2_folder):
-    source = MINILM if request.param == "bert" else qwen2_folder[0]
+def exported(request, tmp_path_factory, qwen2_folder, minilm_folder):
+    source = minilm_folder if request.param == "bert" else qwen2_folder[0]
     loaded = load_model_folder(source, heads=HEADS, rngs=nnx.Rngs(7))
     out = tmp_path_factory.mktemp(f"export_{request.param}")
     export_model(loaded.model, loaded.config, loaded.tokenizer_folder, out, active_head="fc2", max_seq_length=128)
@@ -95,7 +91,7 @@ def test_export_files(exported):
     assert json.loads((out / "2_JasperHeads" / "config.json").read_text())["heads"] == HEADS
 
 
-def test_export_command_from_a_sentence_transformers_folder(tmp_path):
+def test_export_command_from_a_sentence_transformers_folder(tmp_path, minilm_folder):
     """`jasper-jax export --checkpoint MiniLM --out DIR`: a head-less student exports as Transformer, Pooling,
     Normalize and sentence-transformers gives the original model's vectors."""
     from sentence_transformers import SentenceTransformer
@@ -103,11 +99,11 @@ def test_export_command_from_a_sentence_transformers_folder(tmp_path):
     from jasper_jax import cli
 
     out = tmp_path / "minilm"
-    assert cli.main(["export", "--checkpoint", str(MINILM), "--out", str(out)]) == 0
+    assert cli.main(["export", "--checkpoint", str(minilm_folder), "--out", str(out)]) == 0
     modules = json.loads((out / "modules.json").read_text())
     assert [m["path"] for m in modules] == ["", "1_Pooling", "2_Normalize"]
     exported = SentenceTransformer(str(out), trust_remote_code=True, device="cpu").encode(TEXTS)
-    original = SentenceTransformer(str(MINILM), device="cpu").encode(TEXTS)
+    original = SentenceTransformer(str(minilm_folder), device="cpu").encode(TEXTS)
     np.testing.assert_allclose(exported, original, atol=1e-6)
     np.testing.assert_allclose(encode_texts(out, TEXTS, progress=False), original, atol=1e-5)
 
@@ -120,7 +116,7 @@ def test_export_command_rejects_a_folder_that_is_neither_model_nor_checkpoint(tm
         cli.main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out")])
 
 
-def test_export_command_from_a_training_checkpoint(tmp_path):
+def test_export_command_from_a_training_checkpoint(tmp_path, minilm_folder):
     """A checkpoint written by the trainer's StageCheckpointer exports like the model it holds."""
     import jax.numpy as jnp
 
@@ -128,7 +124,7 @@ def test_export_command_from_a_training_checkpoint(tmp_path):
     from jasper_jax.train.checkpoint import StageCheckpointer
     from jasper_jax.train.step import TrainState
 
-    loaded = load_model_folder(MINILM, heads={"fc1": 24, "fc2": 8}, rngs=nnx.Rngs(3))
+    loaded = load_model_folder(minilm_folder, heads={"fc1": 24, "fc2": 8}, rngs=nnx.Rngs(3))
     params = nnx.state(loaded.model, nnx.Param)
     trainable = nnx.filter_state(params, lambda path, _: path[0] == "heads")
     frozen = nnx.filter_state(params, lambda path, _: path[0] != "heads")

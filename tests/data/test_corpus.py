@@ -165,6 +165,9 @@ def test_tfds_array_record_source(tmp_path):
     documents = make_documents(12, sentences=2)
 
     class CorpusTestTexts(tfds.core.GeneratorBasedBuilder):
+        # for a builder inside a package (tests.data) tfds 4.9 looks its code up with the `importlib_resources`
+        # backport, which it installs only on Python < 3.9; a module name outside any package avoids that
+        __module__ = "test_corpus"
         VERSION = tfds.core.Version("1.0.0")
 
         def _info(self):

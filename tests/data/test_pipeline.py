@@ -7,19 +7,19 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from data_helpers import sample_texts
 from jax.sharding import AxisType, PartitionSpec
 
 from jasper_jax.data.pipeline import host_row_range, make_train_iterator
 from jasper_jax.data.store import TeacherStore
 from jasper_jax.data.tokenization import bucket_length, load_tokenizer
+from tests.data.data_helpers import sample_texts
 
 ROWS = 45
 
 
 @pytest.fixture(scope="module")
-def tokenizer(minilm_path):
-    return load_tokenizer(minilm_path, 64)
+def tokenizer(minilm_folder):
+    return load_tokenizer(minilm_folder, 64)
 
 
 @pytest.fixture
@@ -89,9 +89,9 @@ def test_bucket_is_that_of_the_longest_row_and_a_power_of_two(make_store, tokeni
     assert lengths_seen == [16, 16, 32, 64, 64]
 
 
-def test_truncation_at_max_length_keeps_the_end_token(make_store, minilm_path):
+def test_truncation_at_max_length_keeps_the_end_token(make_store, minilm_folder):
     path = make_store(["word " * 500, "short"], name="long")
-    batch = next(local_iterator(path, load_tokenizer(minilm_path, 32), global_batch_size=2))
+    batch = next(local_iterator(path, load_tokenizer(minilm_folder, 32), global_batch_size=2))
     assert batch["input_ids"].shape == (2, 32)
     assert batch["input_ids"][0, -1] == 102  # [SEP]: truncated by the tokenizer, not cut by padding
 
@@ -202,8 +202,7 @@ def test_orbax_checkpoint_beside_the_model_resumes_exactly(store_path, tokenizer
 
 MULTIPROCESS_SCRIPT = """
 import sys
-sys.path.insert(0, {helpers!r})
-from data_helpers import fake_factory, sample_texts
+from tests.data.data_helpers import fake_factory, sample_texts
 from jasper_jax.data.pipeline import make_train_iterator
 from jasper_jax.data.teacher_encoding import TeacherSpec, encode_store
 
@@ -229,14 +228,14 @@ if __name__ == "__main__":
 """
 
 
-def test_worker_processes_give_the_same_batches_and_resume(tmp_path, minilm_path):
+def test_worker_processes_give_the_same_batches_and_resume(tmp_path, minilm_folder):
     import os
     import subprocess
     import sys
     from pathlib import Path
 
     script = tmp_path / "workers.py"
-    script.write_text(MULTIPROCESS_SCRIPT.format(helpers=str(Path(__file__).parent), tokenizer=minilm_path))
+    script.write_text(MULTIPROCESS_SCRIPT.format(tokenizer=str(minilm_folder)))
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     result = subprocess.run([sys.executable, str(script), str(tmp_path / "store")], env=env, capture_output=True,
                             text=True, timeout=120)

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from data_helpers import sample_texts
 
 from jasper_jax.data.pipeline import make_train_iterator
+from tests.data.data_helpers import sample_texts
 
 WORKER = """
 import os, sys
@@ -45,7 +45,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_processes_build_the_same_global_batches(make_store, minilm_path, tmp_path):
+def test_two_processes_build_the_same_global_batches(make_store, minilm_folder, tmp_path):
     store = make_store(sample_texts(45, seed=2), name="multihost")
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
@@ -53,7 +53,7 @@ def test_two_processes_build_the_same_global_batches(make_store, minilm_path, tm
     env.pop("XLA_FLAGS", None)
     address = f"127.0.0.1:{free_port()}"
     processes = [
-        subprocess.Popen([sys.executable, str(script), str(i), address, str(store), minilm_path, str(tmp_path)],
+        subprocess.Popen([sys.executable, str(script), str(i), address, str(store), str(minilm_folder), str(tmp_path)],
                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for i in range(2)
     ]
@@ -61,7 +61,7 @@ def test_two_processes_build_the_same_global_batches(make_store, minilm_path, tm
     assert all(p.returncode == 0 for p in processes), "\n".join(o[-3000:] for o in outputs)
     results = [np.load(tmp_path / f"process{i}.npz") for i in range(2)]
     assert results[0]["rows"].tolist() == [0, 4] and results[1]["rows"].tolist() == [4, 8]
-    reference = make_train_iterator(store, minilm_path, global_batch_size=8, mesh=None, max_length=64,
+    reference = make_train_iterator(store, str(minilm_folder), global_batch_size=8, mesh=None, max_length=64,
                                     shuffle_seed=3, num_epochs=1)
     for step in range(6):
         expected = next(reference)

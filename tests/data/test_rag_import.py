@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from data_helpers import sample_texts, tree_hash
+from tests.data.data_helpers import sample_texts, tree_hash
 
 from jasper_jax.cli import main
 from jasper_jax.data.rag_import import import_rag
@@ -92,7 +92,7 @@ def test_cli_import_then_check_flags_nan_rows(tmp_path, capsys):
 
 
 def test_wrap_reads_the_official_file_in_place(tmp_path):
-    from data_helpers import tree_hash as hashes
+    from tests.data.data_helpers import tree_hash as hashes
 
     from jasper_jax.data.check import check_store
 

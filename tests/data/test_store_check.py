@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from data_helpers import sample_texts, tree_hash
+from tests.data.data_helpers import sample_texts, tree_hash
 
 from jasper_jax.cli import main
 from jasper_jax.data.check import check_store

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_helpers import fake_factory, fake_vectors, sample_texts, tree_hash
-
 from jasper_jax.data import store as store_lib
 from jasper_jax.data.store import TeacherStore
 from jasper_jax.data.teacher_encoding import TeacherSpec, encode_store, read_corpus, specs_from_arguments
+from tests.data.data_helpers import fake_factory, fake_vectors, sample_texts, tree_hash
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -118,10 +117,9 @@ def test_resume_after_crash_gives_identical_store(tmp_path, crash_after):
 KILL_SCRIPT = textwrap.dedent(
     """
     import sys, time
-    sys.path.insert(0, {helpers!r})
-    from data_helpers import fake_factory, sample_texts
+    from tests.data.data_helpers import fake_factory, sample_texts
     from jasper_jax.data.teacher_encoding import TeacherSpec, encode_store
-    base = fake_factory({{"a": 8, "b": 4}})
+    base = fake_factory({"a": 8, "b": 4})
     def slow(spec):
         encoder = base(spec)
         def encode(texts):
@@ -140,7 +138,7 @@ def test_sigkill_mid_encoding_then_resume_gives_identical_store(tmp_path):
     encode_store(texts, tmp_path / "whole", specs, shard_rows=4, encoder_factory=fake_factory({"a": 8, "b": 4}),
                  progress=False)
     script = tmp_path / "encode.py"
-    script.write_text(KILL_SCRIPT.format(helpers=str(Path(__file__).parent)))
+    script.write_text(KILL_SCRIPT)
     env = dict(os.environ, PYTHONPATH=str(REPO))
     out = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, str(script), str(out)], env=env)
@@ -206,7 +204,7 @@ def test_read_corpus_formats(tmp_path):
     assert read_corpus(tmp_path / "c.txt") == ["line one", "line two"]
 
 
-def test_cli_encode_with_sentence_transformers_minilm_twice(tmp_path, minilm_path):
+def test_cli_encode_with_sentence_transformers_minilm_twice(tmp_path, minilm_folder):
     """The PyTorch path end to end: two teachers (MiniLM with and without a prompt), float32 store."""
     from sentence_transformers import SentenceTransformer
 
@@ -217,11 +215,12 @@ def test_cli_encode_with_sentence_transformers_minilm_twice(tmp_path, minilm_pat
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     out = tmp_path / "store"
-    code = main(["teachers", "encode", "--corpus", str(corpus), "--teacher", minilm_path, "--teacher", minilm_path,
+    minilm = str(minilm_folder)
+    code = main(["teachers", "encode", "--corpus", str(corpus), "--teacher", minilm, "--teacher", minilm,
                  "--name", "plain", "--name", "prompted", "--prompt", "", "--prompt", "query: ", "--out", str(out),
                  "--dtype", "float32", "--shard-rows", "2", "--no-progress", "--backend", "torch"])
     assert code == 0
-    model = SentenceTransformer(minilm_path, device="cpu")
+    model = SentenceTransformer(minilm, device="cpu")
     plain = normalise(model.encode(texts))
     prompted = normalise(model.encode(["query: " + t for t in texts]))
     store = TeacherStore(out)
@@ -234,15 +233,15 @@ def test_cli_encode_with_sentence_transformers_minilm_twice(tmp_path, minilm_pat
     assert hashlib.sha256((out / "texts.jsonl").read_bytes()).hexdigest() == manifest["texts"]["sha256"]
 
 
-def test_jax_path_matches_sentence_transformers(tmp_path, minilm_path):
+def test_jax_path_matches_sentence_transformers(tmp_path, minilm_folder):
     """The JAX path (jasper_jax.encode.encode_texts, the encoders issue) against sentence-transformers."""
     pytest.importorskip("jasper_jax.encode")
     from sentence_transformers import SentenceTransformer
 
     texts = ["A man is playing a guitar.", "The cat sits on the mat.", "Stocks fell sharply today."]
-    specs = [TeacherSpec("minilm", minilm_path, backend="jax")]
+    specs = [TeacherSpec("minilm", str(minilm_folder), backend="jax")]
     encode_store(texts, tmp_path / "store", specs, dtype="float32", shard_rows=2, progress=False)
-    expected = normalise(SentenceTransformer(minilm_path, device="cpu").encode(texts))
+    expected = normalise(SentenceTransformer(str(minilm_folder), device="cpu").encode(texts))
     np.testing.assert_allclose(TeacherStore(tmp_path / "store").teacher_vectors(range(3)), expected, atol=1e-4)
 
 

