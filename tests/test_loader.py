@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from jasper_jax import cli
-from jasper_jax.assets import minilm_path
 from jasper_jax.convert.hf import ModelNotFoundError
 from jasper_jax.encode import encode_texts
 from jasper_jax.errors import UserError
@@ -15,8 +14,8 @@ from jasper_jax.loader import MODEL_ALIASES, load_any, resolve_model_path, token
 TEXTS = ["a student learns from its teachers", "vectors of every length", "x"]
 
 
-def test_alias_resolves_to_the_offline_kit_folder_and_paths_pass_through(tmp_path):
-    assert resolve_model_path("minilm") == minilm_path()
+def test_alias_resolves_to_the_offline_kit_folder_and_paths_pass_through(tmp_path, minilm_folder):
+    assert resolve_model_path("minilm") == minilm_folder
     assert resolve_model_path(tmp_path) == tmp_path
     assert resolve_model_path(str(tmp_path)) == tmp_path
     assert set(MODEL_ALIASES) == {"minilm"}
@@ -39,18 +38,18 @@ def test_a_folder_that_is_neither_model_nor_checkpoint_is_a_user_error(tmp_path)
         load_any(tmp_path / "empty")
 
 
-def test_training_config_naming_the_alias_gives_its_tokenizer(tmp_path):
-    assert tokenizer_from_training_config({"model": {"source": "minilm"}}) == minilm_path()
+def test_training_config_naming_the_alias_gives_its_tokenizer(tmp_path, minilm_folder):
+    assert tokenizer_from_training_config({"model": {"source": "minilm"}}) == minilm_folder
     assert tokenizer_from_training_config({"model": {"source": "random"}, "workdir": str(tmp_path)}) is None
 
 
-def test_encode_command_takes_the_alias(tmp_path):
+def test_encode_command_takes_the_alias(tmp_path, minilm_folder):
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(TEXTS) + "\n")
     out = tmp_path / "vectors.npy"
     code = cli.main(["encode", "--model", "minilm", "--input", str(texts), "--out", str(out), "--no-progress"])
     assert code == 0
-    expected = encode_texts(minilm_path(), TEXTS, progress=False)
+    expected = encode_texts(minilm_folder, TEXTS, progress=False)
     np.testing.assert_array_equal(np.load(out), expected)
 
 
@@ -58,5 +57,6 @@ def test_export_command_takes_the_alias(tmp_path):
     out = tmp_path / "export"
     assert cli.main(["export", "--model", "minilm", "--out", str(out)]) == 0
     assert [m["path"] for m in json.loads((out / "modules.json").read_text())] == ["", "1_Pooling", "2_Normalize"]
-    np.testing.assert_allclose(encode_texts(out, TEXTS, progress=False),
-                               encode_texts("minilm", TEXTS, progress=False), atol=1e-6)
+    np.testing.assert_allclose(
+        encode_texts(out, TEXTS, progress=False), encode_texts("minilm", TEXTS, progress=False), atol=1e-6
+    )
