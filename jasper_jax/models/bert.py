@@ -54,10 +54,11 @@ class BertConfig:
 class BertLayer(nnx.Module):
     """Post-LN transformer block: x = LN(x + attention(x)); x = LN(x + mlp(x))."""
 
-    def __init__(self, config: BertConfig, *, dtype: str, rngs: nnx.Rngs):
+    def __init__(self, config: BertConfig, *, dtype: str, attention: str = "auto", rngs: nnx.Rngs):
         heads = config.num_attention_heads
         self.attention = layers.Attention(
-            config.hidden_size, heads, heads, config.head_dim, qkv_bias=True, output_bias=True, dtype=dtype, rngs=rngs
+            config.hidden_size, heads, heads, config.head_dim, qkv_bias=True, output_bias=True, dtype=dtype,
+            attention=attention, rngs=rngs,
         )
         self.attention_norm = layers.LayerNorm(config.hidden_size, config.layer_norm_eps, dtype=dtype, rngs=rngs)
         self.mlp = layers.MLP(config.hidden_size, config.intermediate_size, config.hidden_act, dtype=dtype, rngs=rngs)
@@ -69,9 +70,14 @@ class BertLayer(nnx.Module):
 
 
 class BertEncoder(nnx.Module):
-    """Token ids -> last hidden states (B, L, hidden), like Hugging Face's `BertModel(...).last_hidden_state`."""
+    """Token ids -> last hidden states (B, L, hidden), like Hugging Face's `BertModel(...).last_hidden_state`.
 
-    def __init__(self, config: BertConfig, *, dtype: str = "float32", remat: bool = False, rngs: nnx.Rngs):
+    `attention`: the attention implementation (`jasper_jax.models.attention.IMPLEMENTATIONS`)."""
+
+    def __init__(
+        self, config: BertConfig, *, dtype: str = "float32", remat: bool = False, attention: str = "auto",
+        rngs: nnx.Rngs,
+    ):
         self.config = config
         self.remat = remat
         self.word_embeddings = layers.Embedding(config.vocab_size, config.hidden_size, "vocab", dtype=dtype, rngs=rngs)
@@ -83,7 +89,7 @@ class BertEncoder(nnx.Module):
         )
         self.embeddings_norm = layers.LayerNorm(config.hidden_size, config.layer_norm_eps, dtype=dtype, rngs=rngs)
         self.layers = nnx.List(
-            [BertLayer(config, dtype=dtype, rngs=rngs) for _ in range(config.num_hidden_layers)]
+            [BertLayer(config, dtype=dtype, attention=attention, rngs=rngs) for _ in range(config.num_hidden_layers)]
         )
 
     def __call__(

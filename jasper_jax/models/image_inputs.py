@@ -36,6 +36,7 @@ class ImageInputs(nnx.Module):
         *,
         dtype: str = "float32",
         remat: bool = False,
+        attention: str = "auto",
         rngs: nnx.Rngs,
     ):
         if image_tokens <= 0:
@@ -47,7 +48,7 @@ class ImageInputs(nnx.Module):
         self.marker_ids = tuple(int(i) for i in marker_ids)
         self.dtype = layers.as_dtype(dtype)
         with layers.parameter_context():
-            self.tower = SiglipVisionEncoder(config, dtype=dtype, remat=remat, rngs=rngs)
+            self.tower = SiglipVisionEncoder(config, dtype=dtype, remat=remat, attention=attention, rngs=rngs)
             self.markers = layers.Embedding(3, lm_hidden, "markers", dtype=dtype, rngs=rngs)
 
     def rows(self, pixel_values: Array) -> Array:

@@ -5,6 +5,8 @@ Conventions (all families):
   `kv_heads`, `head_dim`, `mlp`, `head_out`, `position`, `token_type`); the trainer maps them to mesh axes.
 - Computation runs in a selectable `dtype` (float32 or bfloat16): weights are cast at use. Norms, softmax
   and rotary angles are computed in float32 whatever the compute dtype.
+- Attention itself (scores, mask, softmax) is `attention.dot_product_attention`, whose implementation
+  (einsum, xla, cudnn, splash, auto) each model selects with its `attention` argument.
 - Attention projections keep the head structure in the kernel: query (embed, heads, head_dim), key/value
   (embed, kv_heads, head_dim), output (heads, head_dim, embed), so that heads can be sharded directly.
 """
@@ -19,6 +21,8 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.core import meta as flax_meta
 from flax.core import spmd as flax_spmd
+
+from jasper_jax.models import attention as attention_lib
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -162,6 +166,8 @@ class Attention(nnx.Module):
 
     `num_kv_heads` < `num_heads` gives GQA: query head h uses key/value head h // (num_heads // num_kv_heads),
     as Hugging Face's `repeat_kv`. With `rope_theta` set, rotary embeddings are applied to queries and keys.
+    `attention` names the implementation of the attention itself (`attention.IMPLEMENTATIONS`; "auto" picks
+    one per platform and dtype, see `jasper_jax/models/attention.py`).
     """
 
     def __init__(
@@ -176,12 +182,15 @@ class Attention(nnx.Module):
         causal: bool = False,
         rope_theta: float | None = None,
         dtype: str = "float32",
+        attention: str = "auto",
         rngs: nnx.Rngs,
     ):
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}")
+        attention_lib.check_implementation(attention, dtype)
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.causal = causal
+        self.implementation = attention
         self.rope_theta = rope_theta
         self.dtype = as_dtype(dtype)
 
@@ -211,7 +220,15 @@ class Attention(nnx.Module):
             rngs=rngs,
         )
 
-    def __call__(self, x: Array, attention_mask: Array, positions: Array | None = None) -> Array:
+    def __call__(
+        self,
+        x: Array,
+        attention_mask: Array | None,
+        positions: Array | None = None,
+        segment_ids: Array | None = None,
+    ) -> Array:
+        """`attention_mask` (B, L): 1 for real tokens (None: all); `segment_ids` (B, L): packed texts attend
+        within their own segment only (see `attention.dot_product_attention`)."""
         batch, length, _ = x.shape
         query, key, value = self.query(x), self.key(x), self.value(x)
         if self.rope_theta is not None:
@@ -219,18 +236,11 @@ class Attention(nnx.Module):
                 positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
             cos, sin = rotary_angles(positions, self.head_dim, self.rope_theta)
             query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
-        groups = self.num_heads // self.num_kv_heads
-        query = query.reshape(batch, length, self.num_kv_heads, groups, self.head_dim)
-        scores = jnp.einsum("bqkgd,bskd->bkgqs", query, key).astype(jnp.float32) / jnp.sqrt(
-            jnp.float32(self.head_dim)
+        context = attention_lib.dot_product_attention(
+            query, key, value, attention_mask, causal=self.causal, segment_ids=segment_ids,
+            implementation=self.implementation,
         )
-        allowed = attention_mask.astype(bool)[:, None, None, None, :]
-        if self.causal:
-            allowed = allowed & jnp.tril(jnp.ones((length, length), dtype=bool))[None, None, None]
-        scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
-        probabilities = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        context = jnp.einsum("bkgqs,bskd->bqkgd", probabilities, value)
-        return self.output(context.reshape(batch, length, self.num_heads, self.head_dim))
+        return self.output(context)
 
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {

@@ -80,7 +80,7 @@ class Qwen2Config:
 class Qwen2Layer(nnx.Module):
     """Pre-norm block: x = x + attention(norm(x)); x = x + mlp(norm(x))."""
 
-    def __init__(self, config: Qwen2Config, *, dtype: str, rngs: nnx.Rngs):
+    def __init__(self, config: Qwen2Config, *, dtype: str, attention: str = "auto", rngs: nnx.Rngs):
         self.input_norm = layers.RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, rngs=rngs)
         self.attention = layers.Attention(
             config.hidden_size,
@@ -92,6 +92,7 @@ class Qwen2Layer(nnx.Module):
             causal=config.causal,
             rope_theta=config.rope_theta,
             dtype=dtype,
+            attention=attention,
             rngs=rngs,
         )
         self.post_attention_norm = layers.RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, rngs=rngs)
@@ -105,13 +106,19 @@ class Qwen2Layer(nnx.Module):
 class Qwen2Encoder(nnx.Module):
     """Token ids -> final-norm hidden states (B, L, hidden), like `Qwen2Model(...).last_hidden_state`.
 
-    Positions are 0..L-1 (right padding), as Hugging Face uses when no position ids are given."""
+    Positions are 0..L-1 (right padding), as Hugging Face uses when no position ids are given. `attention`: the
+    attention implementation (`jasper_jax.models.attention.IMPLEMENTATIONS`)."""
 
-    def __init__(self, config: Qwen2Config, *, dtype: str = "float32", remat: bool = False, rngs: nnx.Rngs):
+    def __init__(
+        self, config: Qwen2Config, *, dtype: str = "float32", remat: bool = False, attention: str = "auto",
+        rngs: nnx.Rngs,
+    ):
         self.config = config
         self.remat = remat
         self.embed = layers.Embedding(config.vocab_size, config.hidden_size, "vocab", dtype=dtype, rngs=rngs)
-        self.layers = nnx.List([Qwen2Layer(config, dtype=dtype, rngs=rngs) for _ in range(config.num_hidden_layers)])
+        self.layers = nnx.List(
+            [Qwen2Layer(config, dtype=dtype, attention=attention, rngs=rngs) for _ in range(config.num_hidden_layers)]
+        )
         self.final_norm = layers.RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, rngs=rngs)
 
     def __call__(

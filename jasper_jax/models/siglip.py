@@ -95,24 +95,30 @@ def tiny_siglip_config(**overrides) -> SiglipVisionConfig:
 class SiglipLayer(nnx.Module):
     """Pre-LN block: x = x + attention(LN(x)); x = x + mlp(LN(x))."""
 
-    def __init__(self, config: SiglipVisionConfig, *, dtype: str, rngs: nnx.Rngs):
+    def __init__(self, config: SiglipVisionConfig, *, dtype: str, attention: str = "auto", rngs: nnx.Rngs):
         heads = config.num_attention_heads
         self.attention_norm = layers.LayerNorm(config.hidden_size, config.layer_norm_eps, dtype=dtype, rngs=rngs)
         self.attention = layers.Attention(
-            config.hidden_size, heads, heads, config.head_dim, qkv_bias=True, output_bias=True, dtype=dtype, rngs=rngs
+            config.hidden_size, heads, heads, config.head_dim, qkv_bias=True, output_bias=True, dtype=dtype,
+            attention=attention, rngs=rngs,
         )
         self.mlp_norm = layers.LayerNorm(config.hidden_size, config.layer_norm_eps, dtype=dtype, rngs=rngs)
         self.mlp = layers.MLP(config.hidden_size, config.intermediate_size, config.hidden_act, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: Array, attention_mask: Array) -> Array:
+    def __call__(self, x: Array, attention_mask: Array | None) -> Array:
         x = x + self.attention(self.attention_norm(x), attention_mask)
         return x + self.mlp(self.mlp_norm(x))
 
 
 class SiglipVisionEncoder(nnx.Module):
-    """Pixels (B, H, W, C) -> token states (B, num_patches, hidden), like `SiglipVisionModel(...).last_hidden_state`."""
+    """Pixels (B, H, W, C) -> token states (B, num_patches, hidden), like `SiglipVisionModel(...).last_hidden_state`.
 
-    def __init__(self, config: SiglipVisionConfig, *, dtype: str = "float32", remat: bool = False, rngs: nnx.Rngs):
+    `attention`: the attention implementation (`jasper_jax.models.attention.IMPLEMENTATIONS`)."""
+
+    def __init__(
+        self, config: SiglipVisionConfig, *, dtype: str = "float32", remat: bool = False, attention: str = "auto",
+        rngs: nnx.Rngs,
+    ):
         self.config = config
         self.remat = remat
         self.dtype = layers.as_dtype(dtype)
@@ -129,7 +135,10 @@ class SiglipVisionEncoder(nnx.Module):
                 rngs=rngs,
             )
             self.position_embedding = layers.Embedding(config.num_patches, hidden, "position", dtype=dtype, rngs=rngs)
-            self.layers = nnx.List([SiglipLayer(config, dtype=dtype, rngs=rngs) for _ in range(config.num_hidden_layers)])
+            self.layers = nnx.List([
+                SiglipLayer(config, dtype=dtype, attention=attention, rngs=rngs)
+                for _ in range(config.num_hidden_layers)
+            ])
             self.post_norm = layers.LayerNorm(hidden, config.layer_norm_eps, dtype=dtype, rngs=rngs)
 
     def __call__(self, pixel_values: Array) -> Array:
@@ -145,6 +154,5 @@ class SiglipVisionEncoder(nnx.Module):
         pixels = pixel_values[:, :usable, :usable].reshape(batch, grid, patch, grid, patch, channels)
         x = self.patch_embedding(pixels).reshape(batch, grid * grid, config.hidden_size)
         x = x + self.position_embedding(jnp.arange(config.num_patches))[None]
-        mask = jnp.ones((batch, config.num_patches), jnp.int32)
-        x = layers.run_layers(self.layers, x, mask, remat=self.remat)
+        x = layers.run_layers(self.layers, x, None, remat=self.remat)  # every patch attends to every patch
         return self.post_norm(x)

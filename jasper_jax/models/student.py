@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jasper_jax.models import layers
+from jasper_jax.models.attention import check_implementation as check_attention
 from jasper_jax.models.bert import BertConfig, BertEncoder
 from jasper_jax.models.image_inputs import ImageInputs
 from jasper_jax.models.pooling import POOLING_MODES, l2_normalize, pool
@@ -39,6 +40,9 @@ class StudentConfig:
     vector_dropout: float = 0.0
     compute_dtype: str = "float32"
     remat: bool = False
+    # attention implementation of every encoder layer, text and vision (jasper_jax.models.attention);
+    # configs saved before the field existed load with the default
+    attention: str = "auto"
     prefix_layout: bool = False
     # images (stage 4): a SigLIP tower, n pooled rows per image, the (start, token, end) marker token ids
     vision: SiglipVisionConfig | None = None
@@ -61,6 +65,7 @@ class StudentConfig:
             raise ValueError(f"{POOLED!r} is reserved for the pooled vector; rename that head")
         if self.compute_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"compute_dtype={self.compute_dtype!r}; choose 'float32' or 'bfloat16'")
+        check_attention(self.attention, self.compute_dtype)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (the encoder as its Hugging Face config dict)."""
@@ -99,7 +104,9 @@ class JasperStudent(nnx.Module):
             if family not in ENCODER_FAMILIES:
                 raise ValueError(f"unsupported encoder model_type {family!r}; supported: {sorted(ENCODER_FAMILIES)}")
             encoder_class = ENCODER_FAMILIES[family][1]
-            self.encoder = encoder_class(config.encoder, dtype=config.compute_dtype, remat=config.remat, rngs=rngs)
+            self.encoder = encoder_class(
+                config.encoder, dtype=config.compute_dtype, remat=config.remat, attention=config.attention, rngs=rngs
+            )
             hidden = config.encoder.hidden_size
             self.heads = nnx.Dict(
                 {
@@ -112,7 +119,7 @@ class JasperStudent(nnx.Module):
             if config.vision is not None:
                 self.vision = nnx.data(ImageInputs(
                     config.vision, hidden, config.image_tokens, config.image_token_ids,
-                    dtype=config.compute_dtype, remat=config.remat, rngs=rngs,
+                    dtype=config.compute_dtype, remat=config.remat, attention=config.attention, rngs=rngs,
                 ))
 
     def token_embeddings(self, input_ids: Array) -> Array:
