@@ -16,7 +16,7 @@ from jasper_jax.errors import EXIT_BAD_INPUT, EXIT_OK, UserError
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "encode": ("jasper_jax.encode", "embed texts (one per line) with a model; rows L2-normalised"),
-    "export": ("jasper_jax.convert.export", "write a sentence-transformers / Hugging Face folder"),
+    "export": ("jasper_jax.export", "write a sentence-transformers / Hugging Face folder"),
     "corpus": ("jasper_jax.data.corpus_cli", "build the training corpus"),
     "teachers": ("jasper_jax.data.teachers_cli", "encode, import and check teacher vector stores"),
     "train": ("jasper_jax.train.cli", "run distillation stages from a config"),

@@ -323,7 +323,7 @@ def final_checkpoint(training: DemoTraining) -> str:
 
 def export_student(settings: DemoSettings, training: DemoTraining) -> None:
     """Export the last stage's final checkpoint, unless `export/SOURCE` says that one is exported already."""
-    from jasper_jax.convert.export import export_checkpoint
+    from jasper_jax.export import export_checkpoint
 
     source = final_checkpoint(training)
     marker = settings.out / "export" / "SOURCE"

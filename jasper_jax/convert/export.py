@@ -1,4 +1,4 @@
-"""`jasper-jax export`: write a student as a Hugging Face + sentence-transformers folder (PyTorch side).
+"""Write a student as a Hugging Face + sentence-transformers folder (the PyTorch side of `jasper-jax export`).
 
 The folder holds `config.json` + `model.safetensors` for transformers' AutoModel (a BERT loads as
 `BertModel`; a bidirectional Qwen2 loads as `BidirectionalQwen2Model` from the shipped
@@ -10,13 +10,11 @@ the student's exact config so that import -> export -> import is lossless (bit-i
     SentenceTransformer(DIR, trust_remote_code=True)                                   # active head
     SentenceTransformer(DIR, trust_remote_code=True, config_kwargs={"jasper_head": "fc2"})  # another one
 
-The command exports any model `jasper_jax.loader` resolves (an alias such as `minilm`, a model folder or a
-training checkpoint, whose tokenizer comes from its training config unless `--tokenizer` names one).
+`jasper_jax.export` is the command: it exports any model `jasper_jax.loader` resolves.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -24,9 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from jasper_jax.convert.hf import encoder_params_to_hf, write_weights
-from jasper_jax.convert.load import JASPER_CONFIG, POOLING_TO_ST, load_model_folder
-from jasper_jax.data.tokenization import TokenizerNotFoundError
-from jasper_jax.loader import is_model_folder, load_checkpoint, resolve_model_path, tokenizer_from_training_config
+from jasper_jax.convert.load import JASPER_CONFIG, POOLING_TO_ST
 from jasper_jax.models.params import flat_params
 from jasper_jax.models.student import JasperStudent, StudentConfig
 from jasper_jax.prompts import PAPER_PROMPTS
@@ -148,54 +144,3 @@ def _export_vision(model: JasperStudent, config: StudentConfig, out: Path, max_s
         save_tokenizer(tokenizer, out, out)
     export_vision(model, out, image_token_ids(tokenizer, config.image_tokens))
     shutil.copyfile(SHIPPED / "jasper_vision.py", out / "jasper_vision.py")
-
-
-def export_checkpoint(
-    checkpoint: str | Path,
-    out_dir: str | Path,
-    *,
-    step: int | None = None,
-    tokenizer_folder: str | Path | None = None,
-    active_head: str | None = None,
-    max_seq_length: int = 512,
-) -> Path:
-    """Export a trainer checkpoint; the tokenizer comes from `tokenizer_folder` or the training config."""
-    model, config, metadata = load_checkpoint(checkpoint, step=step)
-    tokenizer = Path(tokenizer_folder) if tokenizer_folder else tokenizer_from_training_config(metadata.get("config", {}))
-    if tokenizer is None:
-        raise TokenizerNotFoundError(
-            f"no tokenizer for checkpoint {checkpoint}: the training config names none with a tokenizer.json; "
-            "pass --tokenizer FOLDER"
-        )
-    return export_model(model, config, tokenizer, out_dir, active_head=active_head, max_seq_length=max_seq_length)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", "--model", dest="checkpoint", required=True,
-                        help="a training checkpoint (step, stage or workdir directory), a Hugging Face or "
-                             "sentence-transformers folder, a jasper-jax export, or a model alias (minilm)")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--head", default=None, help="the head active by default (default: the first head)")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: from the model or training config)")
-    parser.add_argument("--max-seq-length", type=int, default=None, help="sentence-transformers max_seq_length")
-
-
-def run(args: argparse.Namespace) -> int:
-    checkpoint = resolve_model_path(args.checkpoint)
-    if is_model_folder(checkpoint):
-        loaded = load_model_folder(checkpoint)
-        out = export_model(
-            loaded.model, loaded.config, args.tokenizer or loaded.tokenizer_folder, args.out,
-            active_head=args.head or (loaded.default_head if loaded.config.heads else None),
-            prompts=loaded.prompts, max_seq_length=args.max_seq_length or loaded.max_seq_length or 512,
-        )
-        heads = loaded.config.heads
-    else:
-        out = export_checkpoint(
-            checkpoint, args.out, step=args.step, tokenizer_folder=args.tokenizer, active_head=args.head,
-            max_seq_length=args.max_seq_length or 512,
-        )
-        heads = json.loads((out / JASPER_CONFIG).read_text())["student"]["heads"]
-    print(f"exported {args.checkpoint} -> {out} (heads: {', '.join(heads) or 'none'})")
-    return 0

@@ -14,7 +14,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import sys
+
+from jasper_jax.errors import EXIT_FAILED, UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,13 +71,26 @@ def _report(problems: list[str], store: str) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _as_user_error():
+    """Bad input met while encoding or importing (a missing file, a malformed row, an occupied folder): the
+    command ends with its message and exit code 1, like a store that fails its check."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        raise UserError(str(error), EXIT_FAILED) from None
+
+
 def run(args: argparse.Namespace) -> int:
     from jasper_jax.data.check import check_store
 
     if args.teachers_command == "encode":
         from jasper_jax.data.teacher_encoding import encode_store, read_corpus, specs_from_arguments
+        from jasper_jax.loader import resolve_model_path
 
-        try:
+        with _as_user_error():
             specs = specs_from_arguments(args.teacher, args.name, args.prompt, args.backend)
             texts = read_corpus(args.corpus, args.field)
             empty = [row for row, text in enumerate(texts) if not text.strip()]
@@ -81,24 +98,20 @@ def run(args: argparse.Namespace) -> int:
                 shown = ", ".join(map(str, empty[:5])) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
                 raise ValueError(f"{args.corpus}: empty text in row(s) {shown} (0-based): remove them (e.g. with "
                                  "`jasper-jax corpus build`) before encoding; nothing was encoded.")
+            # an alias (minilm) becomes its folder, and a missing teacher is refused before the store is begun
+            specs = [dataclasses.replace(spec, path=str(resolve_model_path(spec.path))) for spec in specs]
             encode_store(texts, args.out, specs, dtype=args.dtype, shard_rows=args.shard_rows,
                          batch_size=args.batch_size, max_length=args.max_length, progress=not args.no_progress)
-        except (ValueError, FileNotFoundError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
         return _report(check_store(args.out, verify_checksums=False), args.out)
 
     if args.teachers_command == "import-rag":
         from jasper_jax.data.rag_import import import_rag
 
-        try:
+        with _as_user_error():
             import_rag(args.vectors, args.texts, args.dim, args.out,
                        teacher_dims=[int(d) for d in args.teacher_dims.split(",")] if args.teacher_dims else None,
                        names=args.names.split(",") if args.names else None, source_dtype=args.source_dtype,
                        dtype=args.dtype, shard_rows=args.shard_rows, wrap=args.wrap)
-        except (ValueError, FileNotFoundError, FileExistsError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
         return _report(check_store(args.out), args.out)
 
     if args.teachers_command == "check":

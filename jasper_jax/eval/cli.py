@@ -57,7 +57,7 @@ def task_files(lee: str | None, news: str | None) -> tuple[Path, Path]:
 
 def sources_for(model: str, backend: str, *, max_length: int, batch_size: int, progress: bool, workdir: Path):
     """{backend: VectorSource} for `model` (a checkpoint is exported under `workdir` for the torch side)."""
-    from jasper_jax.convert.export import export_checkpoint
+    from jasper_jax.export import export_checkpoint
     from jasper_jax.eval.encoders import jax_vectors, torch_vectors
     from jasper_jax.loader import is_model_folder, load_any, resolve_model_path
 

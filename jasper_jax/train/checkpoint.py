@@ -26,7 +26,6 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from jasper_jax.models.params import fill_state, flatten_tree, state_to_tree, unflatten_tree
-from jasper_jax.models.params import tree_paths as tree_paths  # for train/loop.py until it imports models.params
 from jasper_jax.train.step import TrainState
 
 FORMAT_VERSION = 1

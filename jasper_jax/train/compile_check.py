@@ -13,6 +13,8 @@ import os
 import sys
 import time
 
+from jasper_jax.errors import UserError
+
 GIB = 1024**3
 
 
@@ -37,7 +39,12 @@ def _prepare_devices(count: int, platform: str) -> None:
     import jax
 
     if platform == "cpu":
-        jax.config.update("jax_num_cpu_devices", count)
+        try:
+            jax.config.update("jax_num_cpu_devices", count)
+        except RuntimeError:  # JAX already started in this process (e.g. called from Python, not the command)
+            if jax.device_count() != count:
+                raise UserError(f"--devices {count}: JAX already runs with {jax.device_count()} devices in this "
+                                "process; run compile-check as its own command") from None
 
 
 def compile_stage_step(config, stage_number: int, *, batch_size: int = 0, length: int = 0):
@@ -104,10 +111,10 @@ def memory_report(compiled) -> dict[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    _prepare_devices(args.devices, args.platform)
     from jasper_jax.train.config_base import load_config
 
     config = load_config(args.config, getattr(args, "config_overrides", []))
+    _prepare_devices(args.devices, args.platform)
     config.model.source = "random"  # shapes only: nothing is loaded
     print(f"compile-check: {args.config} stage {args.stage} on {args.devices} fake {args.platform} devices ...",
           flush=True)

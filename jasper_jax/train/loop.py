@@ -30,6 +30,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from jasper_jax.models.params import fill_state, state_to_tree, tree_paths
 from jasper_jax.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_NONFINITE, EXIT_OK  # noqa: F401 (re-exported)
 from jasper_jax.train import checkpoint as checkpoint_lib
 from jasper_jax.train import distributed, run_settings
@@ -180,12 +181,12 @@ def from_previous_stage(stage: StageSettings, start: StageStart, step: StageStep
     loaded = start.previous.restore_params(start.previous_step, full,
                                            nnx.merge_state(shardings.state.params, shardings.frozen))
     start.previous.close()
-    loaded_paths = checkpoint_lib.tree_paths(loaded)
+    loaded_paths = tree_paths(loaded)
     new_heads = {h: d for h, d in stage.heads.items() if ("heads", h, "kernel") not in loaded_paths}
-    heads_now = {**checkpoint_lib.state_to_tree(full).get("heads", {}), **loaded.get("heads", {})}
+    heads_now = {**state_to_tree(full).get("heads", {}), **loaded.get("heads", {})}
     overrides = init_new_heads({"heads": heads_now}, new_heads, stage.head_init)
-    trainable = checkpoint_lib.fill_state(checkpoint_lib.fill_state(step.trainable, loaded), overrides)
-    frozen = checkpoint_lib.fill_state(checkpoint_lib.fill_state(step.frozen, loaded), overrides)
+    trainable = fill_state(fill_state(step.trainable, loaded), overrides)
+    frozen = fill_state(fill_state(step.frozen, loaded), overrides)
     if distributed.is_main_process():
         print(f"stage {stage.number}: starting from {start.previous.directory}/{start.previous_step}"
               + (f"; new heads {sorted(new_heads)} ({stage.head_init})" if new_heads else ""), flush=True)
@@ -219,7 +220,7 @@ def fit_heads(run: RunSettings, stage: StageSettings, step: StageStep, trainable
               + (f" (ridges per output column, chosen on held-back batches: {head_fit.describe_ridges(ridges)})"
                  if wide else ""), flush=True)
     overrides = {"heads": fitted}
-    return checkpoint_lib.fill_state(trainable, overrides), checkpoint_lib.fill_state(frozen, overrides)
+    return fill_state(trainable, overrides), fill_state(frozen, overrides)
 
 
 def initial_state(run: RunSettings, stage: StageSettings, start: StageStart, step: StageStep, checkpointer,

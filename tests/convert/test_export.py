@@ -108,12 +108,14 @@ def test_export_command_from_a_sentence_transformers_folder(tmp_path, minilm_fol
     np.testing.assert_allclose(encode_texts(out, TEXTS, progress=False), original, atol=1e-5)
 
 
-def test_export_command_rejects_a_folder_that_is_neither_model_nor_checkpoint(tmp_path):
+def test_export_command_rejects_a_folder_that_is_neither_model_nor_checkpoint(tmp_path, capsys):
     from jasper_jax import cli
 
     (tmp_path / "ckpt" / "1").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match="nor a training checkpoint"):
-        cli.main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out")])
+    assert cli.main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("jasper-jax export: ") and "nor a training checkpoint" in error, error
+    assert len(error.strip().splitlines()) == 1 and not (tmp_path / "out").exists(), error
 
 
 def test_export_command_from_a_training_checkpoint(tmp_path, minilm_folder):
