@@ -54,7 +54,9 @@ def main() -> None:
     loaded = load_model_folder(path)
 
     def ours():
-        return encode_texts(loaded, texts, head="pooled", max_length=args.max_length, batch_size=args.batch_size, progress=False)
+        return encode_texts(
+            loaded, texts, head="pooled", max_length=args.max_length, batch_size=args.batch_size, progress=False
+        )
 
     def theirs():
         with torch.inference_mode():
@@ -73,13 +75,20 @@ def main() -> None:
             function()
             best[name] = min(best[name], time.perf_counter() - start)
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; torch threads {torch.get_num_threads()}")
-    print(f"all-MiniLM-L6-v2, {len(texts)} texts, batch {args.batch_size}, max length {args.max_length}, best of {args.repeats}")
+    machine = platform.processor() or platform.machine()
+    print(f"machine: {machine}, {os.cpu_count()} CPUs; torch threads {torch.get_num_threads()}")
+    print(
+        f"all-MiniLM-L6-v2, {len(texts)} texts, batch {args.batch_size}, max length {args.max_length}, "
+        f"best of {args.repeats}"
+    )
     print(f"{'':24s}{'seconds':>10s}{'texts/s':>10s}")
     for name, seconds in best.items():
         print(f"{name:24s}{seconds:10.2f}{len(texts) / seconds:10.1f}")
     print(f"speed-up jasper-jax / sentence-transformers: {best['sentence-transformers'] / best['jasper-jax']:.2f}x")
-    print(f"jasper-jax first run incl. compilation: {ours_first:.2f} s; min cosine vs sentence-transformers: {agreement:.6f}")
+    print(
+        f"jasper-jax first run incl. compilation: {ours_first:.2f} s; "
+        f"min cosine vs sentence-transformers: {agreement:.6f}"
+    )
 
 
 if __name__ == "__main__":

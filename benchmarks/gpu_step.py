@@ -47,12 +47,19 @@ def main() -> None:
     heads = {"fc1": 12288, "fc2": 1024, "fc3": 512, "fc4": 256}
     encoder = Qwen2Config(vocab_size=151646)
     if args.small:
-        encoder = Qwen2Config(vocab_size=1000, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                              num_key_value_heads=2, intermediate_size=256)
+        encoder = Qwen2Config(
+            vocab_size=1000,
+            hidden_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=256,
+        )
         heads = {"fc1": 256, "fc2": 64}
         args.batch, args.length, args.steps = 4, 64, 3
-    config = StudentConfig(encoder=encoder, heads=heads, compute_dtype="bfloat16", remat=not args.no_remat,
-                           vector_dropout=0.2)
+    config = StudentConfig(
+        encoder=encoder, heads=heads, compute_dtype="bfloat16", remat=not args.no_remat, vector_dropout=0.2
+    )
     device = jax.devices()[0]
     mesh = make_mesh({"data": 1}, [device])
 
@@ -100,17 +107,26 @@ def main() -> None:
     tokens = args.batch * args.length
     flops = 6 * parameters * tokens + 12 * encoder.num_hidden_layers * args.batch * args.length**2 * encoder.hidden_size
     result = {
-        "device": str(device.device_kind), "parameters": parameters, "batch": args.batch, "length": args.length,
-        "remat": not args.no_remat, "step_seconds": seconds, "first_step_seconds": compile_seconds,
-        "tokens_per_second": tokens / seconds, "model_tflops_per_second": flops / seconds / 1e12,
-        "mfu": flops / seconds / (args.peak_tflops * 1e12), "loss": float(metrics["loss"]),
-        "memory": getattr(device, "memory_stats", lambda: None)() and {
-            k: v for k, v in device.memory_stats().items() if k in ("peak_bytes_in_use", "bytes_limit")},
+        "device": str(device.device_kind),
+        "parameters": parameters,
+        "batch": args.batch,
+        "length": args.length,
+        "remat": not args.no_remat,
+        "step_seconds": seconds,
+        "first_step_seconds": compile_seconds,
+        "tokens_per_second": tokens / seconds,
+        "model_tflops_per_second": flops / seconds / 1e12,
+        "mfu": flops / seconds / (args.peak_tflops * 1e12),
+        "loss": float(metrics["loss"]),
+        "memory": getattr(device, "memory_stats", lambda: None)()
+        and {k: v for k, v in device.memory_stats().items() if k in ("peak_bytes_in_use", "bytes_limit")},
     }
-    print(f"{result['device']}: {parameters / 1e9:.2f}B params, batch {args.batch} x {args.length}: "
-          f"{seconds * 1000:.0f} ms/step, {result['tokens_per_second']:,.0f} tokens/s, "
-          f"{result['model_tflops_per_second']:.0f} TFLOP/s, MFU {100 * result['mfu']:.1f}% "
-          f"(peak {args.peak_tflops:g} TFLOP/s)")
+    print(
+        f"{result['device']}: {parameters / 1e9:.2f}B params, batch {args.batch} x {args.length}: "
+        f"{seconds * 1000:.0f} ms/step, {result['tokens_per_second']:,.0f} tokens/s, "
+        f"{result['model_tflops_per_second']:.0f} TFLOP/s, MFU {100 * result['mfu']:.1f}% "
+        f"(peak {args.peak_tflops:g} TFLOP/s)"
+    )
     print(json.dumps(result))
 
 

@@ -60,8 +60,10 @@ def scores(vectors: np.ndarray, teacher: np.ndarray) -> dict[str, float]:
     half = len(vectors) // 2  # articles, then their titles in the same order
     similarity = vectors[half:] @ vectors[:half].T
     rank = np.sum(similarity > np.diag(similarity)[:, None], axis=1)
-    out = {"similarity_mse": float(np.mean((vectors @ vectors.T - teacher @ teacher.T) ** 2)),
-           "ndcg_at_10": float(np.mean(np.where(rank < 10, 1 / np.log2(rank + 2), 0.0)))}
+    out = {
+        "similarity_mse": float(np.mean((vectors @ vectors.T - teacher @ teacher.T) ** 2)),
+        "ndcg_at_10": float(np.mean(np.where(rank < 10, 1 / np.log2(rank + 2), 0.0))),
+    }
     if vectors.shape[1] == teacher.shape[1]:
         out["mean_cosine"] = float(np.mean(np.sum(vectors * teacher, axis=1)))
     return out
@@ -112,19 +114,25 @@ def main() -> None:
     plain_errors = {}  # one ridge for every column: the smallest held-back error summed over the columns
     for ridge in head_fit.RIDGES:
         weights = head_fit.ridge_head(plain["fit_gram"], plain["fit_cross"], ridge)
-        plain_errors[ridge] = float(np.sum(weights * (plain["validation_gram"] @ weights))
-                                    - 2 * np.sum(weights * plain["validation_cross"]))
+        plain_errors[ridge] = float(
+            np.sum(weights * (plain["validation_gram"] @ weights)) - 2 * np.sum(weights * plain["validation_cross"])
+        )
     plain_ridge = min(plain_errors, key=plain_errors.get)
     directions = statistics(features, teacher * np.linalg.norm(features, axis=1, keepdims=True))
     ridges = head_fit.validated_ridge(directions)
-    heads = {"plain": head_fit.ridge_head(plain["gram"], plain["cross"], plain_ridge),
-             "directions": head_fit.ridge_head(directions["gram"], directions["cross"], ridges)}
+    heads = {
+        "plain": head_fit.ridge_head(plain["gram"], plain["cross"], plain_ridge),
+        "directions": head_fit.ridge_head(directions["gram"], directions["cross"], ridges),
+    }
 
     print(f"run {run}: fit on {len(rows)} store texts; held-out: {len(held_out)} articles and their titles")
     print(f"plain fit ridge {plain_ridge:g}; per-column ridges {head_fit.describe_ridges(ridges)}")
     print("| vectors | mean cosine | similarity MSE | News nDCG@10 |\n|---|---|---|---|")
-    rows_out = {"concatenated teacher": held_out_teacher, "undistilled pooled": held_out_features,
-                **{f"fc1 fit, {name}": augmented @ weights for name, weights in heads.items()}}
+    rows_out = {
+        "concatenated teacher": held_out_teacher,
+        "undistilled pooled": held_out_features,
+        **{f"fc1 fit, {name}": augmented @ weights for name, weights in heads.items()},
+    }
     for name, vectors in rows_out.items():
         result = scores(vectors, held_out_teacher)
         cosine = f"{result['mean_cosine']:.4f}" if "mean_cosine" in result else "-"

@@ -141,8 +141,9 @@ def child(args) -> None:
     runner = run_torch if args.child == "torch" else run_jax
     times, added, temp_bytes, (value, grad) = runner(student, teacher, args.repeats)
     np.save(folder / f"{args.child}_grad.npy", grad)
-    (folder / f"{args.child}.json").write_text(json.dumps(
-        {"times": times, "peak_added_bytes": added, "xla_temp_bytes": temp_bytes, "value": value}))
+    (folder / f"{args.child}.json").write_text(
+        json.dumps({"times": times, "peak_added_bytes": added, "xla_temp_bytes": temp_bytes, "value": value})
+    )
 
 
 def torch_fits(batch: int, limit_bytes: int) -> bool:
@@ -163,8 +164,7 @@ def measure(batch: int, repeats: int, torch_limit: int, seed: int = 0) -> dict:
                 need = TORCH_MATRICES * 4 * row["pairs"] ** 2
                 row["torch"] = {"skipped": f"needs ~{need / 2**30:.0f} GiB for its P x P matrices"}
                 continue
-            command = [sys.executable, __file__, "--child", name, "--child-folder", folder,
-                       "--repeats", str(repeats)]
+            command = [sys.executable, __file__, "--child", name, "--child-folder", folder, "--repeats", str(repeats)]
             subprocess.run(command, check=True)
             stats = json.loads((Path(folder) / f"{name}.json").read_text())
             stats["median_s"] = statistics.median(stats["times"])
@@ -193,7 +193,9 @@ def format_table(rows: list[dict]) -> str:
             torch_cells = f"{theirs['median_s']:.3f} | {mib(theirs['peak_added_bytes'])}"
             speedup = f"{theirs['median_s'] / ours['median_s']:.1f}x"
             memory = f"{max(ours['peak_added_bytes'], 1) / max(theirs['peak_added_bytes'], 1):.3f}"
-            diffs = f"{row['max_abs_diff_value']:.1e} | {row['max_abs_diff_grad']:.1e} (max |g| {row['max_abs_grad']:.1e})"
+            diffs = (
+                f"{row['max_abs_diff_value']:.1e} | {row['max_abs_diff_grad']:.1e} (max |g| {row['max_abs_grad']:.1e})"
+            )
         else:
             torch_cells, speedup, memory, diffs = f"skipped: {theirs.get('skipped', '')} | -", "-", "-", "- | -"
         lines.append(

@@ -66,8 +66,15 @@ def build_store(texts: list[str], out: Path) -> Path:
         rng = np.random.default_rng(dims[spec.name])
         return lambda batch: rng.normal(size=(len(batch), dims[spec.name])).astype(np.float32)
 
-    encode_store(texts, out, [TeacherSpec(name, f"/fake/{name}") for name in dims], dtype="float16",
-                 shard_rows=4096, encoder_factory=factory, progress=False)
+    encode_store(
+        texts,
+        out,
+        [TeacherSpec(name, f"/fake/{name}") for name in dims],
+        dtype="float16",
+        shard_rows=4096,
+        encoder_factory=factory,
+        progress=False,
+    )
     return out
 
 
@@ -77,9 +84,16 @@ def time_pipeline(store: Path, folder: str, args, shuffle_seed):
     from jasper_jax.data.pipeline import make_train_iterator
 
     mesh = jax.make_mesh((1, 1), ("data", "fsdp"), axis_types=(AxisType.Auto,) * 2, devices=jax.devices()[:1])
-    iterator = make_train_iterator(store, folder, global_batch_size=args.batch_size, mesh=mesh,
-                                   max_length=args.max_length, shuffle_seed=shuffle_seed,
-                                   worker_threads=args.threads, prefetch=args.prefetch)
+    iterator = make_train_iterator(
+        store,
+        folder,
+        global_batch_size=args.batch_size,
+        mesh=mesh,
+        max_length=args.max_length,
+        shuffle_seed=shuffle_seed,
+        worker_threads=args.threads,
+        prefetch=args.prefetch,
+    )
     batches = [next(iterator) for _ in range(3)]
     start = time.perf_counter()
     lengths = []
@@ -113,8 +127,10 @@ def time_student(batches, args) -> dict[str, float]:
     encoder = nnx.state(model, nnx.All(nnx.Param, nnx.Not(head_filter)))
     tx = optax.adamw(1e-4)
     results = {}
-    for stage, (trainable, frozen) in {"stage 1 (FC1 only)": (heads, encoder),
-                                       "stage 3 (all parameters)": (params, nnx.State({}))}.items():
+    for stage, (trainable, frozen) in {
+        "stage 1 (FC1 only)": (heads, encoder),
+        "stage 3 (all parameters)": (params, nnx.State({})),
+    }.items():
         opt_state = tx.init(trainable)
 
         @jax.jit
@@ -169,9 +185,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prefetch", type=int, default=4)
     parser.add_argument("--step-batches", type=int, default=3)
-    parser.add_argument("--step-batch-size", type=int, default=32,
-                        help="rows of each pipeline batch the student step runs on (B=128 at length 512 does not "
-                             "fit this machine's memory; the encoder's cost per example hardly depends on B)")
+    parser.add_argument(
+        "--step-batch-size",
+        type=int,
+        default=32,
+        help="rows of each pipeline batch the student step runs on (B=128 at length 512 does not "
+        "fit this machine's memory; the encoder's cost per example hardly depends on B)",
+    )
     parser.add_argument("--encode-texts", type=int, default=512)
     parser.add_argument("--skip-step", action="store_true")
     parser.add_argument("--skip-encode", action="store_true")
@@ -189,9 +209,11 @@ def main() -> None:
         print(f"pipeline, shuffled:    {shuffled:,.0f} examples/s (padded lengths {sorted(set(shuffled_lengths))})")
         if not args.skip_step:
             for stage, rate in time_student(batches[3:], args).items():
-                print(f"MiniLM student {stage}, B={args.step_batch_size}, L={batches[3]['input_ids'].shape[1]}: "
-                      f"{rate:,.1f} examples/s consumed; "
-                      f"pipeline / consumption = {min(ordered, shuffled) / rate:,.0f}x")
+                print(
+                    f"MiniLM student {stage}, B={args.step_batch_size}, L={batches[3]['input_ids'].shape[1]}: "
+                    f"{rate:,.1f} examples/s consumed; "
+                    f"pipeline / consumption = {min(ordered, shuffled) / rate:,.0f}x"
+                )
     if not args.skip_encode:
         for path, rate in time_encoding(texts[: args.encode_texts]).items():
             print(f"teacher encoding, MiniLM, {path}: {rate:,.1f} texts/s")

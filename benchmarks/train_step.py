@@ -4,7 +4,8 @@ Both sides: all-MiniLM-L6-v2 (offline kit) -> masked mean pooling -> Linear fc1 
 L2 normalise; loss = 10 cosine + 200 similarity + 20 relative similarity (PAPER.md); AdamW (lr 1e-4, wd
 0.01), all parameters trainable, float32. PyTorch: transformers' BertModel, the relative similarity loss
 written densely from the formula, the fastest of 1..cpu_count intra-op threads (on a loaded machine one
-thread can beat two). The two steps alternate, so that both see the same background load. Reports tokens (non-padding) per second of each and the ratio.
+thread can beat two). The two steps alternate, so that both see the same background load. Reports tokens
+(non-padding) per second of each and the ratio.
 
     .venv/bin/python benchmarks/train_step.py [--batch 32 --length 128 --teacher-dim 1152 --steps 5]
 """
@@ -55,8 +56,9 @@ def setup_jax(path: str, batch: dict[str, np.ndarray], teacher_dim: int):
     shardings = step_lib.step_shardings(mesh, sharding_lib.rules_from_config(None), state, frozen, rest)
     objective = step_lib.text_objective(ObjectiveConfig())
     step = step_lib.jit_train_step(step_lib.train_step_fn(graphdef, tx, objective, schedule), shardings, mesh)
-    state, frozen, rest = (step_lib.place(x, s) for x, s in
-                           ((state, shardings.state), (frozen, shardings.frozen), (rest, shardings.rest)))
+    state, frozen, rest = (
+        step_lib.place(x, s) for x, s in ((state, shardings.state), (frozen, shardings.frozen), (rest, shardings.rest))
+    )
     device_batch = step_lib.place(batch, shardings.batch)
     holder = {"state": state}
 
@@ -148,15 +150,24 @@ def main() -> None:
         for name, step in steps.items():
             seconds, losses[name] = timed(step)
             times[name].append(seconds)
-    print(f"batch {args.batch} x length {args.length} ({tokens} real tokens), teacher {args.teacher_dim}, "
-          f"median of {args.steps} alternating steps, {os.cpu_count()} CPU cores, torch threads {threads}")
+    print(
+        f"batch {args.batch} x length {args.length} ({tokens} real tokens), teacher {args.teacher_dim}, "
+        f"median of {args.steps} alternating steps, {os.cpu_count()} CPU cores, torch threads {threads}"
+    )
     results = {}
     for name in steps:
         seconds = float(np.median(times[name]))
-        results[name] = {"step_seconds": seconds, "tokens_per_second": tokens / seconds,
-                         "first_step_seconds": first[name], "loss": losses[name], "all_seconds": times[name]}
-        print(f"  {name:>5}: {seconds * 1000:8.1f} ms/step  {tokens / seconds:9.0f} tokens/s"
-              f"  (first step {first[name]:.1f} s, loss {losses[name]:.3f})")
+        results[name] = {
+            "step_seconds": seconds,
+            "tokens_per_second": tokens / seconds,
+            "first_step_seconds": first[name],
+            "loss": losses[name],
+            "all_seconds": times[name],
+        }
+        print(
+            f"  {name:>5}: {seconds * 1000:8.1f} ms/step  {tokens / seconds:9.0f} tokens/s"
+            f"  (first step {first[name]:.1f} s, loss {losses[name]:.3f})"
+        )
     ratio = results["jax"]["tokens_per_second"] / results["torch"]["tokens_per_second"]
     print(f"  speed-up jax / torch: {ratio:.2f}x (target >= 1.2x)")
     print(json.dumps({**results, "ratio": ratio, "torch_threads": threads}))

@@ -50,19 +50,35 @@ def get_config():
     config.checkpoint.keep = 3
     config.log_every = 10
     config.stages.stage1 = stage(
-        trainable=("heads/fc1/.*",), heads={"fc1": TEACHER_DIM}, init_from="model", batch_size=128, lr=1e-4,
+        trainable=("heads/fc1/.*",),
+        heads={"fc1": TEACHER_DIM},
+        init_from="model",
+        batch_size=128,
+        lr=1e-4,
         steps=4000,
     )
     config.stages.stage2 = stage(
-        trainable=("heads/fc1/.*",), trainable_last_layers=3, heads={"fc1": TEACHER_DIM}, batch_size=128, lr=8e-5,
+        trainable=("heads/fc1/.*",),
+        trainable_last_layers=3,
+        heads={"fc1": TEACHER_DIM},
+        batch_size=128,
+        lr=8e-5,
         steps=7000,
     )
     config.stages.stage3 = stage(
-        trainable=(".*",), heads={"fc1": TEACHER_DIM, "fc2": 1024, "fc3": 512, "fc4": 256}, batch_size=128,
-        lr=7e-5, steps=2200,
+        trainable=(".*",),
+        heads={"fc1": TEACHER_DIM, "fc2": 1024, "fc3": 512, "fc4": 256},
+        batch_size=128,
+        lr=7e-5,
+        steps=2200,
     )
     config.stages.stage4 = image_stage_config(
-        image_tokens=300, vision_source="models/siglip-so400m-patch14-384", images_folder="data/image_captions",
-        heads={"fc1": TEACHER_DIM, "fc2": 1024, "fc3": 512, "fc4": 256}, batch_size=90, lr=1e-4, steps=3500,
+        image_tokens=300,
+        vision_source="models/siglip-so400m-patch14-384",
+        images_folder="data/image_captions",
+        heads={"fc1": TEACHER_DIM, "fc2": 1024, "fc3": 512, "fc4": 256},
+        batch_size=90,
+        lr=1e-4,
+        steps=3500,
     )
     return config

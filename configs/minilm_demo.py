@@ -36,14 +36,24 @@ def get_config():
     # stage 1 starts fc1 at its closed-form ridge fit (head_init="fit"), so its few steps refine the fit
     # under the paper's three losses; stage 3's reduced heads start at fc1's principal directions
     config.stages.stage1 = stage(
-        trainable=("heads/fc1/.*",), heads={"fc1": TEACHER_DIM}, init_from="model", head_init="fit",
-        head_fit_batches=64, batch_size=32, lr=2e-4, steps=60,
+        trainable=("heads/fc1/.*",),
+        heads={"fc1": TEACHER_DIM},
+        init_from="model",
+        head_init="fit",
+        head_fit_batches=64,
+        batch_size=32,
+        lr=2e-4,
+        steps=60,
     )
     # stage 2 at the paper's lr scaled to our batch (8e-5 at 128 -> 5e-5 at 32): 2e-4 first pushed the two
     # unfrozen layers away from the teacher (held-out agreement fell) before the second epoch recovered
     config.stages.stage2 = stage(
-        trainable=("heads/fc1/.*",), trainable_last_layers=2, heads={"fc1": TEACHER_DIM}, batch_size=32,
-        lr=5e-5, steps=150,
+        trainable=("heads/fc1/.*",),
+        trainable_last_layers=2,
+        heads={"fc1": TEACHER_DIM},
+        batch_size=32,
+        lr=5e-5,
+        steps=150,
     )
     # stage 3 at lr 2e-5 with the reduced heads' terms weighing 0.1. Adam scales each parameter's step by its
     # own gradient size, so the new heads still learn at the full lr, while the weight sets how hard they pull
@@ -53,14 +63,29 @@ def get_config():
     # heads start at fc1's principal directions on 2,048 texts, as many as fc1's fit: on 512, fc4 kept 94.7% of
     # fc1's retrieval score, on 2,048 95.1% (runs T, Q3)
     config.stages.stage3 = stage(
-        trainable=(".*",), heads={"fc1": TEACHER_DIM, "fc2": 256, "fc3": 128, "fc4": 64}, head_init="fit",
-        head_fit_batches=64, batch_size=32, lr=2e-5, steps=150, objective={"reduced_head_weight": 0.1},
+        trainable=(".*",),
+        heads={"fc1": TEACHER_DIM, "fc2": 256, "fc3": 128, "fc4": 64},
+        head_init="fit",
+        head_fit_batches=64,
+        batch_size=32,
+        lr=2e-5,
+        steps=150,
+        objective={"reduced_head_weight": 0.1},
     )
     config.stages.stage4 = image_stage_config(
         image_tokens=16,
-        vision_encoder=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
-                            image_size=64, patch_size=8),
+        vision_encoder=dict(
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            image_size=64,
+            patch_size=8,
+        ),
         generate=dict(train=2000, heldout=200, seed=0, size=64),
-        heads={"fc1": TEACHER_DIM, "fc2": 256, "fc3": 128, "fc4": 64}, batch_size=32, lr=1e-3, steps=200,
+        heads={"fc1": TEACHER_DIM, "fc2": 256, "fc3": 128, "fc4": 64},
+        batch_size=32,
+        lr=1e-3,
+        steps=200,
     )
     return config

@@ -43,7 +43,11 @@ def get_config():
         trainable=("heads/fc1/.*",), trainable_last_layers=1, heads={"fc1": 32}, batch_size=16, lr=2e-3, steps=20
     )
     config.stages.stage3 = stage(
-        trainable=(".*",), heads={"fc1": 32, "fc2": 16, "fc3": 8}, head_init="prefix:fc1",
-        batch_size=16, lr=1e-3, steps=20,
+        trainable=(".*",),
+        heads={"fc1": 32, "fc2": 16, "fc3": 8},
+        head_init="prefix:fc1",
+        batch_size=16,
+        lr=1e-3,
+        steps=20,
     )
     return config

@@ -27,13 +27,23 @@ def demo_run(tmp_path_factory, minilm_folder):
     overrides = [f"model.source={tiny_plain_folder}", "checkpoint.every=2", "data.worker_threads=1"]
     for stage in (1, 2, 3, 4):
         overrides += [f"stages.stage{stage}.steps=3", f"stages.stage{stage}.batch_size=8"]
-    overrides += ["stages.stage4.images.generate.train=24", "stages.stage4.images.generate.heldout=12",
-                  "stages.stage1.head_fit_batches=2", "stages.stage3.head_fit_batches=2"]
+    overrides += [
+        "stages.stage4.images.generate.train=24",
+        "stages.stage4.images.generate.heldout=12",
+        "stages.stage1.head_fit_batches=2",
+        "stages.stage3.head_fit_batches=2",
+    ]
     settings = DemoSettings(
-        out=root / "demo", overrides=overrides,
+        out=root / "demo",
+        overrides=overrides,
         teachers=[Teacher("minilm", str(minilm_folder), "jax"), Teacher("tiny", str(tiny_plain_folder), "torch")],
-        lee=write_lee_files(root / "lee"), news=write_news_csv(root / "news.csv"), heldout_size=10,
-        corpus_size=48, max_length=32, batch_size=8, progress=False,
+        lee=write_lee_files(root / "lee"),
+        news=write_news_csv(root / "news.csv"),
+        heldout_size=10,
+        corpus_size=48,
+        max_length=32,
+        batch_size=8,
+        progress=False,
     )
     report = run_demo(settings)
     return settings, report
@@ -58,7 +68,9 @@ def test_every_artifact_exists_and_loads(demo_run):
     article_of = dict(zip(paired[0::2], paired[1::2]))
     news_rows = [row["text"] for row in corpus if row["source"] == "news"]
     titles_seen = [i for i, text in enumerate(news_rows[:-1]) if text in article_of]
-    followed = [" ".join(news_rows[i + 1].split())[:40] in " ".join(article_of[news_rows[i]].split()) for i in titles_seen]
+    followed = [
+        " ".join(news_rows[i + 1].split())[:40] in " ".join(article_of[news_rows[i]].split()) for i in titles_seen
+    ]
     # (an article the length filter or deduplication drops leaves its title followed by the next title)
     assert len(titles_seen) >= 5 and np.mean(followed) >= 0.9, (len(titles_seen), followed)
 
@@ -76,8 +88,16 @@ def test_every_artifact_exists_and_loads(demo_run):
     vectors = model.encode(["a football match"], normalize_embeddings=False)
     assert vectors.shape == (1, 416) and np.isclose(np.linalg.norm(vectors), 1.0, atol=1e-5)
 
-    names = ["teacher_minilm", "teacher_tiny", "teachers_concatenated", "undistilled", "stage1", "stage2", "stage3",
-             "export_pytorch"]
+    names = [
+        "teacher_minilm",
+        "teacher_tiny",
+        "teachers_concatenated",
+        "undistilled",
+        "stage1",
+        "stage2",
+        "stage3",
+        "export_pytorch",
+    ]
     for name in names:
         result = json.loads((out / "eval" / f"{name}.json").read_text())
         for head, values in result["scores"].items():
@@ -92,7 +112,9 @@ def test_every_artifact_exists_and_loads(demo_run):
 def test_stage4_images_are_trained_exported_and_evaluated(demo_run):
     settings, report = demo_run
     out = settings.out
-    assert [json.loads(line)["step"] for line in (out / "train" / "stage4" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert [
+        json.loads(line)["step"] for line in (out / "train" / "stage4" / "metrics.jsonl").read_text().splitlines()
+    ] == [1, 2, 3]
     assert (out / "export" / "vision" / "jasper_image.json").exists() and (out / "export" / "jasper_vision.py").exists()
     stage4, stage3 = (json.loads((out / "eval" / f"stage{n}.json").read_text()) for n in (4, 3))
     # stage 4 trains only the vision tower: its text scores are stage 3's, and say so
@@ -181,8 +203,9 @@ def test_a_stage_trained_again_to_the_same_step_is_evaluated_again(tmp_path):
     assert _evaluated_before(result, dataclasses.replace(model, made_from=first), tmp_path / "teacher.npy")
     save(150, 9)  # trained again: the same step, another save
     again = _made_from(model)
-    assert again != first and not _evaluated_before(result, dataclasses.replace(model, made_from=again),
-                                                    tmp_path / "teacher.npy")
+    assert again != first and not _evaluated_before(
+        result, dataclasses.replace(model, made_from=again), tmp_path / "teacher.npy"
+    )
 
 
 def test_a_rerun_with_other_training_settings_is_refused_and_changes_nothing(demo_run, capsys):
@@ -250,8 +273,11 @@ def test_eval_redoes_what_a_missing_teacher_vector_file_left_incomplete(demo_run
     stage3 = json.loads((folder / "stage3.json").read_text())
     teacher_file.unlink()
     (folder / "stage3.json").write_text(json.dumps({k: v for k, v in stage3.items() if k != "agreement"}))
-    untouched = {p: p.stat().st_mtime_ns for p in folder.glob("*.json") if p.name not in
-                 ("teachers_concatenated.json", "stage3.json")}
+    untouched = {
+        p: p.stat().st_mtime_ns
+        for p in folder.glob("*.json")
+        if p.name not in ("teachers_concatenated.json", "stage3.json")
+    }
     capsys.readouterr()
     evaluate_all(settings, training_run(settings))
     printed = capsys.readouterr().out

@@ -49,7 +49,9 @@ def test_heads_truncation_and_default_head(minilm):
 
 def test_prompt_names_resolve_to_the_paper_prompts(minilm):
     named = encode_texts(minilm, TEXTS[:4], head="pooled", prompt="s2p_query", progress=False)
-    literal = encode_texts(minilm, [PAPER_PROMPTS["s2p_query"] + text for text in TEXTS[:4]], head="pooled", progress=False)
+    literal = encode_texts(
+        minilm, [PAPER_PROMPTS["s2p_query"] + text for text in TEXTS[:4]], head="pooled", progress=False
+    )
     plain = encode_texts(minilm, TEXTS[:4], head="pooled", progress=False)
     np.testing.assert_allclose(named, literal, atol=1e-6)
     assert np.abs(named - plain).max() > 1e-2
@@ -59,7 +61,10 @@ def test_command_line(tmp_path, reference, minilm_folder):
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(TEXTS[:6]) + "\n")
     out = tmp_path / "vectors.npy"
-    assert cli.main(["encode", "--model", str(minilm_folder), "--input", str(texts), "--out", str(out), "--no-progress"]) == 0
+    assert (
+        cli.main(["encode", "--model", str(minilm_folder), "--input", str(texts), "--out", str(out), "--no-progress"])
+        == 0
+    )
     vectors = np.load(out)
     assert vectors.shape == (6, 384)
     np.testing.assert_allclose(vectors, reference[:6], atol=1e-5)

@@ -36,7 +36,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for target in sorted(graph[node]):
             if state.get(target) == 1:
-                return stack[stack.index(target):] + [target]
+                return stack[stack.index(target) :] + [target]
             if target not in state and (cycle := visit(target)):
                 return cycle
         stack.pop()
@@ -58,7 +58,9 @@ def test_the_package_has_no_import_cycle():
     files = sorted(PACKAGE.rglob("*.py"))
     modules = {module_name(path) for path in files}
     # a package's __init__ re-exporting its modules is not a cycle with them: only edges between modules count
-    graph = {module_name(path): {m for m in imports_of(path, modules) if not module_name(path).startswith(m + ".")}
-             for path in files}
+    graph = {
+        module_name(path): {m for m in imports_of(path, modules) if not module_name(path).startswith(m + ".")}
+        for path in files
+    }
     assert len(graph) > 40, sorted(graph)
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))

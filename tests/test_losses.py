@@ -97,7 +97,9 @@ def ref_grad_relative_similarity(student: np.ndarray, teacher: np.ndarray, margi
     return ref_grad_from_gram(student, grad_gram)
 
 
-def ref_near_hinges(student: np.ndarray, teacher: np.ndarray, margin: float = MARGIN, band: float = 1e-5) -> tuple[int, float]:
+def ref_near_hinges(
+    student: np.ndarray, teacher: np.ndarray, margin: float = MARGIN, band: float = 1e-5
+) -> tuple[int, float]:
     """(hinges float32 may resolve differently, the most one such hinge can move a gradient entry).
 
     A pair of pairs whose hinge argument or teacher difference lies within `band` of zero can flip between
@@ -129,8 +131,9 @@ def ref_value_allowance(student: np.ndarray, teacher: np.ndarray, band: float = 
     return float(np.sum(2 * np.abs(student_pairs[b] - student_pairs[a])[near] + band) / len(a))
 
 
-def ref_objective_heads(heads: dict[str, np.ndarray], teacher: np.ndarray, full: str = "fc1",
-                        reduced_weight: float = 1.0) -> float:
+def ref_objective_heads(
+    heads: dict[str, np.ndarray], teacher: np.ndarray, full: str = "fc1", reduced_weight: float = 1.0
+) -> float:
     total = 10.0 * ref_cosine(heads[full], teacher)
     for name, vectors in heads.items():
         weight = 1.0 if name == full else reduced_weight
@@ -198,17 +201,23 @@ hypothesis_settings = settings(max_examples=10, deadline=None, suppress_health_c
 def test_values_match_float64_reference(case):
     batch, student_dim, teacher_dim, seed, ties = case
     student, teacher = make_inputs(batch, student_dim, teacher_dim, seed, ties)
-    assert_close(float(losses.similarity_loss(as32(student), as32(teacher))), ref_similarity(student, teacher),
-                 what="similarity")
+    assert_close(
+        float(losses.similarity_loss(as32(student), as32(teacher))), ref_similarity(student, teacher), what="similarity"
+    )
     expected = ref_relative_similarity(student, teacher)
     slack = ref_value_allowance(student, teacher)
     for method in ("dense", "merge"):
         actual = float(jax.jit(partial(losses.relative_similarity_loss, method=method))(as32(student), as32(teacher)))
         assert_close(actual, expected, atol=1e-7 + slack, what=f"relative similarity ({method}) B={batch} ties={ties}")
-    same_width_teacher = teacher[:, :student_dim] if teacher_dim >= student_dim else np.tile(teacher, 5)[:, :student_dim]
+    same_width_teacher = (
+        teacher[:, :student_dim] if teacher_dim >= student_dim else np.tile(teacher, 5)[:, :student_dim]
+    )
     if np.all(np.linalg.norm(same_width_teacher, axis=1) > 0):
-        assert_close(float(losses.cosine_loss(as32(student), as32(same_width_teacher))),
-                     ref_cosine(student, same_width_teacher), what="cosine")
+        assert_close(
+            float(losses.cosine_loss(as32(student), as32(same_width_teacher))),
+            ref_cosine(student, same_width_teacher),
+            what="cosine",
+        )
 
 
 @hypothesis_settings
@@ -218,7 +227,8 @@ def test_dense_and_merge_give_identical_gradients(case):
     student, teacher = make_inputs(batch, student_dim, teacher_dim, seed, ties)
     grads = {
         method: jax.jit(jax.grad(lambda s, m=method: losses.relative_similarity_loss(s, as32(teacher), method=m)))(
-            as32(student))
+            as32(student)
+        )
         for method in ("dense", "merge")
     }
     np.testing.assert_allclose(grads["dense"], grads["merge"], rtol=1e-5, atol=1e-6)
@@ -230,7 +240,9 @@ def assert_gradient_close(actual, expected: np.ndarray, what: str, flips: tuple[
     scale = max(np.max(np.abs(expected)), 1e-12)
     allowed = 1e-4 * scale + 1e-8 + flips[0] * flips[1]
     error = np.max(np.abs(actual - expected))
-    assert error <= allowed, f"{what}: gradient error {error:.2e} > {allowed:.2e} (max |grad| {scale:.2e}, {flips[0]} near-kink hinges)"
+    assert error <= allowed, (
+        f"{what}: gradient error {error:.2e} > {allowed:.2e} (max |grad| {scale:.2e}, {flips[0]} near-kink hinges)"
+    )
 
 
 def test_reference_gradients_agree_with_finite_differences():
@@ -251,9 +263,15 @@ def test_gradients_match_reference(batch, ties):
     student, teacher = make_inputs(batch, 12, 20, seed=batch, ties=ties)
     teacher32 = as32(teacher)
     for method in ("dense", "merge"):
-        grad = jax.jit(jax.grad(lambda s, m=method: losses.relative_similarity_loss(s, teacher32, method=m)))(as32(student))
-        assert_gradient_close(grad, ref_grad_relative_similarity(student, teacher), f"relative similarity ({method})",
-                              ref_near_hinges(student, teacher))
+        grad = jax.jit(jax.grad(lambda s, m=method: losses.relative_similarity_loss(s, teacher32, method=m)))(
+            as32(student)
+        )
+        assert_gradient_close(
+            grad,
+            ref_grad_relative_similarity(student, teacher),
+            f"relative similarity ({method})",
+            ref_near_hinges(student, teacher),
+        )
     grad = jax.grad(lambda s: losses.similarity_loss(s, teacher32))(as32(student))
     assert_gradient_close(grad, ref_grad_similarity(student, teacher), "similarity")
     same_width_teacher = np.random.default_rng(batch + 1000).normal(size=student.shape)
@@ -266,7 +284,9 @@ def test_dense_equals_merge_beyond_the_automatic_switch(batch):
     student, teacher = make_inputs(batch, 16, 16, seed=batch, ties="duplicates")
     values, grads = {}, {}
     for method in ("dense", "merge"):
-        fn = jax.jit(jax.value_and_grad(lambda s, m=method: losses.relative_similarity_loss(s, as32(teacher), method=m)))
+        fn = jax.jit(
+            jax.value_and_grad(lambda s, m=method: losses.relative_similarity_loss(s, as32(teacher), method=m))
+        )
         values[method], grads[method] = fn(as32(student))
     assert_close(float(values["merge"]), float(values["dense"]), rtol=2e-6, what=f"merge vs dense at B={batch}")
     np.testing.assert_allclose(grads["merge"], grads["dense"], rtol=1e-5, atol=1e-7)
@@ -281,8 +301,9 @@ def test_tie_convention_uses_minus_one_for_exact_ties():
     expected = np.mean([max(0.0, pairs[a] - pairs[b] + MARGIN) for a in range(3) for b in range(a + 1, 3)])
     assert_close(ref_relative_similarity(student, teacher), expected, what="reference")
     for method in ("dense", "merge"):
-        assert_close(float(losses.relative_similarity_loss(as32(student), as32(teacher), method=method)), expected,
-                     what=method)
+        assert_close(
+            float(losses.relative_similarity_loss(as32(student), as32(teacher), method=method)), expected, what=method
+        )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -301,14 +322,18 @@ def test_mask_equals_loss_on_valid_rows(method):
     masked = {
         "cosine": losses.cosine_loss(as32(student), as32(teacher), mask=jnp.asarray(mask)),
         "similarity": losses.similarity_loss(as32(student), as32(teacher), mask=jnp.asarray(mask)),
-        "relative": losses.relative_similarity_loss(as32(student), as32(teacher), mask=jnp.asarray(mask), method=method),
+        "relative": losses.relative_similarity_loss(
+            as32(student), as32(teacher), mask=jnp.asarray(mask), method=method
+        ),
     }
     for name in kept:
         assert_close(float(masked[name]), float(kept[name]), rtol=1e-6, what=name)
     grad_masked = jax.grad(
-        lambda s: losses.relative_similarity_loss(s, as32(teacher), mask=jnp.asarray(mask), method=method))(as32(student))
-    grad_kept = jax.grad(
-        lambda s: losses.relative_similarity_loss(s, as32(teacher[mask]), method=method))(as32(student[mask]))
+        lambda s: losses.relative_similarity_loss(s, as32(teacher), mask=jnp.asarray(mask), method=method)
+    )(as32(student))
+    grad_kept = jax.grad(lambda s: losses.relative_similarity_loss(s, as32(teacher[mask]), method=method))(
+        as32(student[mask])
+    )
     np.testing.assert_allclose(grad_masked[mask], grad_kept, rtol=1e-5, atol=1e-7)
     assert np.all(np.asarray(grad_masked)[~mask] == 0.0)
 
@@ -320,7 +345,7 @@ def test_zero_norm_rows_are_dropped_like_masked_rows_without_nan():
     keep = np.ones(10, bool)
     keep[[3, 6]] = False
     for fn in (losses.cosine_loss, losses.similarity_loss, losses.relative_similarity_loss):
-        value, grad = jax.value_and_grad(lambda s: fn(s, as32(teacher)))(as32(student))
+        value, grad = jax.value_and_grad(lambda s, fn=fn: fn(s, as32(teacher)))(as32(student))
         assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grad))), fn.__name__
         assert_close(float(value), float(fn(as32(student[keep]), as32(teacher[keep]))), rtol=1e-6, what=fn.__name__)
 
@@ -353,7 +378,9 @@ def test_objective_heads_mode_matches_reference_and_reports_every_term():
     assert_close(float(metrics["cosine/fc1"]), ref_cosine(heads["fc1"], teacher), what="cosine/fc1")
     for name, vectors in heads.items():
         assert_close(float(metrics[f"similarity/{name}"]), ref_similarity(vectors, teacher), what=name)
-        assert_close(float(metrics[f"relative_similarity/{name}"]), ref_relative_similarity(vectors, teacher), what=name)
+        assert_close(
+            float(metrics[f"relative_similarity/{name}"]), ref_relative_similarity(vectors, teacher), what=name
+        )
     assert "cosine/fc2" not in metrics and float(metrics["valid_rows"]) == 24
 
 
@@ -368,8 +395,9 @@ def test_objective_heads_mode_weights_only_the_reduced_heads(weight):
     with pytest.raises(ValueError, match="reduced_head_weight must be >= 0"):
         distillation_objective({"fc1": as32(student)}, as32(teacher), config=ObjectiveConfig(reduced_head_weight=-1.0))
     with pytest.raises(ValueError, match="reduced_head_weight is for mrl_mode='heads'"):
-        distillation_objective({"fc1": as32(student)}, as32(teacher),
-                               config=ObjectiveConfig(mrl_mode="prefix", reduced_head_weight=0.5))
+        distillation_objective(
+            {"fc1": as32(student)}, as32(teacher), config=ObjectiveConfig(mrl_mode="prefix", reduced_head_weight=0.5)
+        )
 
 
 @pytest.mark.parametrize("dims", [(3, 8, 24), (5,), ()])
@@ -382,7 +410,8 @@ def test_objective_prefix_mode_matches_reference(dims):
     expected = 10.0 * ref_grad_cosine(student, teacher)
     for d in dims or (student.shape[1],):
         prefix_grad = 200.0 * ref_grad_similarity(student[:, :d], teacher) + 20.0 * ref_grad_relative_similarity(
-            student[:, :d], teacher)
+            student[:, :d], teacher
+        )
         expected[:, :d] += prefix_grad / len(dims or (student.shape[1],))
     near = [ref_near_hinges(student[:, :d], teacher) for d in dims or (student.shape[1],)]
     flips = (sum(n for n, _ in near), 20.0 * max(bound for _, bound in near))
@@ -395,7 +424,8 @@ def test_objective_is_finite_for_tiny_batches(batch, mode, dims):
     student, teacher = make_inputs(batch, 8, 8, seed=batch, ties="none")
     config = ObjectiveConfig(mrl_mode=mode, mrl_dims=dims)
     (loss, metrics), grad = jax.value_and_grad(
-        lambda s: distillation_objective({"fc1": s}, as32(teacher), config=config), has_aux=True)(as32(student))
+        lambda s: distillation_objective({"fc1": s}, as32(teacher), config=config), has_aux=True
+    )(as32(student))
     assert np.isfinite(float(loss)) and all(np.isfinite(float(v)) for v in metrics.values())
     assert np.all(np.isfinite(np.asarray(grad)))
     assert float(metrics["relative_similarity/fc1"]) == 0.0  # fewer than two pairs: no pair of pairs

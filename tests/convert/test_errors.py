@@ -66,7 +66,9 @@ def test_sharded_checkpoint_loads(tmp_path, minilm_tensors, minilm_folder):
         weight_map.update({key: name for key in part})
     (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     model, _ = load_model(folder)
-    np.testing.assert_array_equal(model.encoder.layers[5].mlp_norm.bias[...], minilm_tensors["encoder.layer.5.output.LayerNorm.bias"])
+    np.testing.assert_array_equal(
+        model.encoder.layers[5].mlp_norm.bias[...], minilm_tensors["encoder.layer.5.output.LayerNorm.bias"]
+    )
 
 
 def test_unsupported_architecture_names_model_type(tmp_path, minilm_tensors, minilm_config):
@@ -79,10 +81,14 @@ def test_unsupported_architecture_names_model_type(tmp_path, minilm_tensors, min
 def test_unsupported_sentence_transformers_module_is_named(tmp_path):
     folder = tmp_path / "st"
     folder.mkdir()
-    (folder / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_LSTM", "type": "sentence_transformers.models.LSTM"},
-    ]))
+    (folder / "modules.json").write_text(
+        json.dumps(
+            [
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_LSTM", "type": "sentence_transformers.models.LSTM"},
+            ]
+        )
+    )
     with pytest.raises(ConversionError, match="LSTM"):
         load_model(folder)
 
@@ -115,10 +121,14 @@ def test_unknown_head_lists_the_heads(minilm_folder):
 def test_unsupported_pooling_is_named(tmp_path):
     folder = tmp_path / "st"
     (folder / "1_Pooling").mkdir(parents=True)
-    (folder / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-    ]))
+    (folder / "modules.json").write_text(
+        json.dumps(
+            [
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            ]
+        )
+    )
     (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_max_tokens": True}))
     with pytest.raises(ConversionError, match="pooling mode 'max' is not supported"):
         load_model(folder)

@@ -24,19 +24,32 @@ def make_stella_layout(folder: Path, hidden: int) -> dict[int, torch.nn.Linear]:
     ]
     (folder / "modules.json").write_text(json.dumps(modules))
     (folder / "1_Pooling").mkdir()
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps({
-        "word_embedding_dimension": hidden, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
-        "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
-    }))
+    (folder / "1_Pooling" / "config.json").write_text(
+        json.dumps(
+            {
+                "word_embedding_dimension": hidden,
+                "pooling_mode_cls_token": False,
+                "pooling_mode_mean_tokens": True,
+                "pooling_mode_max_tokens": False,
+                "pooling_mode_mean_sqrt_len_tokens": False,
+            }
+        )
+    )
     (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, "do_lower_case": False}))
     linears = {}
     for number, dim in enumerate(DIMS):
         dense = folder / f"2_Dense_{dim}"
         dense.mkdir()
-        (dense / "config.json").write_text(json.dumps({
-            "in_features": hidden, "out_features": dim, "bias": True,
-            "activation_function": "torch.nn.modules.linear.Identity",
-        }))
+        (dense / "config.json").write_text(
+            json.dumps(
+                {
+                    "in_features": hidden,
+                    "out_features": dim,
+                    "bias": True,
+                    "activation_function": "torch.nn.modules.linear.Identity",
+                }
+            )
+        )
         linear = torch.nn.Linear(hidden, dim)
         state = {"linear.weight": linear.weight.detach(), "linear.bias": linear.bias.detach()}
         if number == 1:  # Stella's own files are pytorch_model.bin

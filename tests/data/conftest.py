@@ -17,8 +17,9 @@ def make_store(tmp_path):
         prompts = prompts or {}
         specs = [TeacherSpec(n, f"/fake/{n}", prompts.get(n, "")) for n in dims]
         out = tmp_path / name
-        encode_store(texts, out, specs, dtype=dtype, shard_rows=shard_rows, encoder_factory=fake_factory(dims),
-                     progress=False)
+        encode_store(
+            texts, out, specs, dtype=dtype, shard_rows=shard_rows, encoder_factory=fake_factory(dims), progress=False
+        )
         return out
 
     return make

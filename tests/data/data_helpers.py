@@ -7,14 +7,19 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+
 from jasper_jax.data.teacher_encoding import TeacherSpec
 
 
 def fake_vectors(texts: list[str], dim: int, salt: str = "") -> np.ndarray:
     """A deterministic function of each text alone (like a real teacher): float32 (n, dim), not normalised."""
-    return np.stack(
-        [np.random.default_rng(zlib.crc32((salt + text).encode())).normal(size=dim) * 3.0 for text in texts]
-    ).astype(np.float32) if texts else np.zeros((0, dim), np.float32)
+    return (
+        np.stack(
+            [np.random.default_rng(zlib.crc32((salt + text).encode())).normal(size=dim) * 3.0 for text in texts]
+        ).astype(np.float32)
+        if texts
+        else np.zeros((0, dim), np.float32)
+    )
 
 
 def fake_factory(dims: dict[str, int]):
@@ -29,7 +34,7 @@ def fake_factory(dims: dict[str, int]):
 def sample_texts(count: int, seed: int = 0) -> list[str]:
     """Texts of varied lengths (1 to ~90 words), with some non-ASCII and JSON-hostile characters."""
     rng = np.random.default_rng(seed)
-    words = ["alpha", "beta", "gamma", "délta", "quote\"s", "back\\slash", "naïve", "日本", "new\nline", "x"]
+    words = ["alpha", "beta", "gamma", "délta", 'quote"s', "back\\slash", "naïve", "日本", "new\nline", "x"]
     return [f"{i}: " + " ".join(rng.choice(words, size=int(rng.integers(1, 90)))) for i in range(count)]
 
 
@@ -38,5 +43,6 @@ def tree_hash(folder: str | Path) -> dict[str, str]:
     folder = Path(folder)
     return {
         str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.rglob("*")) if path.is_file()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
     }

@@ -48,7 +48,11 @@ def within(observed: int, trials: int, rate: float, sigmas: float = 4.0) -> bool
 def test_paper_defaults():
     config = CorpusConfig()
     assert (config.chunk_fraction, config.max_chunk_sentences, config.shuffle_words_fraction, config.seed) == (
-        0.3, 10, 0.0008, 666)
+        0.3,
+        10,
+        0.0008,
+        666,
+    )
 
 
 def test_chunking_rate_and_chunks_cover_documents(tmp_path):
@@ -79,8 +83,9 @@ def test_chunking_rate_and_chunks_cover_documents(tmp_path):
 def test_word_shuffle_rate_and_content(tmp_path):
     documents = make_documents(4000, sentences=1)
     source = write_jsonl(tmp_path / "docs.jsonl", documents)
-    rows, summary = build_corpus([SourceSpec(str(source))],
-                                 CorpusConfig(chunk_fraction=0.0, shuffle_words_fraction=0.05))
+    rows, summary = build_corpus(
+        [SourceSpec(str(source))], CorpusConfig(chunk_fraction=0.0, shuffle_words_fraction=0.05)
+    )
     shuffled = [(text, original) for text, original in zip(texts_of(rows), documents) if text != original]
     assert summary["per_source"]["docs"]["word_shuffled"] >= len(shuffled) > 0
     assert within(summary["per_source"]["docs"]["word_shuffled"], 4000, 0.05)
@@ -102,20 +107,37 @@ def test_deterministic_given_the_seed(tmp_path):
 
 
 def test_dedupe_length_filter_and_exclusion(tmp_path):
-    documents = ["The same text here.", "the  SAME text here.", "short", "x" * 200, "Held out evaluation text.",
-                 "A normal training text.", "Another training text. Held out sentence."]
+    documents = [
+        "The same text here.",
+        "the  SAME text here.",
+        "short",
+        "x" * 200,
+        "Held out evaluation text.",
+        "A normal training text.",
+        "Another training text. Held out sentence.",
+    ]
     source = write_jsonl(tmp_path / "docs.jsonl", documents)
     (tmp_path / "heldout.txt").write_text("held out evaluation TEXT.\nHeld out sentence.\n")
-    config = CorpusConfig(chunk_fraction=0.0, shuffle_words_fraction=0.0, min_chars=10, max_chars=100,
-                          exclude=[str(tmp_path / "heldout.txt")])
+    config = CorpusConfig(
+        chunk_fraction=0.0,
+        shuffle_words_fraction=0.0,
+        min_chars=10,
+        max_chars=100,
+        exclude=[str(tmp_path / "heldout.txt")],
+    )
     rows, summary = build_corpus([SourceSpec(str(source))], config)
-    assert texts_of(rows) == ["The same text here.", "A normal training text.",
-                              "Another training text. Held out sentence."]
+    assert texts_of(rows) == [
+        "The same text here.",
+        "A normal training text.",
+        "Another training text. Held out sentence.",
+    ]
     stats = summary["per_source"]["docs"]
     assert (stats["duplicates"], stats["too_short"], stats["too_long"], stats["excluded"]) == (1, 1, 1, 1)
     # a held-out sentence never enters as a chunk either
-    rows, _ = build_corpus([SourceSpec(str(source))], CorpusConfig(chunk_fraction=1.0, max_chunk_sentences=1,
-                                                                  min_chars=1, exclude=config.exclude))
+    rows, _ = build_corpus(
+        [SourceSpec(str(source))],
+        CorpusConfig(chunk_fraction=1.0, max_chunk_sentences=1, min_chars=1, exclude=config.exclude),
+    )
     keys = {normalised_key(t) for t in texts_of(rows)}
     assert normalised_key("Held out sentence.") not in keys and normalised_key("Another training text.") in keys
     nodedupe, _ = build_corpus([SourceSpec(str(source))], CorpusConfig(chunk_fraction=0.0, dedupe=False, min_chars=1))
@@ -136,7 +158,12 @@ def test_mixing_by_ratios_interleaves_sources(tmp_path):
 
 def test_sentence_split_and_chunk_sizes():
     assert split_sentences('He said "Stop." Then he left! Why? Fine.\nNext line') == [
-        'He said "Stop."', "Then he left!", "Why?", "Fine.", "Next line"]
+        'He said "Stop."',
+        "Then he left!",
+        "Why?",
+        "Fine.",
+        "Next line",
+    ]
     rng = random.Random(0)
     document = " ".join(f"S{i}." for i in range(50))
     chunks = chunk_document(document, rng, 10)
@@ -171,7 +198,9 @@ def test_tfds_array_record_source(tmp_path):
         VERSION = tfds.core.Version("1.0.0")
 
         def _info(self):
-            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({"text": tfds.features.Text()}))
+            return tfds.core.DatasetInfo(
+                builder=self, features=tfds.features.FeaturesDict({"text": tfds.features.Text()})
+            )
 
         def _split_generators(self, dl_manager):
             return {"train": self._generate_examples()}
@@ -194,12 +223,15 @@ def test_bad_source_options_are_explained():
         build_corpus([SourceSpec("a/x.jsonl"), SourceSpec("b/x.jsonl")], CorpusConfig())
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"chunk_fraction": 1.5}, r"chunk_fraction is a probability per document: give a value in \[0, 1\], got 1.5"),
-    ({"shuffle_words_fraction": -0.1}, r"shuffle_words_fraction is a probability"),
-    ({"max_chunk_sentences": 0}, r"max_chunk_sentences must be >= 1, got 0"),
-    ({"size": 0}, r"size must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"chunk_fraction": 1.5}, r"chunk_fraction is a probability per document: give a value in \[0, 1\], got 1.5"),
+        ({"shuffle_words_fraction": -0.1}, r"shuffle_words_fraction is a probability"),
+        ({"max_chunk_sentences": 0}, r"max_chunk_sentences must be >= 1, got 0"),
+        ({"size": 0}, r"size must be >= 1"),
+    ],
+)
 def test_bad_corpus_settings_are_explained(options, message):
     with pytest.raises(ValueError, match=message):
         CorpusConfig(**options)

@@ -56,8 +56,12 @@ def test_global_batch_contract(store_path, tokenizer, mesh):
     length = batch["input_ids"].shape[1]
     assert batch["input_ids"].shape == batch["attention_mask"].shape == (16, length)
     assert batch["teacher"].shape == (16, 12) and batch["row_mask"].shape == (16,)
-    assert (batch["input_ids"].dtype, batch["attention_mask"].dtype, batch["teacher"].dtype,
-            batch["row_mask"].dtype) == (np.int32, np.int32, np.float32, np.bool_)
+    assert (
+        batch["input_ids"].dtype,
+        batch["attention_mask"].dtype,
+        batch["teacher"].dtype,
+        batch["row_mask"].dtype,
+    ) == (np.int32, np.int32, np.float32, np.bool_)
     for key, value in batch.items():
         assert isinstance(value, jax.Array)
         assert value.sharding.mesh.shape == mesh.shape
@@ -134,8 +138,10 @@ def test_finite_epochs_pad_the_last_batch_with_masked_rows(store_path, tokenizer
 def test_host_slices_are_disjoint_complete_and_agree_on_length(store_path, tokenizer, process_count):
     steps = 7
     whole = take(local_iterator(store_path, tokenizer, shuffle_seed=3), steps)
-    hosts = [take(local_iterator(store_path, tokenizer, shuffle_seed=3, process_index=p, process_count=process_count),
-                  steps) for p in range(process_count)]
+    hosts = [
+        take(local_iterator(store_path, tokenizer, shuffle_seed=3, process_index=p, process_count=process_count), steps)
+        for p in range(process_count)
+    ]
     for step in range(steps):
         parts = [hosts[p][step] for p in range(process_count)]
         rows = [part["row_index"] for part in parts]
@@ -187,15 +193,23 @@ def test_orbax_checkpoint_beside_the_model_resumes_exactly(store_path, tokenizer
     with ocp.CheckpointManager(tmp_path / "ckpt", options=options, item_handlers=handlers) as manager:
         for step in range(1, 4):
             next(iterator)
-            manager.save(step, args=ocp.args.Composite(model=ocp.args.StandardSave(model),
-                                                       data_iter=grain.checkpoint.CheckpointSave(iterator)))
+            manager.save(
+                step,
+                args=ocp.args.Composite(
+                    model=ocp.args.StandardSave(model), data_iter=grain.checkpoint.CheckpointSave(iterator)
+                ),
+            )
         next(iterator)  # the run goes on past the last checkpoint, then dies
         manager.wait_until_finished()
     fresh = make_train_iterator(store_path, tokenizer, **kwargs)
     with ocp.CheckpointManager(tmp_path / "ckpt", options=options, item_handlers=handlers) as manager:
         assert manager.latest_step() == 3
-        restored = manager.restore(3, args=ocp.args.Composite(
-            model=ocp.args.StandardRestore(model), data_iter=grain.checkpoint.CheckpointRestore(fresh)))
+        restored = manager.restore(
+            3,
+            args=ocp.args.Composite(
+                model=ocp.args.StandardRestore(model), data_iter=grain.checkpoint.CheckpointRestore(fresh)
+            ),
+        )
     np.testing.assert_array_equal(restored["model"]["w"], model["w"])
     assert_same_batches(take(fresh, 3), uninterrupted[3:])
 
@@ -237,6 +251,7 @@ def test_worker_processes_give_the_same_batches_and_resume(tmp_path, minilm_fold
     script = tmp_path / "workers.py"
     script.write_text(MULTIPROCESS_SCRIPT.format(tokenizer=str(minilm_folder)))
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    result = subprocess.run([sys.executable, str(script), str(tmp_path / "store")], env=env, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "store")], env=env, capture_output=True, text=True, timeout=120
+    )
     assert "SAME" in result.stdout, result.stdout + result.stderr[-3000:]

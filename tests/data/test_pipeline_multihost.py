@@ -53,16 +53,22 @@ def test_two_processes_build_the_same_global_batches(make_store, minilm_folder, 
     env.pop("XLA_FLAGS", None)
     address = f"127.0.0.1:{free_port()}"
     processes = [
-        subprocess.Popen([sys.executable, str(script), str(i), address, str(store), str(minilm_folder), str(tmp_path)],
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            [sys.executable, str(script), str(i), address, str(store), str(minilm_folder), str(tmp_path)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for i in range(2)
     ]
     outputs = [p.communicate(timeout=180)[0] for p in processes]
     assert all(p.returncode == 0 for p in processes), "\n".join(o[-3000:] for o in outputs)
     results = [np.load(tmp_path / f"process{i}.npz") for i in range(2)]
     assert results[0]["rows"].tolist() == [0, 4] and results[1]["rows"].tolist() == [4, 8]
-    reference = make_train_iterator(store, str(minilm_folder), global_batch_size=8, mesh=None, max_length=64,
-                                    shuffle_seed=3, num_epochs=1)
+    reference = make_train_iterator(
+        store, str(minilm_folder), global_batch_size=8, mesh=None, max_length=64, shuffle_seed=3, num_epochs=1
+    )
     for step in range(6):
         expected = next(reference)
         for key in ("input_ids", "attention_mask", "teacher", "row_mask"):

@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
-from tests.data.data_helpers import sample_texts, tree_hash
 
 from jasper_jax.cli import main
 from jasper_jax.data.check import check_store
+from tests.data.data_helpers import sample_texts, tree_hash
 
 
 def checked(path, *args, **kwargs) -> list[str]:
@@ -61,7 +61,9 @@ def test_vector_file_missing_a_row_is_reported(make_store):
     edit_before = tree_hash(path)
     problems = checked(path)
     assert tree_hash(path) == edit_before
-    assert any("a/00001.bin" in p and "holds 3 rows of 8 float32" in p and "misaligned" in p for p in problems), problems
+    assert any("a/00001.bin" in p and "holds 3 rows of 8 float32" in p and "misaligned" in p for p in problems), (
+        problems
+    )
 
 
 def test_manifest_rows_disagree_with_teacher_rows(make_store):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from jasper_jax.data import store as store_lib
 from jasper_jax.data.store import TeacherStore
 from jasper_jax.data.teacher_encoding import TeacherSpec, encode_store, read_corpus, specs_from_arguments
@@ -135,8 +136,9 @@ KILL_SCRIPT = textwrap.dedent(
 def test_sigkill_mid_encoding_then_resume_gives_identical_store(tmp_path):
     texts = sample_texts(40)
     specs = [TeacherSpec("a", "/fake/a"), TeacherSpec("b", "/fake/b")]
-    encode_store(texts, tmp_path / "whole", specs, shard_rows=4, encoder_factory=fake_factory({"a": 8, "b": 4}),
-                 progress=False)
+    encode_store(
+        texts, tmp_path / "whole", specs, shard_rows=4, encoder_factory=fake_factory({"a": 8, "b": 4}), progress=False
+    )
     script = tmp_path / "encode.py"
     script.write_text(KILL_SCRIPT)
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -180,8 +182,14 @@ def test_resume_refuses_other_corpus_or_teachers(make_store):
 def test_unfinished_store_is_refused_by_the_reader(tmp_path):
     factory, _ = crashing_factory({"a": 8}, 1)
     with pytest.raises(Crash):
-        encode_store(sample_texts(9), tmp_path / "s", [TeacherSpec("a", "/fake/a")], shard_rows=4,
-                     encoder_factory=factory, progress=False)
+        encode_store(
+            sample_texts(9),
+            tmp_path / "s",
+            [TeacherSpec("a", "/fake/a")],
+            shard_rows=4,
+            encoder_factory=factory,
+            progress=False,
+        )
     with pytest.raises(ValueError, match="unfinished store"):
         TeacherStore(tmp_path / "s")
 
@@ -210,15 +218,46 @@ def test_cli_encode_with_sentence_transformers_minilm_twice(tmp_path, minilm_fol
 
     from jasper_jax.cli import main
 
-    texts = ["A man is playing a guitar.", "The cat sits on the mat.", "Stocks fell sharply today.",
-             "Quantum computers use qubits.", "Il pleut à Paris."]
+    texts = [
+        "A man is playing a guitar.",
+        "The cat sits on the mat.",
+        "Stocks fell sharply today.",
+        "Quantum computers use qubits.",
+        "Il pleut à Paris.",
+    ]
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     out = tmp_path / "store"
     minilm = str(minilm_folder)
-    code = main(["teachers", "encode", "--corpus", str(corpus), "--teacher", minilm, "--teacher", minilm,
-                 "--name", "plain", "--name", "prompted", "--prompt", "", "--prompt", "query: ", "--out", str(out),
-                 "--dtype", "float32", "--shard-rows", "2", "--no-progress", "--backend", "torch"])
+    code = main(
+        [
+            "teachers",
+            "encode",
+            "--corpus",
+            str(corpus),
+            "--teacher",
+            minilm,
+            "--teacher",
+            minilm,
+            "--name",
+            "plain",
+            "--name",
+            "prompted",
+            "--prompt",
+            "",
+            "--prompt",
+            "query: ",
+            "--out",
+            str(out),
+            "--dtype",
+            "float32",
+            "--shard-rows",
+            "2",
+            "--no-progress",
+            "--backend",
+            "torch",
+        ]
+    )
     assert code == 0
     model = SentenceTransformer(minilm, device="cpu")
     plain = normalise(model.encode(texts))

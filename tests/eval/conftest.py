@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tests.eval.eval_inputs import tiny_bert_export, write_lee_files, write_news_csv
 
 
@@ -15,8 +16,9 @@ def eval_files(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_bert_folder(tmp_path_factory, minilm_folder):
     """Exported tiny random BERT with heads fc1 (48) and fc2 (16)."""
-    return tiny_bert_export(tmp_path_factory.mktemp("tiny_bert") / "model", {"fc1": 48, "fc2": 16}, seed=0,
-                            tokenizer_folder=minilm_folder)
+    return tiny_bert_export(
+        tmp_path_factory.mktemp("tiny_bert") / "model", {"fc1": 48, "fc2": 16}, seed=0, tokenizer_folder=minilm_folder
+    )
 
 
 @pytest.fixture(scope="session")

@@ -34,8 +34,7 @@ def write_lee_files(folder: Path, documents: int = 8, background: int = 20) -> P
     for i in range(documents):
         for j in range(i, documents):
             matrix[i, j] = 1.0 if i == j else (0.8 if topics[i] == topics[j] else 0.1 + 0.05 * ((i + j) % 3))
-    (folder / "similarities0-1.txt").write_text(
-        "\n".join("\t".join(f"{v:g}" for v in row) for row in matrix) + "\n")
+    (folder / "similarities0-1.txt").write_text("\n".join("\t".join(f"{v:g}" for v in row) for row in matrix) + "\n")
     lines = [" ".join(_sentence(rng, rng.choice(list(TOPICS))) for _ in range(4)) for _ in range(background)]
     (folder / "lee_background.cor").write_text("\n".join(lines) + "\n", encoding="latin-1")
     return folder
@@ -50,8 +49,16 @@ def write_news_csv(path: Path, articles: int = 40) -> Path:
         topic = list(TOPICS)[i % len(TOPICS)]
         title = f"{topic.capitalize()} report number {i}: " + _sentence(rng, topic, 5)
         text = " ".join(_sentence(rng, topic) for _ in range(6))
-        rows.append({"article_id": i + 1, "publish_date": "2017/2/7", "article_source_link": "", "title": title,
-                     "subtitle": "", "text": text})
+        rows.append(
+            {
+                "article_id": i + 1,
+                "publish_date": "2017/2/7",
+                "article_source_link": "",
+                "title": title,
+                "subtitle": "",
+                "text": text,
+            }
+        )
     rows.append({**rows[0], "article_id": articles + 1, "text": ""})
     rows.append({**rows[1], "article_id": articles + 2})
     with path.open("w", encoding="utf-8", newline="") as handle:

@@ -20,12 +20,23 @@ def _scores(lee, ndcg):
 def test_targets_met_and_missed():
     results = {
         "undistilled": _result("undistilled", "undistilled", {"pooled": _scores(0.50, 0.80)}, {"pooled": 384}),
-        "teachers_concatenated": _result("teachers_concatenated", "teacher", {"pooled": _scores(0.60, 0.90)},
-                                         {"pooled": 1152}),
-        "stage1": _result("stage1", "stage", {"fc1": _scores(0.52, 0.81)}, {"fc1": 1152},
-                          agreement={"mean_cosine": 0.80, "similarity_mse": 0.010}),
-        "stage2": _result("stage2", "stage", {"fc1": _scores(0.56, 0.82)}, {"fc1": 1152, "fc4": 64},
-                          agreement={"mean_cosine": 0.85, "similarity_mse": 0.008}),
+        "teachers_concatenated": _result(
+            "teachers_concatenated", "teacher", {"pooled": _scores(0.60, 0.90)}, {"pooled": 1152}
+        ),
+        "stage1": _result(
+            "stage1",
+            "stage",
+            {"fc1": _scores(0.52, 0.81)},
+            {"fc1": 1152},
+            agreement={"mean_cosine": 0.80, "similarity_mse": 0.010},
+        ),
+        "stage2": _result(
+            "stage2",
+            "stage",
+            {"fc1": _scores(0.56, 0.82)},
+            {"fc1": 1152, "fc4": 64},
+            agreement={"mean_cosine": 0.85, "similarity_mse": 0.008},
+        ),
     }
     results["stage2"]["scores"]["fc4"] = _scores(0.55, 0.70)
     targets = {t["target"]: t["met"] for t in quality_targets(results, ["stage1", "stage2"], "fc1")}

@@ -37,8 +37,9 @@ def test_eval_scores_in_range_deterministic_and_backends_agree(eval_files, tiny_
     from jasper_jax.eval.cli import evaluate_model
 
     lee, news = eval_files
-    first = evaluate_model(str(tiny_bert_folder), lee=lee, news=news, heldout_size=10, max_length=64,
-                           batch_size=8, progress=False)
+    first = evaluate_model(
+        str(tiny_bert_folder), lee=lee, news=news, heldout_size=10, max_length=64, batch_size=8, progress=False
+    )
     assert set(first["scores"]) == {"jax", "torch"}
     for backend, per_head in first["scores"].items():
         assert set(per_head) == {"fc1", "fc2", "pooled"}, backend
@@ -46,8 +47,16 @@ def test_eval_scores_in_range_deterministic_and_backends_agree(eval_files, tiny_
             assert -1 <= values["lee_spearman"] <= 1, (backend, head, values)
             assert 0 <= values["news_ndcg_at_10"] <= 1 and 0 <= values["news_mrr_at_10"] <= 1, (backend, head, values)
     assert first["backends_agree"], first["max_backend_difference"]
-    second = evaluate_model(str(tiny_bert_folder), backend="jax", lee=lee, news=news, heldout_size=10,
-                            max_length=64, batch_size=8, progress=False)
+    second = evaluate_model(
+        str(tiny_bert_folder),
+        backend="jax",
+        lee=lee,
+        news=news,
+        heldout_size=10,
+        max_length=64,
+        batch_size=8,
+        progress=False,
+    )
     assert second["scores"]["jax"] == first["scores"]["jax"], "evaluation must be deterministic"
 
 
@@ -74,8 +83,26 @@ def test_eval_command_writes_results(eval_files, tiny_plain_folder, tmp_path):
 
     lee, news = eval_files
     out = tmp_path / "results.json"
-    code = main(["eval", "--model", str(tiny_plain_folder), "--out", str(out), "--backend", "torch", "--lee", str(lee),
-                 "--news", str(news), "--heldout-size", "10", "--max-length", "64", "--no-progress"])
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(tiny_plain_folder),
+            "--out",
+            str(out),
+            "--backend",
+            "torch",
+            "--lee",
+            str(lee),
+            "--news",
+            str(news),
+            "--heldout-size",
+            "10",
+            "--max-length",
+            "64",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     result = json.loads(out.read_text())
     assert set(result["scores"]["torch"]) == {"pooled"}

@@ -11,7 +11,8 @@ TEXTS = [
     "A man is playing a guitar on a stage.",
     "Distillation trains a small student to reproduce the vectors of several large teachers, one batch at a time.",
     "ok",
-    "The quick brown fox jumps over the lazy dog while the cat watches from the warm windowsill in the afternoon sun, purring softly.",
+    "The quick brown fox jumps over the lazy dog while the cat watches from the warm windowsill in the afternoon sun, "
+    "purring softly.",
 ]
 
 

@@ -18,8 +18,14 @@ from jasper_jax.models.params import (
     unflatten_tree,
 )
 
-TINY = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,
-                  max_position_embeddings=32)
+TINY = BertConfig(
+    vocab_size=64,
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=24,
+    max_position_embeddings=32,
+)
 
 
 def student(heads=None, seed=0):

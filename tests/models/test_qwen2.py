@@ -1,7 +1,5 @@
 """Qwen2 encoder against transformers' PyTorch Qwen2Model (small random configs, GQA, padding)."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -25,10 +23,17 @@ def random_qwen2(tmp_path, hidden, heads, kv_heads, head_dim, theta, seed=0):
     torch.manual_seed(seed)
     extra = {"head_dim": head_dim} if head_dim else {}
     config = HFQwen2Config(
-        vocab_size=97, hidden_size=hidden, intermediate_size=2 * hidden + 8, num_hidden_layers=2,
-        num_attention_heads=heads, num_key_value_heads=kv_heads, rms_norm_eps=1e-6,
-        rope_parameters={"rope_type": "default", "rope_theta": theta}, max_position_embeddings=512,
-        attn_implementation="eager", **extra,
+        vocab_size=97,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden + 8,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": theta},
+        max_position_embeddings=512,
+        attn_implementation="eager",
+        **extra,
     )
     model = Qwen2Model(config).eval()
     with torch.no_grad():

@@ -6,14 +6,33 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jasper_jax.models import BertConfig, JasperStudent, Qwen2Config, StudentConfig, count_parameters, paper_student_config
+from jasper_jax.models import (
+    BertConfig,
+    JasperStudent,
+    Qwen2Config,
+    StudentConfig,
+    count_parameters,
+    paper_student_config,
+)
 from jasper_jax.models.pooling import pool
 from jasper_jax.models.student import truncate
 
-TINY_QWEN2 = Qwen2Config(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, intermediate_size=48)
-TINY_BERT = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                       intermediate_size=48, max_position_embeddings=32)
+TINY_QWEN2 = Qwen2Config(
+    vocab_size=64,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=48,
+)
+TINY_BERT = BertConfig(
+    vocab_size=64,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=48,
+    max_position_embeddings=32,
+)
 LOGICAL_NAMES = {"vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "head_out", "position", "token_type"}
 
 
@@ -51,7 +70,11 @@ def test_every_parameter_has_logical_names():
                 assert set(names) <= LOGICAL_NAMES, (path, names)
     specs = nnx.get_partition_spec(nnx.state(model, nnx.Param))
     assert tuple(specs["heads"]["fc1"]["kernel"].get_value()) == ("embed", "head_out")
-    assert tuple(specs["encoder"]["layers"][0]["attention"]["key"]["kernel"].get_value()) == ("embed", "heads", "head_dim")
+    assert tuple(specs["encoder"]["layers"][0]["attention"]["key"]["kernel"].get_value()) == (
+        "embed",
+        "heads",
+        "head_dim",
+    )
     paths = {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(other, nnx.Param))}
     assert "encoder/layers/1/attention/key/kernel" in paths and "heads/fc1/kernel" in paths
     kv = nnx.get_partition_spec(nnx.state(other, nnx.Param))["encoder"]["layers"][0]["attention"]["key"]["kernel"]
@@ -107,7 +130,9 @@ def test_student_without_heads_outputs_the_normalised_pooled_vector():
     model = JasperStudent(StudentConfig(encoder=TINY_BERT), rngs=nnx.Rngs(0))
     ids, mask = inputs()
     pooled = np.asarray(model.pooled(ids, mask))
-    np.testing.assert_allclose(model(ids, mask)["pooled"], pooled / np.linalg.norm(pooled, axis=1, keepdims=True), atol=1e-6)
+    np.testing.assert_allclose(
+        model(ids, mask)["pooled"], pooled / np.linalg.norm(pooled, axis=1, keepdims=True), atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("vocab", [151646, 151649])
@@ -120,7 +145,11 @@ def test_paper_scale_student_builds_abstractly_with_1_54b_parameters(vocab):
     assert all(leaf.dtype == jnp.float32 for leaf in leaves)
     assert len(model.encoder.layers) == 28
     attention = model.encoder.layers[0].attention
-    assert attention.query.kernel.get_value().shape == (1536, 12, 128) and attention.key.kernel.get_value().shape == (1536, 2, 128)
+    assert attention.query.kernel.get_value().shape == (1536, 12, 128) and attention.key.kernel.get_value().shape == (
+        1536,
+        2,
+        128,
+    )
     # with the paper's four heads the student adds hidden * (12288 + 1024 + 512 + 256) + biases
     with_heads = nnx.eval_shape(lambda: JasperStudent(paper_student_config(vocab_size=vocab), rngs=nnx.Rngs(0)))
     assert count_parameters(with_heads) - encoder_params == 1536 * 14080 + 14080
@@ -130,8 +159,15 @@ def test_created_sharded_under_a_mesh_with_rules_and_plain_without():
     from jax.sharding import AxisType
 
     mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(AxisType.Auto,) * 3)
-    rules = (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("vocab", "tensor"), ("kv_heads", None),
-             ("head_dim", None), ("head_out", None))
+    rules = (
+        ("embed", "fsdp"),
+        ("mlp", "tensor"),
+        ("heads", "tensor"),
+        ("vocab", "tensor"),
+        ("kv_heads", None),
+        ("head_dim", None),
+        ("head_out", None),
+    )
     config = StudentConfig(encoder=TINY_QWEN2, heads={"fc1": 16})
     with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
         model = JasperStudent(config, rngs=nnx.Rngs(0))
@@ -158,6 +194,9 @@ def test_paper_scale_forward_compiles_from_abstract_shapes():
     seconds = time.perf_counter() - start
     shapes = jax.eval_shape(forward, state, tokens, tokens)
     assert {name: value.shape for name, value in shapes.items()} == {
-        "fc1": (2, 12288), "fc2": (2, 1024), "fc3": (2, 512), "fc4": (2, 256)
+        "fc1": (2, 12288),
+        "fc2": (2, 1024),
+        "fc3": (2, 512),
+        "fc4": (2, 256),
     }
     assert compiled is not None and seconds < 180, f"compile took {seconds:.0f} s"

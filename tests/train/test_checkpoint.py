@@ -3,7 +3,6 @@
 import jax
 import numpy as np
 from flax import nnx
-from tests.train.train_helpers import make_batch, make_student, simple_objective
 
 from jasper_jax.train import optimizer as optimizer_lib
 from jasper_jax.train import sharding as sharding_lib
@@ -11,6 +10,7 @@ from jasper_jax.train import step as step_lib
 from jasper_jax.train.checkpoint import StageCheckpointer
 from jasper_jax.train.mesh import make_mesh
 from jasper_jax.train.settings import OptimizerSettings
+from tests.train.train_helpers import make_batch, make_student, simple_objective
 
 OPT = OptimizerSettings(warmup_fraction=0.2)
 PATTERNS = ("heads/.*", "encoder/layers/2/.*")

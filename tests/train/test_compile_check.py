@@ -11,8 +11,20 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_compile_check_reports_memory_and_budget():
-    command = [sys.executable, "-m", "jasper_jax", "compile-check", "--config", str(ROOT / "configs" / "tiny.py"),
-               "--stage", "3", "--devices", "4", "--config.mesh.data=1", "--config.mesh.fsdp=-1"]
+    command = [
+        sys.executable,
+        "-m",
+        "jasper_jax",
+        "compile-check",
+        "--config",
+        str(ROOT / "configs" / "tiny.py"),
+        "--stage",
+        "3",
+        "--devices",
+        "4",
+        "--config.mesh.data=1",
+        "--config.mesh.fsdp=-1",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "mesh: {'data': 1, 'fsdp': 4, 'tensor': 1}" in result.stdout, result.stdout

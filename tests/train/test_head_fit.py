@@ -35,8 +35,10 @@ def test_ridge_head_is_the_least_squares_solution_when_the_ridge_vanishes():
 
 def test_ridge_head_shrinks_towards_zero_as_the_ridge_grows():
     augmented, y = _data()
-    norms = [np.linalg.norm(head_fit.ridge_head(augmented.T @ augmented, augmented.T @ y, ridge=r))
-             for r in (1e-6, 1e-2, 1.0)]
+    norms = [
+        np.linalg.norm(head_fit.ridge_head(augmented.T @ augmented, augmented.T @ y, ridge=r))
+        for r in (1e-6, 1e-2, 1.0)
+    ]
     assert norms[0] > norms[1] > norms[2]
 
 
@@ -49,13 +51,19 @@ def test_principal_head_spans_the_top_principal_directions_of_the_full_heads_out
     outputs = augmented @ full
     values, vectors = np.linalg.eigh(outputs.T @ outputs)
     top = vectors[:, np.argsort(values)[::-1][:dim]]
-    np.testing.assert_allclose(augmented @ narrowed @ (augmented @ narrowed).T,
-                               outputs @ top @ (outputs @ top).T, rtol=1e-6, atol=1e-6 * np.abs(outputs).max() ** 2)
+    np.testing.assert_allclose(
+        augmented @ narrowed @ (augmented @ narrowed).T,
+        outputs @ top @ (outputs @ top).T,
+        rtol=1e-6,
+        atol=1e-6 * np.abs(outputs).max() ** 2,
+    )
     # and it is the best rank-d reproduction of the full head's similarities: no worse than the prefix
     target = outputs @ outputs.T
     prefix = augmented @ full[:, :dim]
-    assert (np.linalg.norm(target - (augmented @ narrowed) @ (augmented @ narrowed).T)
-            <= np.linalg.norm(target - prefix @ prefix.T) + 1e-9)
+    assert (
+        np.linalg.norm(target - (augmented @ narrowed) @ (augmented @ narrowed).T)
+        <= np.linalg.norm(target - prefix @ prefix.T) + 1e-9
+    )
 
 
 def test_a_head_wider_than_the_data_rank_keeps_its_width_and_the_principal_part():
@@ -88,8 +96,18 @@ def _first_losses(workdir, number):
 
 
 def _tiny(workdir, *overrides):
-    return load_config(TINY, [f"workdir={workdir}", "progress=false", "model.vector_dropout=0.0",
-                              "stages.stage1.steps=2", "stages.stage1.lr=1e-9", "log_every=1", *overrides])
+    return load_config(
+        TINY,
+        [
+            f"workdir={workdir}",
+            "progress=false",
+            "model.vector_dropout=0.0",
+            "stages.stage1.steps=2",
+            "stages.stage1.lr=1e-9",
+            "log_every=1",
+            *overrides,
+        ],
+    )
 
 
 @pytest.mark.slow
@@ -110,12 +128,31 @@ def test_each_column_gets_the_ridge_with_the_smallest_held_back_error():
     y = np.concatenate([exact, noisy], axis=1)
     augmented = np.concatenate([x, np.ones((160, 1))], axis=1)
     fit, held = augmented[:120], augmented[120:]
-    statistics = {"cross": augmented.T @ y, "fit_gram": fit.T @ fit, "fit_cross": fit.T @ y[:120],
-                  "validation_gram": held.T @ held, "validation_cross": held.T @ y[120:], "validation_rows": 40.0}
+    statistics = {
+        "cross": augmented.T @ y,
+        "fit_gram": fit.T @ fit,
+        "fit_cross": fit.T @ y[:120],
+        "validation_gram": held.T @ held,
+        "validation_cross": held.T @ y[120:],
+        "validation_rows": 40.0,
+    }
     # reference: each column's held-back error for each ridge, from an independent solve of that column alone
-    errors = np.array([[np.sum((held @ np.linalg.solve(fit.T @ fit + r * np.trace(fit.T @ fit) / 41 * np.eye(41),
-                                                        fit.T @ y[:120, j]) - y[120:, j]) ** 2)
-                        for j in range(y.shape[1])] for r in head_fit.RIDGES])
+    errors = np.array(
+        [
+            [
+                np.sum(
+                    (
+                        held
+                        @ np.linalg.solve(fit.T @ fit + r * np.trace(fit.T @ fit) / 41 * np.eye(41), fit.T @ y[:120, j])
+                        - y[120:, j]
+                    )
+                    ** 2
+                )
+                for j in range(y.shape[1])
+            ]
+            for r in head_fit.RIDGES
+        ]
+    )
     chosen = head_fit.validated_ridge(statistics)
     np.testing.assert_array_equal(chosen, np.asarray(head_fit.RIDGES)[errors.argmin(axis=0)])
     assert np.all(chosen[:3] == min(head_fit.RIDGES)) and np.all(chosen[3:] > min(head_fit.RIDGES))
@@ -154,9 +191,17 @@ def test_a_teacher_that_is_the_students_own_pooled_direction_is_fitted_exactly()
     other /= np.linalg.norm(other, axis=1, keepdims=True)
     teacher = np.concatenate([own, other], axis=1)  # normalised again by feature_statistics
     graphdef, state = nnx.split(_PooledRows(pooled))
-    batches = iter([{"input_ids": jnp.arange(start, start + 32)[:, None], "attention_mask": jnp.ones((32, 1)),
-                     "row_mask": jnp.ones(32, bool), "teacher": jnp.asarray(teacher[start : start + 32], jnp.float32)}
-                    for start in range(0, rows, 32)])
+    batches = iter(
+        [
+            {
+                "input_ids": jnp.arange(start, start + 32)[:, None],
+                "attention_mask": jnp.ones((32, 1)),
+                "row_mask": jnp.ones(32, bool),
+                "teacher": jnp.asarray(teacher[start : start + 32], jnp.float32),
+            }
+            for start in range(0, rows, 32)
+        ]
+    )
     statistics = head_fit.feature_statistics(graphdef, (state,), batches, rows // 32)
     head = head_fit.fitted_heads(statistics, {"fc1": hidden + 6}, hidden + 6, {})["fc1"]
     output = pooled @ head["kernel"] + head["bias"]

@@ -12,9 +12,19 @@ import pytest
 from jasper_jax.train.checkpoint import StageCheckpointer
 
 ROOT = Path(__file__).resolve().parents[2]
-ARGS = ["-m", "jasper_jax", "train", "--config", str(ROOT / "configs" / "tiny.py"), "--config.progress=false",
-        "--stages", "1", "--config.stages.stage1.steps=5", "--config.checkpoint.every=5",
-        "--config.stages.stage1.trainable=('heads/.*', 'encoder/layers/1/.*')"]
+ARGS = [
+    "-m",
+    "jasper_jax",
+    "train",
+    "--config",
+    str(ROOT / "configs" / "tiny.py"),
+    "--config.progress=false",
+    "--stages",
+    "1",
+    "--config.stages.stage1.steps=5",
+    "--config.checkpoint.every=5",
+    "--config.stages.stage1.trainable=('heads/.*', 'encoder/layers/1/.*')",
+]
 
 
 def _env(devices):
@@ -44,11 +54,21 @@ def _params(directory):
 @pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path):
     single, multi = tmp_path / "single", tmp_path / "multi"
-    subprocess.run([sys.executable, *ARGS, f"--config.workdir={single}"], env=_env(8), check=True,
-                   capture_output=True, timeout=300, cwd=ROOT)
+    subprocess.run(
+        [sys.executable, *ARGS, f"--config.workdir={single}"],
+        env=_env(8),
+        check=True,
+        capture_output=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     result = subprocess.run(
         [str(ROOT / "launch" / "local.sh"), "2", "4", sys.executable, *ARGS, f"--config.workdir={multi}"],
-        env=dict(_env(4), LOCAL_LOG_DIR=str(tmp_path / "logs")), capture_output=True, text=True, timeout=300, cwd=ROOT,
+        env=dict(_env(4), LOCAL_LOG_DIR=str(tmp_path / "logs")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Rank 1 is connected" in result.stdout or (tmp_path / "logs" / "process_1.log").exists()
@@ -67,6 +87,11 @@ def test_two_processes_equal_one_process(tmp_path):
 
 def test_local_launcher_fails_when_a_process_fails(tmp_path):
     script = "import os, sys; sys.exit(3 if os.environ['JAX_PROCESS_ID'] == '1' else 0)"
-    result = subprocess.run([str(ROOT / "launch" / "local.sh"), "2", "1", sys.executable, "-c", script],
-                            env=dict(_env(1), LOCAL_LOG_DIR=str(tmp_path)), capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(ROOT / "launch" / "local.sh"), "2", "1", sys.executable, "-c", script],
+        env=dict(_env(1), LOCAL_LOG_DIR=str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0 and "process 1 failed" in result.stderr, result.stderr

@@ -19,9 +19,21 @@ def metrics(path):
 
 
 def _train_command(workdir, *extra):
-    return [sys.executable, "-m", "jasper_jax", "train", "--config", TINY, f"--config.workdir={workdir}",
-            "--config.progress=false", "--stages", "1", "--config.stages.stage1.steps=60",
-            "--config.checkpoint.every=8", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "jasper_jax",
+        "train",
+        "--config",
+        TINY,
+        f"--config.workdir={workdir}",
+        "--config.progress=false",
+        "--stages",
+        "1",
+        "--config.stages.stage1.steps=60",
+        "--config.checkpoint.every=8",
+        *extra,
+    ]
 
 
 def _env():
@@ -35,8 +47,9 @@ def _env():
 def test_kill_9_then_rerun_gives_the_uninterrupted_metrics(tmp_path):
     reference, crashed = tmp_path / "reference", tmp_path / "crashed"
     subprocess.run(_train_command(reference), env=_env(), check=True, capture_output=True, timeout=240)
-    process = subprocess.Popen(_train_command(crashed), env=_env(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        _train_command(crashed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     log = crashed / "stage1" / "metrics.jsonl"
     deadline = time.time() + 180
     while time.time() < deadline:

@@ -13,9 +13,22 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(workdir, devices, mesh, *extra):
-    command = [sys.executable, "-m", "jasper_jax", "train", "--config", str(ROOT / "configs" / "tiny.py"),
-               f"--config.workdir={workdir}", "--config.progress=false", "--stages", "1",
-               "--config.stages.stage1.steps=16", "--config.checkpoint.every=5", *mesh, *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "jasper_jax",
+        "train",
+        "--config",
+        str(ROOT / "configs" / "tiny.py"),
+        f"--config.workdir={workdir}",
+        "--config.progress=false",
+        "--stages",
+        "1",
+        "--config.stages.stage1.steps=16",
+        "--config.checkpoint.every=5",
+        *mesh,
+        *extra,
+    ]
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
 
@@ -27,8 +40,13 @@ def test_resume_on_a_smaller_mesh(tmp_path):
     reference = _run(tmp_path / "reference", 8, eight)
     assert reference.returncode == 0, reference.stderr[-2000:]
     # interrupted: three non-finite steps in a row stop the run at step 13; checkpoint 10 is the last
-    stopped = _run(tmp_path / "moved", 8, eight, "--config.max_consecutive_nonfinite=3",
-                   "--config.debug.nonfinite_steps=(11, 12, 13)")
+    stopped = _run(
+        tmp_path / "moved",
+        8,
+        eight,
+        "--config.max_consecutive_nonfinite=3",
+        "--config.debug.nonfinite_steps=(11, 12, 13)",
+    )
     assert stopped.returncode == 3 and "last good checkpoint is 10" in stopped.stderr, stopped.stderr[-2000:]
     resumed = _run(tmp_path / "moved", 4, four)
     assert resumed.returncode == 0 and "resuming from checkpoint 10" in resumed.stdout, resumed.stderr[-2000:]

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from jasper_jax.errors import EXIT_BAD_INPUT
 from jasper_jax.train import run_settings
 from jasper_jax.train.config_base import load_config
-from jasper_jax.errors import EXIT_BAD_INPUT
 from jasper_jax.train.loop import train
 from jasper_jax.train.settings import TrainingError
 
@@ -17,8 +17,11 @@ TINY = str(ROOT / "configs" / "tiny.py")
 
 def config_dict(**stage3):
     return {
-        "workdir": "/runs/a", "seed": 1, "progress": True,
-        "model": {"source": "minilm", "encoder": {"layers": 6}}, "optimizer": {"clip_norm": 1.0},
+        "workdir": "/runs/a",
+        "seed": 1,
+        "progress": True,
+        "model": {"source": "minilm", "encoder": {"layers": 6}},
+        "optimizer": {"clip_norm": 1.0},
         "objective": {"cosine_weight": 10.0, "relative_similarity_weight": 20.0},
         "data": {"store": "/runs/a/teachers", "max_length": 64, "worker_threads": 2},
         "stages": {
@@ -41,13 +44,15 @@ def test_a_changed_setting_is_named_with_both_values():
     assert run_settings.differences(config_dict(), now, 3) == ["stages.stage3.lr: 2e-05 there, 4e-05 now"]
     now["stages"]["stage3"]["heads"] = {"fc1": 8, "fc4": 2}  # a dict-valued field is compared whole
     assert "stages.stage3.heads: {'fc1': 8} there, {'fc1': 8, 'fc4': 2} now" in run_settings.differences(
-        config_dict(), now, 3)
+        config_dict(), now, 3
+    )
 
 
 def test_a_stage_objective_override_counts_as_the_objective_it_trains_with():
     now = config_dict(objective={"relative_similarity_weight": 200.0})
     assert run_settings.differences(config_dict(), now, 3) == [
-        "stages.stage3.objective.relative_similarity_weight: 20.0 there, 200.0 now"]
+        "stages.stage3.objective.relative_similarity_weight: 20.0 there, 200.0 now"
+    ]
     global_change = config_dict()
     global_change["objective"]["cosine_weight"] = 2.0
     changed = run_settings.differences(config_dict(), global_change, 1)
@@ -81,8 +86,17 @@ def _digest(folder: Path) -> str:
 
 def test_rerun_with_other_settings_is_refused_and_leaves_the_run_as_it_was(tmp_path, capsys):
     def tiny(*overrides):
-        return load_config(TINY, [f"workdir={tmp_path}", "progress=false", "stages.stage1.steps=4",
-                                  "stages.stage2.steps=2", "checkpoint.every=2", *overrides])
+        return load_config(
+            TINY,
+            [
+                f"workdir={tmp_path}",
+                "progress=false",
+                "stages.stage1.steps=4",
+                "stages.stage2.steps=2",
+                "checkpoint.every=2",
+                *overrides,
+            ],
+        )
 
     train(tiny(), [1])
     before = _digest(tmp_path / "stage1")

@@ -15,8 +15,9 @@ def test_every_objective_field_is_overridable_and_reaches_each_stage():
     config = load_config(TINY, ["objective.relative_similarity_method=merge", "objective.margin=0.02"])
     config.stages.stage3.objective = {"reduced_head_weight": 0.5}
     run = settings_from_config(config)
-    assert all(s.objective.relative_similarity_method == "merge" and s.objective.margin == 0.02
-               for s in run.stages.values()), run.stages
+    assert all(
+        s.objective.relative_similarity_method == "merge" and s.objective.margin == 0.02 for s in run.stages.values()
+    ), run.stages
     assert run.stages[3].objective.reduced_head_weight == 0.5 and run.stages[1].objective.reduced_head_weight == 1.0
 
 

@@ -4,7 +4,6 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-from tests.train.train_helpers import make_batch, make_student, simple_objective
 
 from jasper_jax.losses import ObjectiveConfig
 from jasper_jax.train import optimizer as optimizer_lib
@@ -12,6 +11,7 @@ from jasper_jax.train import sharding as sharding_lib
 from jasper_jax.train import step as step_lib
 from jasper_jax.train.mesh import make_mesh
 from jasper_jax.train.settings import OptimizerSettings
+from tests.train.train_helpers import make_batch, make_student, simple_objective
 
 OPT = OptimizerSettings(warmup_fraction=0.2, clip_norm=1.0, weight_decay=0.01)
 
@@ -24,8 +24,14 @@ def build(mesh_sizes, devices, patterns=(".*",), dropout=0.0, steps=10):
     mesh = make_mesh(mesh_sizes, devices)
     rules = sharding_lib.rules_from_config(None)
     shardings = step_lib.step_shardings(mesh, rules, state, frozen, rest)
-    fn = step_lib.train_step_fn(graphdef, tx, simple_objective, schedule, deterministic=dropout == 0.0,
-                                activation_sharding=sharding_lib.activation_sharding(mesh))
+    fn = step_lib.train_step_fn(
+        graphdef,
+        tx,
+        simple_objective,
+        schedule,
+        deterministic=dropout == 0.0,
+        activation_sharding=sharding_lib.activation_sharding(mesh),
+    )
     step = step_lib.jit_train_step(fn, shardings, mesh)
     state = step_lib.place(state, shardings.state)
     frozen = step_lib.place(frozen, shardings.frozen)
@@ -59,7 +65,9 @@ def test_sharded_step_equals_single_device(sizes):
 
 def test_frozen_params_unchanged_and_no_optimizer_state():
     model = make_student()
-    before = {optimizer_lib.path_string(p): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    before = {
+        optimizer_lib.path_string(p): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+    }
     patterns = ("heads/fc1/.*", optimizer_lib.last_layers_pattern(3, 1))
     state, frozen, _, _ = run({"data": 4, "fsdp": 2}, jax.devices(), patterns=patterns)
     trainable_names = {optimizer_lib.path_string(p) for p, _ in nnx.to_flat_state(state.params)}
@@ -118,8 +126,14 @@ def test_real_student_and_objective_sharded_equals_single_device(sizes):
     from jasper_jax.models import BertConfig, JasperStudent, StudentConfig
 
     config = StudentConfig(
-        encoder=BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                           intermediate_size=64, max_position_embeddings=16),
+        encoder=BertConfig(
+            vocab_size=64,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=16,
+        ),
         heads={"fc1": 24, "fc2": 8},
     )
     objective = step_lib.text_objective(ObjectiveConfig(full_head="fc1"))
@@ -133,10 +147,16 @@ def test_real_student_and_objective_sharded_equals_single_device(sizes):
         mesh = make_mesh(mesh_sizes, devices)
         shardings = step_lib.step_shardings(mesh, sharding_lib.rules_from_config(None), state, frozen, rest)
         step = step_lib.jit_train_step(
-            step_lib.train_step_fn(graphdef, tx, objective, schedule,
-                                   activation_sharding=sharding_lib.activation_sharding(mesh)), shardings, mesh)
-        state, frozen, rest = (step_lib.place(x, s) for x, s in
-                               ((state, shardings.state), (frozen, shardings.frozen), (rest, shardings.rest)))
+            step_lib.train_step_fn(
+                graphdef, tx, objective, schedule, activation_sharding=sharding_lib.activation_sharding(mesh)
+            ),
+            shardings,
+            mesh,
+        )
+        state, frozen, rest = (
+            step_lib.place(x, s)
+            for x, s in ((state, shardings.state), (frozen, shardings.frozen), (rest, shardings.rest))
+        )
         losses = []
         for i in range(3):
             state, metrics = step(state, frozen, rest, step_lib.place(make_batch(seed=i), shardings.batch))

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from jasper_jax.errors import EXIT_NONFINITE
 from jasper_jax.train.checkpoint import StageCheckpointer
 from jasper_jax.train.config_base import load_config
-from jasper_jax.errors import EXIT_NONFINITE
 from jasper_jax.train.loop import train
 from jasper_jax.train.settings import TrainingError
 
@@ -45,8 +45,9 @@ def metrics(path):
 
 @pytest.mark.slow
 def test_stages_chain_and_frozen_params_stay_bit_identical(tmp_path):
-    config = tiny(tmp_path, "stages.stage1.steps=6", "stages.stage2.steps=6", "stages.stage3.steps=4",
-                  "checkpoint.every=3")
+    config = tiny(
+        tmp_path, "stages.stage1.steps=6", "stages.stage2.steps=6", "stages.stage3.steps=4", "checkpoint.every=3"
+    )
     train(config, [1, 2, 3])
     s1 = flat(read_params(tmp_path / "stage1" / "checkpoints", 6))
     s2 = flat(read_params(tmp_path / "stage2" / "checkpoints", 6))
@@ -71,8 +72,13 @@ def test_stages_chain_and_frozen_params_stay_bit_identical(tmp_path):
 
 
 def test_nonfinite_steps_are_skipped_then_the_run_stops_with_the_last_checkpoint_intact(tmp_path, capsys):
-    config = tiny(tmp_path, "stages.stage1.steps=16", "checkpoint.every=5", "max_consecutive_nonfinite=3",
-                  "debug.nonfinite_steps=(3, 12, 13, 14)")
+    config = tiny(
+        tmp_path,
+        "stages.stage1.steps=16",
+        "checkpoint.every=5",
+        "max_consecutive_nonfinite=3",
+        "debug.nonfinite_steps=(3, 12, 13, 14)",
+    )
     with pytest.raises(TrainingError) as refused:
         train(config, [1])
     assert refused.value.exit_code == EXIT_NONFINITE

@@ -61,9 +61,16 @@ def test_distributed_detection_order():
 
 
 def test_config_overrides_are_typed():
-    config = load_config(str(CONFIGS / "jasper_paper.py"), ["stages.stage3.lr=1e-5", "mesh.fsdp=4", "model.remat=false",
-                                                    "stages.stage1.trainable=('a/.*', 'b/.*')",
-                                                    "data.shuffle_seed=7"])
+    config = load_config(
+        str(CONFIGS / "jasper_paper.py"),
+        [
+            "stages.stage3.lr=1e-5",
+            "mesh.fsdp=4",
+            "model.remat=false",
+            "stages.stage1.trainable=('a/.*', 'b/.*')",
+            "data.shuffle_seed=7",
+        ],
+    )
     assert config.stages.stage3.lr == 1e-5 and config.mesh.fsdp == 4 and config.model.remat is False
     assert config.stages.stage1.trainable == ("a/.*", "b/.*") and config.data.shuffle_seed == 7
     assert config.stages.stage4.vision.image_tokens == 300
@@ -76,8 +83,9 @@ def test_config_overrides_are_typed():
 def test_cli_collects_config_overrides_anywhere():
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(["--config", "configs/tiny.py", "--config.workdir=/tmp/x", "--stages", "1,3",
-                              "--config.seed", "5"])
+    args = parser.parse_args(
+        ["--config", "configs/tiny.py", "--config.workdir=/tmp/x", "--stages", "1,3", "--config.seed", "5"]
+    )
     assert args.config == "configs/tiny.py" and parse_stages(args.stages) == [1, 3]
     assert args.config_overrides == ["config.workdir=/tmp/x", "config.seed=5"]
 

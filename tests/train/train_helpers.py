@@ -35,7 +35,9 @@ class TinyLayer(nnx.Module):
 class TinyEncoder(nnx.Module):
     def __init__(self, vocab, hidden, mlp, layers, rngs):
         self.embed = nnx.Embed(
-            vocab, hidden, embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.5), ("vocab", "embed")),
+            vocab,
+            hidden,
+            embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.5), ("vocab", "embed")),
             rngs=rngs,
         )
         self.layers = nnx.List([TinyLayer(hidden, mlp, rngs) for _ in range(layers)])

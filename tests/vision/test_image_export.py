@@ -25,8 +25,9 @@ def exported(tmp_path_factory, minilm_folder):
     root = tmp_path_factory.mktemp("image_export")
     text = load_model_folder(minilm_folder, heads=HEADS, rngs=nnx.Rngs(3))
     marker_ids = add_image_tokens(load_tokenizer(minilm_folder, 64))
-    student, config = attach_vision(text.model, tiny_siglip_config(), image_tokens=6, image_token_ids=marker_ids,
-                                    rngs=nnx.Rngs(4))
+    student, config = attach_vision(
+        text.model, tiny_siglip_config(), image_tokens=6, image_token_ids=marker_ids, rngs=nnx.Rngs(4)
+    )
     shapes = write_shapes_dataset(root / "shapes", train=4, heldout=5, seed=0, size=40)
     paths = ImageCaptionSource(shapes, "heldout").image_paths()
     loaded = LoadedModel(student, config, minilm_folder, max_seq_length=256, default_head="fc1")
@@ -61,8 +62,21 @@ def test_export_reimports_and_encode_images_command(exported, tmp_path):
     np.testing.assert_allclose(encode_images(again, paths, head="fc2", progress=False), ours["fc2"], atol=1e-5)
     listing = tmp_path / "images.txt"
     listing.write_text("\n".join(paths) + "\n")
-    assert cli_main(["encode", "--model", str(folder), "--images", str(listing), "--out", str(tmp_path / "v.npy"),
-                     "--no-progress"]) == 0
+    assert (
+        cli_main(
+            [
+                "encode",
+                "--model",
+                str(folder),
+                "--images",
+                str(listing),
+                "--out",
+                str(tmp_path / "v.npy"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     np.testing.assert_allclose(np.load(tmp_path / "v.npy"), ours["fc1"], atol=1e-5)
 
 
@@ -95,9 +109,30 @@ def test_eval_command_adds_image_retrieval(exported, tmp_path):
 
     folder, _, _, shapes = exported
     out = tmp_path / "results.json"
-    code = cli_main(["eval", "--model", str(folder), "--out", str(out), "--backend", "jax", "--heads", "fc2",
-                     "--lee", str(write_lee_files(tmp_path / "lee")), "--news", str(write_news_csv(tmp_path / "news.csv")),
-                     "--heldout-size", "10", "--max-length", "32", "--no-progress", "--images", str(shapes)])
+    code = cli_main(
+        [
+            "eval",
+            "--model",
+            str(folder),
+            "--out",
+            str(out),
+            "--backend",
+            "jax",
+            "--heads",
+            "fc2",
+            "--lee",
+            str(write_lee_files(tmp_path / "lee")),
+            "--news",
+            str(write_news_csv(tmp_path / "news.csv")),
+            "--heldout-size",
+            "10",
+            "--max-length",
+            "32",
+            "--no-progress",
+            "--images",
+            str(shapes),
+        ]
+    )
     assert code == 0
     retrieval = json.loads(out.read_text())["image_retrieval"]
     assert set(retrieval) == {"fc2"} and retrieval["fc2"]["pairs"] == 5

@@ -3,17 +3,21 @@
 import jax
 import numpy as np
 from flax import nnx
-from tests.vision.vision_helpers import TINY_BERT, image_inputs, images, vision_student
 
 from jasper_jax.losses import ObjectiveConfig, cosine_loss, relative_similarity_loss, similarity_loss
 from jasper_jax.train import optimizer as optimizer_lib
 from jasper_jax.train import sharding as sharding_lib
 from jasper_jax.train import step as step_lib
 from jasper_jax.train.image_stage import (
-    DEFAULT_TRAINABLE, IMAGE_BATCH_KEYS, image_caption_forward, image_caption_objective, image_objective,
+    DEFAULT_TRAINABLE,
+    IMAGE_BATCH_KEYS,
+    image_caption_forward,
+    image_caption_objective,
+    image_objective,
 )
 from jasper_jax.train.mesh import make_mesh
 from jasper_jax.train.settings import OptimizerSettings
+from tests.vision.vision_helpers import TINY_BERT, image_inputs, images, vision_student
 
 
 def _batch(batch_size=8, seed=0):
@@ -23,8 +27,14 @@ def _batch(batch_size=8, seed=0):
     caption_ids = rng.integers(3, 60, (batch_size, 8)).astype(np.int32) * caption_mask
     row_mask = np.ones(batch_size, bool)
     row_mask[-1] = False  # a padding row
-    return {"input_ids": ids, "attention_mask": mask, "pixel_values": images(batch_size, seed),
-            "caption_ids": caption_ids, "caption_mask": caption_mask, "row_mask": row_mask}
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "pixel_values": images(batch_size, seed),
+        "caption_ids": caption_ids,
+        "caption_mask": caption_mask,
+        "row_mask": row_mask,
+    }
 
 
 def test_objective_averages_the_three_weighted_losses_over_heads():
@@ -33,10 +43,14 @@ def test_objective_averages_the_three_weighted_losses_over_heads():
     captions = {"fc1": rng.standard_normal((6, 8)), "fc2": rng.standard_normal((6, 4))}
     mask = np.array([1, 1, 1, 1, 1, 0], bool)
     loss, metrics = image_caption_objective(images_out, captions, mask)
-    expected = np.mean([
-        10 * cosine_loss(images_out[h], captions[h], mask) + 200 * similarity_loss(images_out[h], captions[h], mask)
-        + 20 * relative_similarity_loss(images_out[h], captions[h], mask=mask) for h in ("fc1", "fc2")
-    ])
+    expected = np.mean(
+        [
+            10 * cosine_loss(images_out[h], captions[h], mask)
+            + 200 * similarity_loss(images_out[h], captions[h], mask)
+            + 20 * relative_similarity_loss(images_out[h], captions[h], mask=mask)
+            for h in ("fc1", "fc2")
+        ]
+    )
     assert abs(float(loss) - float(expected)) < 1e-5 * max(1.0, abs(float(expected)))
     assert {"cosine/fc2", "similarity/fc1", "relative_similarity/fc2", "loss"} <= set(metrics)
     # identical image and caption vectors: cosine and similarity vanish
@@ -47,21 +61,29 @@ def test_objective_averages_the_three_weighted_losses_over_heads():
 def test_step_changes_only_vision_parameters():
     """On 8 devices (data 4 x fsdp 2); the Qwen2 student's image path is covered by test_image_tokens."""
     model = vision_student(TINY_BERT)
-    before = {optimizer_lib.path_string(p): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    before = {
+        optimizer_lib.path_string(p): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+    }
     graphdef, trainable, frozen, rest = optimizer_lib.split_model(model, DEFAULT_TRAINABLE)
     tx, schedule = optimizer_lib.make_optimizer(OptimizerSettings(warmup_fraction=0.0), 1e-2, 10)
     state = step_lib.init_train_state(trainable, tx)
     mesh = make_mesh({"data": 4, "fsdp": 2}, jax.devices())
     rules = sharding_lib.rules_from_config(None)
     shardings = step_lib.step_shardings(mesh, rules, state, frozen, rest, batch_keys=IMAGE_BATCH_KEYS)
-    fn = step_lib.train_step_fn(graphdef, tx, image_objective(ObjectiveConfig(margin=0.015)), schedule,
-                                activation_sharding=sharding_lib.activation_sharding(mesh),
-                                forward=image_caption_forward)
+    fn = step_lib.train_step_fn(
+        graphdef,
+        tx,
+        image_objective(ObjectiveConfig(margin=0.015)),
+        schedule,
+        activation_sharding=sharding_lib.activation_sharding(mesh),
+        forward=image_caption_forward,
+    )
     step = step_lib.jit_train_step(fn, shardings, mesh)
-    state, frozen, rest = (step_lib.place(x, s) for x, s in
-                           ((state, shardings.state), (frozen, shardings.frozen), (rest, shardings.rest)))
+    state, frozen, rest = (
+        step_lib.place(x, s) for x, s in ((state, shardings.state), (frozen, shardings.frozen), (rest, shardings.rest))
+    )
     losses = []
-    for i in range(3):
+    for _ in range(3):
         state, metrics = step(state, frozen, rest, step_lib.place(_batch(seed=0), shardings.batch))
         losses.append(float(metrics["loss"]))
         assert bool(metrics["finite"]) and float(metrics["grad_norm"]) > 0, metrics

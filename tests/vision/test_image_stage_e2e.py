@@ -24,10 +24,21 @@ def tiny_vision_config(workdir: Path):
     config.checkpoint.async_save = False
     config.stages = type(config.stages)()
     config.stages.stage4 = image_stage_config(
-        image_tokens=8, vision_encoder=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                            num_attention_heads=4, image_size=32, patch_size=8),
+        image_tokens=8,
+        vision_encoder=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        ),
         generate=dict(train=48, heldout=16, seed=0, size=32),
-        heads={"fc1": 32, "fc2": 16}, init_from="model", batch_size=8, lr=1e-3, steps=4,
+        heads={"fc1": 32, "fc2": 16},
+        init_from="model",
+        batch_size=8,
+        lr=1e-3,
+        steps=4,
     )
     return config
 

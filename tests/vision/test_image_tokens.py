@@ -10,7 +10,15 @@ from jasper_jax.data.tokenization import add_image_tokens, image_token_ids, load
 from jasper_jax.models import JasperStudent, StudentConfig
 from jasper_jax.models.image_inputs import IMAGE_MARKERS
 from jasper_jax.models.params import assign_params, flat_params
-from tests.vision.vision_helpers import MARKERS, N_IMAGE_TOKENS, TINY_BERT, TINY_QWEN2, image_inputs, images, vision_student
+from tests.vision.vision_helpers import (
+    MARKERS,
+    N_IMAGE_TOKENS,
+    TINY_BERT,
+    TINY_QWEN2,
+    image_inputs,
+    images,
+    vision_student,
+)
 
 ENCODERS = pytest.mark.parametrize("encoder", [TINY_QWEN2, TINY_BERT], ids=["qwen2", "bert"])
 
@@ -104,6 +112,8 @@ def test_config_round_trips_and_is_checked():
     with pytest.raises(ValueError, match="image_tokens > 0"):
         StudentConfig(encoder=TINY_QWEN2, vision=model.config.vision)
     with pytest.raises(ValueError, match="no vision tower"):
-        JasperStudent(StudentConfig(encoder=TINY_QWEN2), rngs=nnx.Rngs(0)).pooled(*image_inputs(1), pixel_values=images(1))
+        JasperStudent(StudentConfig(encoder=TINY_QWEN2), rngs=nnx.Rngs(0)).pooled(
+            *image_inputs(1), pixel_values=images(1)
+        )
     paths = set(flat_params(model))
     assert "vision/tower/layers/1/attention/query/kernel" in paths and "vision/markers/embedding" in paths

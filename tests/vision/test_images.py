@@ -9,7 +9,12 @@ import pytest
 from PIL import Image
 
 from jasper_jax.data.images import (
-    COLOURS, POSITIONS, ImageCaptionSource, load_image, make_image_caption_iterator, write_shapes_dataset,
+    COLOURS,
+    POSITIONS,
+    ImageCaptionSource,
+    load_image,
+    make_image_caption_iterator,
+    write_shapes_dataset,
 )
 from jasper_jax.data.tokenization import add_image_tokens, load_tokenizer
 from jasper_jax.train.mesh import make_mesh
@@ -62,13 +67,24 @@ def test_global_batches_and_exact_resume(shapes, minilm_folder):
     mesh = make_mesh({"data": 4}, jax.devices()[:4])
 
     def iterator():
-        return make_image_caption_iterator(shapes, tokenizer, image_size=32, image_tokens=6, global_batch_size=8,
-                                           mesh=mesh, shuffle_seed=1, worker_threads=1, prefetch=1)
+        return make_image_caption_iterator(
+            shapes,
+            tokenizer,
+            image_size=32,
+            image_tokens=6,
+            global_batch_size=8,
+            mesh=mesh,
+            shuffle_seed=1,
+            worker_threads=1,
+            prefetch=1,
+        )
 
     first = iterator()
     batch = next(first)
     assert batch["pixel_values"].shape == (8, 32, 32, 3) and batch["input_ids"].shape == (8, 16)
-    assert len(batch["pixel_values"].sharding.device_set) == 4 and not batch["pixel_values"].sharding.is_fully_replicated
+    assert (
+        len(batch["pixel_values"].sharding.device_set) == 4 and not batch["pixel_values"].sharding.is_fully_replicated
+    )
     ids = np.asarray(batch["input_ids"][0])
     assert list(ids[1:9]) == [start] + [token] * 6 + [end], ids
     assert np.asarray(batch["row_mask"]).all() and np.asarray(batch["caption_mask"]).sum(1).min() > 3

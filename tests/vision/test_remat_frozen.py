@@ -4,10 +4,10 @@ layers, stage 4's text encoder); rematerialised layers must not write back into 
 import jax
 import numpy as np
 from flax import nnx
-from tests.vision.vision_helpers import TINY_QWEN2, image_inputs, images, vision_student
 
 from jasper_jax.train import optimizer as optimizer_lib
 from jasper_jax.train.image_stage import DEFAULT_TRAINABLE, image_caption_forward, image_caption_objective
+from tests.vision.vision_helpers import TINY_QWEN2, image_inputs, images, vision_student
 
 
 def test_stage4_gradients_with_remat_equal_those_without():
@@ -17,12 +17,13 @@ def test_stage4_gradients_with_remat_equal_those_without():
     grads = []
     for remat in (False, True):
         graphdef, trainable, frozen, rest = optimizer_lib.split_model(
-            vision_student(TINY_QWEN2, remat=remat), DEFAULT_TRAINABLE)
+            vision_student(TINY_QWEN2, remat=remat), DEFAULT_TRAINABLE
+        )
 
         @jax.jit
         def gradient(params, frozen, rest):
             def loss(params):
-                model = nnx.merge(graphdef, params, frozen, rest)
+                model = nnx.merge(graphdef, params, frozen, rest)  # noqa: B023 (called in this iteration)
                 images_out, captions = image_caption_forward(model, batch, True)
                 return image_caption_objective(images_out, captions)[0]
 

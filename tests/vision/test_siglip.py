@@ -14,11 +14,20 @@ from jasper_jax.models.student import count_parameters
 
 CONFIGS = {
     # (hidden, intermediate, layers, heads, image, patch, act)
-    "patch8": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                   image_size=32, patch_size=8),
+    "patch8": dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8
+    ),
     # 30 // 7 = 4 patches per side: the 2 leftover pixel rows/columns are dropped, as by HF's conv
-    "uneven_exact_gelu": dict(hidden_size=48, intermediate_size=40, num_hidden_layers=3, num_attention_heads=3,
-                              image_size=30, patch_size=7, hidden_act="gelu", layer_norm_eps=1e-5),
+    "uneven_exact_gelu": dict(
+        hidden_size=48,
+        intermediate_size=40,
+        num_hidden_layers=3,
+        num_attention_heads=3,
+        image_size=30,
+        patch_size=7,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+    ),
 }
 
 
@@ -42,7 +51,9 @@ def test_matches_transformers(tmp_path, name):
     reference = _reference(tmp_path, values)
     tower, config = load_siglip_folder(tmp_path)
     assert config.num_patches == (values["image_size"] // values["patch_size"]) ** 2
-    pixels = np.random.default_rng(1).uniform(-1, 1, (3, values["image_size"], values["image_size"], 3)).astype(np.float32)
+    pixels = (
+        np.random.default_rng(1).uniform(-1, 1, (3, values["image_size"], values["image_size"], 3)).astype(np.float32)
+    )
     with torch.no_grad():
         expected = reference(pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2)).last_hidden_state.numpy()
     ours = np.asarray(tower(pixels))
@@ -76,15 +87,21 @@ def test_imports_a_full_siglip_model_folder(tmp_path):
     from transformers import SiglipConfig, SiglipModel
 
     torch.manual_seed(0)
-    full = SiglipModel(SiglipConfig(
-        text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=50),
-        vision_config=CONFIGS["patch8"],
-    )).eval()
+    full = SiglipModel(
+        SiglipConfig(
+            text_config=dict(
+                hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=50
+            ),
+            vision_config=CONFIGS["patch8"],
+        )
+    ).eval()
     full.save_pretrained(tmp_path, safe_serialization=True)
     tower, config = load_siglip_folder(tmp_path)
     pixels = np.random.default_rng(3).uniform(-1, 1, (1, 32, 32, 3)).astype(np.float32)
     with torch.no_grad():
-        expected = full.vision_model(pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2)).last_hidden_state.numpy()
+        expected = full.vision_model(
+            pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2)
+        ).last_hidden_state.numpy()
     assert np.abs(np.asarray(tower(pixels)) - expected).max() < 1e-5
 
 
