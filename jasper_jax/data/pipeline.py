@@ -1,47 +1,23 @@
 """The Grain input pipeline: teacher store -> global, sharded training batches with exact resume.
 
-Per step the pipeline yields::
+Per step it yields::
 
     {"input_ids": (B, L) int32, "attention_mask": (B, L) int32, "teacher": (B, D) float32, "row_mask": (B,) bool}
 
-as global `jax.Array`s sharded over the mesh's batch axes ("data", "fsdp"), built from process-local data
-with `jax.make_array_from_process_local_data`. B is the global batch size; L is one power-of-two bucket
-(`tokenization.bucket_length`, at least 16, at most max_length) for the whole global batch.
+as global `jax.Array`s sharded over the mesh's batch axes ("data", "fsdp"), made from process-local data.
+B is the global batch size, L one power-of-two bucket (`tokenization.bucket_length`) for the whole global
+batch; a final partial batch (finite `num_epochs`) is filled with copies of its first row, `row_mask` False.
 
-How a step is made (a Grain `MapDataset` of global batches of row indices):
+Why it is built this way: the row order (a seeded shuffle per epoch, or the store's order, the official
+default, which keeps neighbouring chunks of one document in one batch) depends only on the store, the seed
+and B, never on the number of hosts; each host reads the teacher vectors (the bulk of the data) of its own
+rows only, but tokenises the texts of the whole global batch, so that every host picks the same L without
+communicating.
 
-1. rows 0..N-1 -> seeded shuffle, re-drawn every epoch (or no shuffle: the official default, so that
-   neighbouring texts, e.g. chunks of one document, share batches) -> repeated for `num_epochs` (None:
-   forever) -> global batches of `global_batch_size` row indices. The order depends only on the store,
-   the seed and B, never on the number of hosts (every host's saved state is the same; Grain's Orbax
-   handler still writes one file per process, so restoring through it needs the same process count).
-2. each host takes its contiguous slice of the global batch (the rows its devices hold in the sharding)
-   and reads only those rows' teacher vectors (the bulk of the data: D float16s per row);
-3. it tokenises (fast, batched, with the query prompt) the texts of the WHOLE global batch, so that every
-   host computes the same padded length (the bucket of the longest row of the global batch) with no
-   communication, and keeps its own rows;
-4. a final partial batch (finite `num_epochs`) is filled with copies of its first row and `row_mask` False;
-5. Grain runs step 2-4 in `worker_threads` threads with `prefetch` batches buffered (or in
-   `worker_processes` processes via `mp_prefetch`); the iterator makes the global arrays.
-
-Checkpointing (exact resume): the iterator is a `grain.DatasetIterator`, so Orbax saves it with Grain's
-handler beside the model (one JSON file per process)::
-
-    import grain, orbax.checkpoint as ocp
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(max_to_keep=3),
-                                    item_handlers={"model": ocp.StandardCheckpointHandler(),
-                                                   "data_iter": grain.checkpoint.CheckpointHandler()})
-    batch = next(iterator); ...train step...
-    manager.save(step, args=ocp.args.Composite(model=ocp.args.StandardSave(state),
-                                               data_iter=grain.checkpoint.CheckpointSave(iterator)))
-    # on restart: build the iterator with the same arguments, then
-    restored = manager.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore(abstract_state),
-                                                             data_iter=grain.checkpoint.CheckpointRestore(iterator)))
-    # `iterator` now yields exactly the batch an uninterrupted run would yield after `step` batches.
-
-Save the iterator after taking the batch of the step being saved (the state counts the batches taken).
-`get_state()` / `set_state()` give the same JSON-able dict directly; `set_state` refuses a state from a
-pipeline over other data or settings (store texts, B, seed, prompt, max_length, num_epochs).
+Exact resume: the iterator is a `grain.DatasetIterator`. `get_state()` / `set_state()` give a JSON-able
+dict (`set_state` refuses one from other data or settings); the trainer's checkpoints save it beside the
+model with Grain's Orbax handler (`jasper_jax.train.checkpoint`; one file per process, so restoring needs
+the same process count). Save after taking the batch of the step being saved: the state counts batches taken.
 """
 
 from __future__ import annotations
