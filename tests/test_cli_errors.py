@@ -18,12 +18,22 @@ def _commands(tmp_path):
         "train": ["train", "--config", missing + ".py"],
         "train-override": ["train", "--config", "configs/tiny.py", "--config.stages.stage1.lrr=1"],
         "compile-check": ["compile-check", "--config", missing + ".py"],
-        "teachers": ["teachers", "encode", "--corpus", str(texts), "--teacher", missing, "--out", str(tmp_path / "store")],
+        "teachers": [
+            "teachers",
+            "encode",
+            "--corpus",
+            str(texts),
+            "--teacher",
+            missing,
+            "--out",
+            str(tmp_path / "store"),
+        ],
     }
 
 
-@pytest.mark.parametrize("case", ["encode", "encode-input", "export", "eval", "train", "train-override",
-                                  "compile-check", "teachers"])
+@pytest.mark.parametrize(
+    "case", ["encode", "encode-input", "export", "eval", "train", "train-override", "compile-check", "teachers"]
+)
 def test_a_user_error_is_one_line_and_exit_code_2(case, tmp_path, capsys):
     argv = _commands(tmp_path)[case]
     before = sorted(p.name for p in tmp_path.iterdir())

@@ -36,7 +36,9 @@ def test_import_export_import_is_bit_identical(exported, tmp_path):
         assert before[key].dtype == after[key].dtype and np.array_equal(before[key], after[key]), key
     export_model(again.model, again.config, again.tokenizer_folder, tmp_path, active_head="fc2", max_seq_length=128)
     assert (tmp_path / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
-    assert (tmp_path / "2_JasperHeads" / "model.safetensors").read_bytes() == (out / "2_JasperHeads" / "model.safetensors").read_bytes()
+    assert (tmp_path / "2_JasperHeads" / "model.safetensors").read_bytes() == (
+        out / "2_JasperHeads" / "model.safetensors"
+    ).read_bytes()
 
 
 def test_sentence_transformers_reproduces_encode_for_every_head(exported):
@@ -160,11 +162,17 @@ def test_causal_qwen2_exports_as_plain_qwen2model(qwen2_folder, tmp_path):
     assert load_model_folder(tmp_path).config.encoder.causal
     model = AutoModel.from_pretrained(str(tmp_path), local_files_only=True).eval()
     assert type(model).__name__ == "Qwen2Model"
-    batch = AutoTokenizer.from_pretrained(str(tmp_path), local_files_only=True)(TEXTS, padding=True, return_tensors="pt")
+    batch = AutoTokenizer.from_pretrained(str(tmp_path), local_files_only=True)(
+        TEXTS, padding=True, return_tensors="pt"
+    )
     with torch.no_grad():
         hidden = model(**batch).last_hidden_state.numpy()
         expected = reference(**batch).last_hidden_state.numpy()
-    ours = np.asarray(loaded.model.encoder(batch["input_ids"].numpy().astype(np.int32), batch["attention_mask"].numpy().astype(np.int32)))
+    ours = np.asarray(
+        loaded.model.encoder(
+            batch["input_ids"].numpy().astype(np.int32), batch["attention_mask"].numpy().astype(np.int32)
+        )
+    )
     valid = batch["attention_mask"].numpy().astype(bool)
     assert np.abs(hidden - expected).max() < 1e-5  # same weights (sdpa vs eager attention)
     assert np.abs(ours[valid] - expected[valid]).max() < 1e-5

@@ -27,10 +27,22 @@ CPU_IMPLEMENTATIONS = ("xla", "auto")
 LENGTHS = (9, 6, 1)  # a full row, a padded one, a row with a single real token
 LENGTH = 9
 
-TINY_BERT = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                       intermediate_size=48, max_position_embeddings=32)
-TINY_QWEN2 = Qwen2Config(vocab_size=64, hidden_size=48, num_hidden_layers=2, num_attention_heads=6,
-                         num_key_value_heads=2, intermediate_size=64)  # GQA: 3 query heads per kv head
+TINY_BERT = BertConfig(
+    vocab_size=64,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=48,
+    max_position_embeddings=32,
+)
+TINY_QWEN2 = Qwen2Config(
+    vocab_size=64,
+    hidden_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=6,
+    num_key_value_heads=2,
+    intermediate_size=64,
+)  # GQA: 3 query heads per kv head
 TEXT_ENCODERS = {
     "bert": (BertEncoder, TINY_BERT),
     "qwen2": (Qwen2Encoder, TINY_QWEN2),
@@ -52,9 +64,11 @@ def padding_mask(lengths=LENGTHS, length=LENGTH) -> jax.Array:
 
 def qkv(batch=3, length=LENGTH, heads=6, kv_heads=2, head_dim=8, seed=0):
     keys = jax.random.split(jax.random.key(seed), 3)
-    return (jax.random.normal(keys[0], (batch, length, heads, head_dim)),
-            jax.random.normal(keys[1], (batch, length, kv_heads, head_dim)),
-            jax.random.normal(keys[2], (batch, length, kv_heads, head_dim)))
+    return (
+        jax.random.normal(keys[0], (batch, length, heads, head_dim)),
+        jax.random.normal(keys[1], (batch, length, kv_heads, head_dim)),
+        jax.random.normal(keys[2], (batch, length, kv_heads, head_dim)),
+    )
 
 
 # ------------------------------------------------------------------------------------------ the function
@@ -82,9 +96,11 @@ def test_function_equals_einsum_in_values_and_gradients(implementation, heads, k
 
     def scalar(name):
         def f(q, k, v):
-            out = attention_lib.dot_product_attention(q, k, v, mask, causal=causal, segment_ids=segment_ids,
-                                                      implementation=name)
+            out = attention_lib.dot_product_attention(
+                q, k, v, mask, causal=causal, segment_ids=segment_ids, implementation=name
+            )
             return jnp.sum(out * weights * mask[:, :, None, None]), out
+
         return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True))
 
     (_, expected), expected_grads = scalar("einsum")(query, key, value)
@@ -100,8 +116,11 @@ def test_segment_ids_keep_packed_texts_apart():
     query, key, value = qkv(batch=1, length=7, heads=4, kv_heads=2)
     segment_ids = jnp.asarray([[0, 0, 0, 1, 1, 1, 1]])
     for name in ("einsum", "xla"):
-        attend = jax.jit(lambda q, k, v, s, name=name: attention_lib.dot_product_attention(
-            q, k, v, None, segment_ids=s, implementation=name))
+        attend = jax.jit(
+            lambda q, k, v, s, name=name: attention_lib.dot_product_attention(
+                q, k, v, None, segment_ids=s, implementation=name
+            )
+        )
         packed = attend(query, key, value, segment_ids)
         first = attend(query[:, :3], key[:, :3], value[:, :3], None)
         second = attend(query[:, 3:], key[:, 3:], value[:, 3:], None)
@@ -119,9 +138,11 @@ def test_splash_kernel_in_interpret_mode_equals_einsum_at_real_tokens(causal):
 
     def run(name):
         def f(q, k, v):
-            out = attention_lib.dot_product_attention(q, k, v, mask, causal=causal, segment_ids=segment_ids,
-                                                      implementation=name, interpret=True)
+            out = attention_lib.dot_product_attention(
+                q, k, v, mask, causal=causal, segment_ids=segment_ids, implementation=name, interpret=True
+            )
             return jnp.sum(out * weights), out
+
         return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True))(query, key, value)
 
     (_, expected), expected_grads = run("einsum")
@@ -202,7 +223,9 @@ def test_text_encoders_equal_einsum_in_values_and_gradients(family, implementati
         (param_grads, input_grads), hidden = grad(model, embeddings, ids, mask, weights)
         results[name] = (hidden, nnx.to_flat_state(param_grads), input_grads)
     (hidden, param_grads, input_grads), (ref_hidden, ref_param_grads, ref_input_grads) = (
-        results[implementation], results["einsum"])
+        results[implementation],
+        results["einsum"],
+    )
     real = np.asarray(mask, bool)
     assert_close(np.asarray(hidden)[real], np.asarray(ref_hidden)[real], f"{family} {implementation} hidden states")
     assert_close(input_grads, ref_input_grads, f"{family} {implementation} gradient w.r.t. the token embeddings")
@@ -230,7 +253,9 @@ def test_siglip_equals_einsum_in_values_and_gradients(implementation):
         (param_grads, pixel_grads), states = grad(model, pixels)
         results[name] = (states, nnx.to_flat_state(param_grads), pixel_grads)
     (states, param_grads, pixel_grads), (ref_states, ref_param_grads, ref_pixel_grads) = (
-        results[implementation], results["einsum"])
+        results[implementation],
+        results["einsum"],
+    )
     assert_close(states, ref_states, f"siglip {implementation} token states")
     assert_close(pixel_grads, ref_pixel_grads, f"siglip {implementation} gradient w.r.t. the pixels")
     for (path, got), (_, want) in zip(param_grads, ref_param_grads):
@@ -240,9 +265,11 @@ def test_siglip_equals_einsum_in_values_and_gradients(implementation):
 # ------------------------------------------------------------------------------------------ the config field
 
 
-@pytest.mark.parametrize("encoder_class,config", [(BertEncoder, TINY_BERT), (Qwen2Encoder, TINY_QWEN2),
-                                                   (SiglipVisionEncoder, tiny_siglip_config())],
-                         ids=["bert", "qwen2", "siglip"])
+@pytest.mark.parametrize(
+    "encoder_class,config",
+    [(BertEncoder, TINY_BERT), (Qwen2Encoder, TINY_QWEN2), (SiglipVisionEncoder, tiny_siglip_config())],
+    ids=["bert", "qwen2", "siglip"],
+)
 def test_encoders_pass_their_attention_argument_to_every_layer(encoder_class, config):
     with layers.parameter_context():
         model = nnx.eval_shape(lambda: encoder_class(config, attention="einsum", rngs=nnx.Rngs(0)))
@@ -255,8 +282,13 @@ def test_student_config_field_reaches_every_layer_and_round_trips():
     config = StudentConfig(encoder=TINY_QWEN2, heads={"fc1": 8}, attention="xla")
     model = JasperStudent(config, rngs=nnx.Rngs(0))
     assert {module.implementation for module in _attention_modules(model)} == {"xla"}
-    with_vision = StudentConfig(encoder=TINY_QWEN2, attention="einsum", vision=tiny_siglip_config(),
-                                image_tokens=2, image_token_ids=(64, 65, 66))
+    with_vision = StudentConfig(
+        encoder=TINY_QWEN2,
+        attention="einsum",
+        vision=tiny_siglip_config(),
+        image_tokens=2,
+        image_token_ids=(64, 65, 66),
+    )
     abstract = nnx.eval_shape(lambda: JasperStudent(with_vision, rngs=nnx.Rngs(0)))
     modules = _attention_modules(abstract)
     assert len(modules) == TINY_QWEN2.num_hidden_layers + tiny_siglip_config().num_hidden_layers
@@ -267,6 +299,5 @@ def test_student_config_field_reaches_every_layer_and_round_trips():
     assert StudentConfig.from_dict(saved_before_the_field).attention == "auto"
     mask = padding_mask()
     ids = jax.random.randint(jax.random.key(1), mask.shape, 1, 64) * mask
-    reference = JasperStudent(StudentConfig(encoder=TINY_QWEN2, heads={"fc1": 8}, attention="einsum"),
-                              rngs=nnx.Rngs(0))
+    reference = JasperStudent(StudentConfig(encoder=TINY_QWEN2, heads={"fc1": 8}, attention="einsum"), rngs=nnx.Rngs(0))
     assert_close(model(ids, mask)["fc1"], reference(ids, mask)["fc1"], "student xla vs einsum")
