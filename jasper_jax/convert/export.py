@@ -23,6 +23,7 @@ import numpy as np
 
 from jasper_jax.convert.hf import encoder_params_to_hf, write_weights
 from jasper_jax.convert.load import JASPER_CONFIG, POOLING_TO_ST
+from jasper_jax.data.tokenization import TokenizerNotFoundError
 from jasper_jax.models.params import flat_params
 from jasper_jax.models.student import JasperStudent, StudentConfig
 from jasper_jax.prompts import PAPER_PROMPTS

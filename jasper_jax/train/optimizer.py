@@ -10,7 +10,7 @@ bit-identical: they are inputs of the step, never outputs.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
