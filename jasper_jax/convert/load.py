@@ -171,6 +171,7 @@ def load_model_folder(
     compute_dtype: str | None = None,
     remat: bool | None = None,
     vector_dropout: float | None = None,
+    attention: str | None = None,
 ) -> LoadedModel:
     """Load a student and its encode settings from a local folder (see the module docstring)."""
     folder = Path(path)
@@ -205,7 +206,7 @@ def load_model_folder(
         vector_dropout=student.get("vector_dropout", 0.0) if vector_dropout is None else vector_dropout,
         compute_dtype=compute_dtype or student.get("compute_dtype", "float32"),
         remat=student.get("remat", False) if remat is None else remat,
-        prefix_layout=bool(student.get("prefix_layout", False)) and len(head_dims) == 1,
+        attention=attention or student.get("attention", "auto"),
         **(vision[0] if vision else {}),
     )
     model = JasperStudent(config, rngs=rngs or nnx.Rngs(0))
@@ -224,6 +225,6 @@ def load_model_folder(
 def load_model(path: str | Path, *, heads: dict[str, int] | None = None, rngs: nnx.Rngs | None = None, **overrides):
     """(JasperStudent, StudentConfig) from a HF folder (BERT/Qwen2), a sentence-transformers folder or our
     export; `heads` adds freshly initialised heads (name -> dim). `overrides`: causal, compute_dtype, remat,
-    vector_dropout."""
+    vector_dropout, attention."""
     loaded = load_model_folder(path, heads=heads, rngs=rngs, **overrides)
     return loaded.model, loaded.config

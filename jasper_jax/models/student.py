@@ -1,9 +1,9 @@
 """The Jasper student: an encoder, pooling, optional vector dropout and named linear heads.
 
 Paper layout ("heads"): independent `Linear(hidden -> d, bias)` heads on the pooled vector (fc1 12288,
-fc2 1024, fc3 512, fc4 256); every head's output is L2-normalised. Official-code layout ("prefix",
-`prefix_layout=True`): exactly one head; reduced vectors are its first d components, renormalised (the loss
-and `encode` do the truncation, see `truncate`). A student without heads outputs the normalised pooled vector
+fc2 1024, fc3 512, fc4 256); every head's output is L2-normalised. The official code's "prefix" convention
+(one head whose first d components, renormalised, are the reduced vectors) is the objective's `mrl_mode` and
+`encode`'s `NAME@D`; the model is the same. A student without heads outputs the normalised pooled vector
 under the name "pooled".
 """
 
@@ -43,7 +43,6 @@ class StudentConfig:
     # attention implementation of every encoder layer, text and vision (jasper_jax.models.attention);
     # configs saved before the field existed load with the default
     attention: str = "auto"
-    prefix_layout: bool = False
     # images (stage 4): a SigLIP tower, n pooled rows per image, the (start, token, end) marker token ids
     vision: SiglipVisionConfig | None = None
     image_tokens: int = 0
@@ -59,8 +58,6 @@ class StudentConfig:
             object.__setattr__(self, "image_token_ids", tuple(int(i) for i in self.image_token_ids))
         if self.pooling not in POOLING_MODES:
             raise ValueError(f"pooling={self.pooling!r}; choose from {POOLING_MODES}")
-        if self.prefix_layout and len(self.heads) != 1:
-            raise ValueError(f"prefix_layout needs exactly one head, got heads={self.heads}")
         if POOLED in self.heads:
             raise ValueError(f"{POOLED!r} is reserved for the pooled vector; rename that head")
         if self.compute_dtype not in ("float32", "bfloat16"):
@@ -78,6 +75,7 @@ class StudentConfig:
     def from_dict(cls, values: dict[str, Any]) -> "StudentConfig":
         """Inverse of `to_dict`."""
         values = dict(values)
+        values.pop("prefix_layout", None)  # saved before 2026-12: a flag that changed nothing
         encoder = values["encoder"]
         family = encoder.get("model_type")
         if family not in ENCODER_FAMILIES:
@@ -87,11 +85,6 @@ class StudentConfig:
         if values.get("vision"):
             values["vision"] = SiglipVisionConfig.from_hf(values["vision"])
         return cls(**values)
-
-
-def truncate(vectors: Array, dim: int) -> Array:
-    """The first `dim` components, renormalised (the prefix/Matryoshka convention)."""
-    return l2_normalize(vectors[..., :dim])
 
 
 class JasperStudent(nnx.Module):

@@ -88,6 +88,7 @@ def compile_stage_step(config, stage_number: int, *, batch_size: int = 0, length
         "trainable_parameters": count(step.trainable),
         "compute_dtype": built.config.compute_dtype,
         "remat": built.config.remat,
+        "attention": built.config.attention,
         "lower_seconds": lowered_at - started,
         "compile_seconds": finished - lowered_at,
     }

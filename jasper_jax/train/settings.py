@@ -45,6 +45,7 @@ class ModelSettings:
     compute_dtype: str = "float32"
     remat: bool = False
     vector_dropout: float = 0.0
+    attention: str = "auto"  # jasper_jax.models.attention: auto, xla, cudnn, splash, einsum
 
 
 @dataclasses.dataclass(frozen=True)

@@ -75,7 +75,8 @@ def model_source_path(run: RunSettings) -> str | None:
 
 def _training_options(run: RunSettings) -> dict[str, Any]:
     model = run.model
-    return dict(compute_dtype=model.compute_dtype, remat=model.remat, vector_dropout=model.vector_dropout)
+    return dict(compute_dtype=model.compute_dtype, remat=model.remat, vector_dropout=model.vector_dropout,
+                attention=model.attention)
 
 
 def student_config_for(run: RunSettings, heads: dict[str, int], saved: dict[str, Any] | None) -> StudentConfig:

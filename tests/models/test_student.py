@@ -15,7 +15,6 @@ from jasper_jax.models import (
     paper_student_config,
 )
 from jasper_jax.models.pooling import pool
-from jasper_jax.models.student import truncate
 
 TINY_QWEN2 = Qwen2Config(
     vocab_size=64,
@@ -118,12 +117,10 @@ def test_vector_dropout_only_in_training():
     assert np.abs(np.asarray(trained) - np.asarray(first)).max() > 1e-3
 
 
-def test_prefix_layout_and_truncation():
-    with pytest.raises(ValueError, match="exactly one head"):
-        StudentConfig(encoder=TINY_BERT, heads={"fc1": 8, "fc2": 4}, prefix_layout=True)
-    vectors = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8)), jnp.float32)
-    cut = truncate(vectors, 3)
-    np.testing.assert_allclose(cut, vectors[:, :3] / np.linalg.norm(vectors[:, :3], axis=1, keepdims=True), rtol=1e-6)
+def test_configs_saved_with_the_old_prefix_layout_flag_still_load():
+    saved = StudentConfig(encoder=TINY_BERT, heads={"fc1": 8}).to_dict()
+    assert "prefix_layout" not in saved
+    assert StudentConfig.from_dict({**saved, "prefix_layout": False}) == StudentConfig.from_dict(saved)
 
 
 def test_student_without_heads_outputs_the_normalised_pooled_vector():
