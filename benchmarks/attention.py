@@ -66,13 +66,20 @@ def main() -> None:
     args = parser.parse_args()
     jax.config.update("jax_default_matmul_precision", "highest")  # as the tests: float32 is float32
     implementations = args.implementations.split(",")
-    config = BertConfig(vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
-                        num_attention_heads=args.heads, intermediate_size=4 * args.hidden,
-                        max_position_embeddings=max(length for _, length in parse_shapes(args.shapes)))
+    config = BertConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        intermediate_size=4 * args.hidden,
+        max_position_embeddings=max(length for _, length in parse_shapes(args.shapes)),
+    )
     with layers.parameter_context():
         model = BertEncoder(config, rngs=nnx.Rngs(0))
-    print(f"jax {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind}), BERT hidden "
-          f"{config.hidden_size}, {config.num_attention_heads} heads, {config.num_hidden_layers} layers, float32")
+    print(
+        f"jax {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind}), BERT hidden "
+        f"{config.hidden_size}, {config.num_attention_heads} heads, {config.num_hidden_layers} layers, float32"
+    )
     rows = []
     for batch, length in parse_shapes(args.shapes):
         rng = np.random.default_rng(batch * 1000 + length)
@@ -89,8 +96,12 @@ def main() -> None:
             compile_seconds = time.perf_counter() - start
             memory = compiled[name].memory_analysis()
             temp = getattr(memory, "temp_size_in_bytes", None) if memory is not None else None
-            results[name] = {"compile_s": compile_seconds, "temp_mib": None if temp is None else temp / 2**20,
-                             "times": [], "params": params}
+            results[name] = {
+                "compile_s": compile_seconds,
+                "temp_mib": None if temp is None else temp / 2**20,
+                "times": [],
+                "params": params,
+            }
             jax.block_until_ready(compiled[name](params, ids, mask))  # warm-up
         for _ in range(args.repeats):
             for name in implementations:
@@ -106,15 +117,24 @@ def main() -> None:
                 for a, b in zip(jax.tree.leaves(result["grads"]), jax.tree.leaves(reference["grads"]))
             )
             best = min(result["times"])
-            row = {"batch": batch, "length": length, "implementation": name, "best_s": best,
-                   "ratio_to_" + implementations[0]: best / min(reference["times"]),
-                   "compile_s": result["compile_s"], "temp_mib": result["temp_mib"],
-                   "max_gradient_difference": gradient_difference}
+            row = {
+                "batch": batch,
+                "length": length,
+                "implementation": name,
+                "best_s": best,
+                "ratio_to_" + implementations[0]: best / min(reference["times"]),
+                "compile_s": result["compile_s"],
+                "temp_mib": result["temp_mib"],
+                "max_gradient_difference": gradient_difference,
+            }
             rows.append(row)
             temp_text = "n/a" if row["temp_mib"] is None else f"{row['temp_mib']:.1f}"
-            print(f"B={batch:3d} L={length:4d} {name:7s} best {best * 1000:9.1f} ms  "
-                  f"x{row['ratio_to_' + implementations[0]]:.2f}  compile {result['compile_s']:.1f} s  "
-                  f"temp {temp_text} MiB  max |grad diff| {gradient_difference:.2e}", flush=True)
+            print(
+                f"B={batch:3d} L={length:4d} {name:7s} best {best * 1000:9.1f} ms  "
+                f"x{row['ratio_to_' + implementations[0]]:.2f}  compile {result['compile_s']:.1f} s  "
+                f"temp {temp_text} MiB  max |grad diff| {gradient_difference:.2e}",
+                flush=True,
+            )
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=2)

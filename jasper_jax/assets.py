@@ -55,8 +55,19 @@ def _pip_download(requirement: str, dest: Path) -> Path:
     wheel = found()
     if wheel is not None:
         return wheel
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
-               "--disable-pip-version-check", "-d", str(dest), requirement]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--quiet",
+        "--disable-pip-version-check",
+        "-d",
+        str(dest),
+        requirement,
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     wheel = found()
     if result.returncode != 0 or wheel is None:

@@ -118,11 +118,16 @@ class DemoError(UserError):
 
 def data_settings(settings: DemoSettings) -> dict[str, Any]:
     """What the corpus and the teacher store (and so every later step) are made from."""
-    return {"corpus_size": settings.corpus_size, "heldout_size": settings.heldout_size,
-            "lee_background_ratio": settings.lee_background_ratio, "news_titles_ratio": settings.news_titles_ratio,
-            "pair_titles": settings.pair_titles, "chunk_fraction": settings.chunk_fraction,
-            "max_length": settings.max_length,
-            "teachers": [[t.name, t.path, t.backend] for t in settings.teachers or []]}
+    return {
+        "corpus_size": settings.corpus_size,
+        "heldout_size": settings.heldout_size,
+        "lee_background_ratio": settings.lee_background_ratio,
+        "news_titles_ratio": settings.news_titles_ratio,
+        "pair_titles": settings.pair_titles,
+        "chunk_fraction": settings.chunk_fraction,
+        "max_length": settings.max_length,
+        "teachers": [[t.name, t.path, t.backend] for t in settings.teachers or []],
+    }
 
 
 def check_data_settings(settings: DemoSettings) -> None:
@@ -138,27 +143,42 @@ def check_data_settings(settings: DemoSettings) -> None:
     wanted = data_settings(settings)
     if not path.exists():
         if (settings.out / "done" / "corpus.json").exists():
-            raise DemoError(f"{settings.out} holds a demo run whose settings were not recorded (an older version "
-                            f"made it). Use another --out, or delete {settings.out} to start over.")
+            raise DemoError(
+                f"{settings.out} holds a demo run whose settings were not recorded (an older version "
+                f"made it). Use another --out, or delete {settings.out} to start over."
+            )
         path.write_text(json.dumps(wanted, indent=1) + "\n")
         return
     changed = changed_data_settings(path, settings)
     if changed:
-        raise DemoError(f"{settings.out} holds a demo run made with other settings ({changed}). Use another --out, "
-                        f"rerun with the recorded settings, or delete {settings.out} to start over.")
+        raise DemoError(
+            f"{settings.out} holds a demo run made with other settings ({changed}). Use another --out, "
+            f"rerun with the recorded settings, or delete {settings.out} to start over."
+        )
 
 
 def changed_data_settings(recorded_file: Path, settings: DemoSettings) -> str:
     """`"key: X there, Y now; ..."` for each data setting that differs from the run's `settings.json`."""
     recorded = json.loads(recorded_file.read_text())
-    return "; ".join(f"{key}: {recorded.get(key)!r} there, {value!r} now"
-                     for key, value in data_settings(settings).items() if recorded.get(key) != value)
+    return "; ".join(
+        f"{key}: {recorded.get(key)!r} there, {value!r} now"
+        for key, value in data_settings(settings).items()
+        if recorded.get(key) != value
+    )
 
 
 # files of a run that depend only on its data settings (and, for the evaluations, on the model they name in
 # `made_from`, which the eval step checks): what `--data-from` copies
-REUSABLE_DATA = ("data", "teachers", "done/corpus.json", "done/teachers.json", "eval/teacher_*.json",
-                 "eval/teachers_concatenated.json", "eval/undistilled.json", "eval/teacher_agreement_vectors.npy")
+REUSABLE_DATA = (
+    "data",
+    "teachers",
+    "done/corpus.json",
+    "done/teachers.json",
+    "eval/teacher_*.json",
+    "eval/teachers_concatenated.json",
+    "eval/undistilled.json",
+    "eval/teacher_agreement_vectors.npy",
+)
 
 
 def reuse_data(settings: DemoSettings) -> None:
@@ -172,12 +192,16 @@ def reuse_data(settings: DemoSettings) -> None:
         log(f"data: {settings.out} has its own corpus; --data-from {source} not used")
         return
     if not (source / "done" / "teachers.json").exists() or not (source / "settings.json").exists():
-        raise DemoError(f"--data-from {source}: not a demo run with a finished teacher step (no "
-                        f"{source / 'done' / 'teachers.json'}); run the demo there first, or leave --data-from out")
+        raise DemoError(
+            f"--data-from {source}: not a demo run with a finished teacher step (no "
+            f"{source / 'done' / 'teachers.json'}); run the demo there first, or leave --data-from out"
+        )
     changed = changed_data_settings(source / "settings.json", settings)
     if changed:
-        raise DemoError(f"--data-from {source} was made with other data settings ({changed}); rerun with those, "
-                        f"or leave --data-from out to build the data for these settings")
+        raise DemoError(
+            f"--data-from {source} was made with other data settings ({changed}); rerun with those, "
+            f"or leave --data-from out to build the data for these settings"
+        )
     for pattern in REUSABLE_DATA:
         for path in sorted(source.glob(pattern)):
             target = settings.out / path.relative_to(source)
@@ -199,8 +223,10 @@ def fetch_assets(settings: DemoSettings) -> None:
     settings.lee = settings.lee or assets.fetch_lee()
     settings.news = settings.news or assets.fetch_news()
     if settings.teachers is None:
-        settings.teachers = [Teacher("minilm", str(assets.minilm_path()), "jax"),
-                             Teacher("mpnet", str(assets.fetch_mpnet()), "torch")]
+        settings.teachers = [
+            Teacher("minilm", str(assets.minilm_path()), "jax"),
+            Teacher("mpnet", str(assets.fetch_mpnet()), "torch"),
+        ]
 
 
 def _write_jsonl(path: Path, texts: list[str]) -> None:
@@ -222,17 +248,22 @@ def build_demo_corpus(settings: DemoSettings) -> None:
     lee = SourceSpec(str(data / "lee_background.jsonl"), ratio=settings.lee_background_ratio, name="lee_background")
     if settings.pair_titles:
         _write_jsonl(data / "news_paired_train.jsonl", [text for a in train for text in (a.title, a.text)])
-        sources = [SourceSpec(str(data / "news_paired_train.jsonl"), ratio=1 - settings.lee_background_ratio,
-                              name="news"), lee]
+        sources = [
+            SourceSpec(str(data / "news_paired_train.jsonl"), ratio=1 - settings.lee_background_ratio, name="news"),
+            lee,
+        ]
     else:
         _write_jsonl(data / "news_train.jsonl", [a.text for a in train])
         _write_jsonl(data / "news_titles_train.jsonl", [a.title for a in train])
         news = 1 - settings.lee_background_ratio - settings.news_titles_ratio
-        sources = [SourceSpec(str(data / "news_train.jsonl"), ratio=news, name="news"),
-                   SourceSpec(str(data / "news_titles_train.jsonl"), ratio=settings.news_titles_ratio,
-                              name="news_titles"), lee]
-    config = CorpusConfig(size=settings.corpus_size, chunk_fraction=settings.chunk_fraction,
-                          exclude=[str(data / "excluded.jsonl")])
+        sources = [
+            SourceSpec(str(data / "news_train.jsonl"), ratio=news, name="news"),
+            SourceSpec(str(data / "news_titles_train.jsonl"), ratio=settings.news_titles_ratio, name="news_titles"),
+            lee,
+        ]
+    config = CorpusConfig(
+        size=settings.corpus_size, chunk_fraction=settings.chunk_fraction, exclude=[str(data / "excluded.jsonl")]
+    )
     rows, summary = build_corpus(sources, config, progress=settings.progress)
     write_corpus(rows, summary, data / "corpus.jsonl")
     counts = ", ".join(f"{label}: {values['texts']}" for label, values in summary["per_source"].items())
@@ -245,8 +276,16 @@ def encode_teachers(settings: DemoSettings) -> None:
 
     texts = read_corpus(settings.out / "data" / "corpus.jsonl")
     specs = [TeacherSpec(name=t.name, path=t.path, backend=t.backend) for t in settings.teachers]
-    encode_store(texts, settings.out / "teachers", specs, dtype="float32", shard_rows=1024,
-                 batch_size=settings.batch_size, max_length=settings.max_length, progress=settings.progress)
+    encode_store(
+        texts,
+        settings.out / "teachers",
+        specs,
+        dtype="float32",
+        shard_rows=1024,
+        batch_size=settings.batch_size,
+        max_length=settings.max_length,
+        progress=settings.progress,
+    )
     problems = check_store(settings.out / "teachers", [t.name for t in settings.teachers])
     if problems:
         raise DemoError("teacher store problems:\n  " + "\n  ".join(problems), EXIT_FAILED)
@@ -330,8 +369,9 @@ def export_student(settings: DemoSettings, training: DemoTraining) -> None:
     if marker.exists() and marker.read_text().strip() == source:
         log(f"export: {source} exported before; skipped")
         return
-    export_checkpoint(training.run.stage_dir(training.stages[-1]), settings.out / "export",
-                      max_seq_length=settings.max_length)
+    export_checkpoint(
+        training.run.stage_dir(training.stages[-1]), settings.out / "export", max_seq_length=settings.max_length
+    )
     marker.write_text(source + "\n")
 
 
@@ -363,8 +403,16 @@ def evaluated_models(settings: DemoSettings, training: DemoTraining) -> list[Eva
     if source is not None:
         models.append(EvaluatedModel("undistilled", "undistilled", source, "jax"))
     for number in training.stages:
-        models.append(EvaluatedModel(f"stage{number}", "stage", str(training.run.stage_dir(number)), "jax",
-                                     stage=number, image_stage=training.run.stages[number].is_image_stage))
+        models.append(
+            EvaluatedModel(
+                f"stage{number}",
+                "stage",
+                str(training.run.stage_dir(number)),
+                "jax",
+                stage=number,
+                image_stage=training.run.stages[number].is_image_stage,
+            )
+        )
     models.append(EvaluatedModel("export_pytorch", "export", str(settings.out / "export"), "torch"))
     for model in models:
         model.made_from = _made_from(model)
@@ -414,8 +462,11 @@ class _Evaluation:
 
         key = (model.backend, model.path)
         if key not in self.sources:
-            options = dict(max_length=self.settings.max_length, batch_size=self.settings.batch_size,
-                           progress=self.settings.progress)
+            options = dict(
+                max_length=self.settings.max_length,
+                batch_size=self.settings.batch_size,
+                progress=self.settings.progress,
+            )
             if model.backend == "concat":
                 teachers = [m for m in self.models if m.kind == "teacher" and m.backend != "concat"]
                 self.sources[key] = concatenated([self.source(m) for m in teachers], name="teachers")
@@ -431,9 +482,13 @@ def evaluate_all(settings: DemoSettings, training: DemoTraining) -> None:
     from jasper_jax.eval.tasks import news_split, offline_tasks
 
     held_out, _ = news_split(settings.news, settings.heldout_size)
-    evaluation = _Evaluation(settings, training, evaluated_models(settings, training),
-                             offline_tasks(settings.lee, settings.news, settings.heldout_size),
-                             [a.text for a in held_out] + [a.title for a in held_out])
+    evaluation = _Evaluation(
+        settings,
+        training,
+        evaluated_models(settings, training),
+        offline_tasks(settings.lee, settings.news, settings.heldout_size),
+        [a.text for a in held_out] + [a.title for a in held_out],
+    )
     evaluation.folder.mkdir(parents=True, exist_ok=True)
     for model in evaluation.models:
         out = evaluation.folder / f"{model.name}.json"
@@ -517,8 +572,11 @@ def _twin_text_scores(evaluation: _Evaluation, model: EvaluatedModel) -> dict[st
     if not twin.exists():
         return None
     scores = json.loads(twin.read_text())
-    return {**dataclasses.asdict(model), **{key: scores[key] for key in ("scores", "dims", "agreement") if key in scores},
-            "text_scores_from": twin.stem}
+    return {
+        **dataclasses.asdict(model),
+        **{key: scores[key] for key in ("scores", "dims", "agreement") if key in scores},
+        "text_scores_from": twin.stem,
+    }
 
 
 def _image_retrieval(evaluation: _Evaluation, model: EvaluatedModel) -> dict[str, Any]:
@@ -527,8 +585,12 @@ def _image_retrieval(evaluation: _Evaluation, model: EvaluatedModel) -> dict[str
     from jasper_jax.train.image_stage import images_folder
 
     run = evaluation.training.run
-    return image_caption_retrieval(load_any(model.path), images_folder(run, run.stages[model.stage]),
-                                   max_length=evaluation.settings.max_length, progress=evaluation.settings.progress)
+    return image_caption_retrieval(
+        load_any(model.path),
+        images_folder(run, run.stages[model.stage]),
+        max_length=evaluation.settings.max_length,
+        progress=evaluation.settings.progress,
+    )
 
 
 def _export_image_results(evaluation: _Evaluation, model: EvaluatedModel, result: dict) -> None:
@@ -556,8 +618,9 @@ def _export_image_results(evaluation: _Evaluation, model: EvaluatedModel, result
 def write_report(settings: DemoSettings, training: DemoTraining, steps: Steps) -> Path:
     from jasper_jax.eval.report import write_report as write
 
-    results = [json.loads((settings.out / "eval" / f"{m.name}.json").read_text())
-               for m in evaluated_models(settings, training)]
+    results = [
+        json.loads((settings.out / "eval" / f"{m.name}.json").read_text()) for m in evaluated_models(settings, training)
+    ]
     return write(settings.out, results, training.run, steps.seconds(), settings)
 
 
@@ -598,22 +661,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=DEFAULT_OUT, help="artifacts folder (default: artifacts/demo)")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="training config (default: configs/minilm_demo.py)")
     parser.add_argument("--corpus-size", type=int, default=DemoSettings.corpus_size, help="training texts")
-    parser.add_argument("--chunk-fraction", type=float, default=DemoSettings.chunk_fraction,
-                        help="share of corpus documents replaced by their 1-10-sentence chunks")
+    parser.add_argument(
+        "--chunk-fraction",
+        type=float,
+        default=DemoSettings.chunk_fraction,
+        help="share of corpus documents replaced by their 1-10-sentence chunks",
+    )
     parser.add_argument("--max-length", type=int, default=DemoSettings.max_length, help="tokens per text everywhere")
     parser.add_argument("--stages", default="", help="comma-separated stages (default: every configured stage)")
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--data-from", default=None, metavar="RUN",
-                        help="start from RUN's corpus, teacher store and teacher evaluations (same data settings)")
-    parser.epilog = "Training config fields can be set with --config.FIELD=VALUE (e.g. --config.stages.stage3.steps=100)"
+    parser.add_argument(
+        "--data-from",
+        default=None,
+        metavar="RUN",
+        help="start from RUN's corpus, teacher store and teacher evaluations (same data settings)",
+    )
+    parser.epilog = (
+        "Training config fields can be set with --config.FIELD=VALUE (e.g. --config.stages.stage3.steps=100)"
+    )
     _accept_config_overrides(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     settings = DemoSettings(
-        out=Path(args.out), config=args.config, overrides=list(getattr(args, "config_overrides", [])),
-        corpus_size=args.corpus_size, chunk_fraction=args.chunk_fraction, max_length=args.max_length,
-        stages=[int(s) for s in args.stages.split(",") if s.strip()] or None, progress=not args.no_progress,
+        out=Path(args.out),
+        config=args.config,
+        overrides=list(getattr(args, "config_overrides", [])),
+        corpus_size=args.corpus_size,
+        chunk_fraction=args.chunk_fraction,
+        max_length=args.max_length,
+        stages=[int(s) for s in args.stages.split(",") if s.strip()] or None,
+        progress=not args.no_progress,
         data_from=Path(args.data_from) if args.data_from else None,
     )
     run_demo(settings)

@@ -210,14 +210,22 @@ def encode_images(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True,
-                        help="Hugging Face / sentence-transformers folder, jasper-jax export, training checkpoint "
-                             "or model alias (minilm)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="Hugging Face / sentence-transformers folder, jasper-jax export, training checkpoint "
+        "or model alias (minilm)",
+    )
     parser.add_argument("--input", default=None, help="text file, one text per line")
-    parser.add_argument("--images", default=None,
-                        help="instead of --input: a file with one image path per line (a model with a vision tower)")
+    parser.add_argument(
+        "--images",
+        default=None,
+        help="instead of --input: a file with one image path per line (a model with a vision tower)",
+    )
     parser.add_argument("--out", required=True, help="output .npy (float32, N x d, rows L2-normalised)")
-    parser.add_argument("--head", default=None, help="head name, 'pooled', or NAME@D (default: the model's default head)")
+    parser.add_argument(
+        "--head", default=None, help="head name, 'pooled', or NAME@D (default: the model's default head)"
+    )
     parser.add_argument("--prompt", default=None, help="prompt name (e.g. s2p_query, s2s_query) or literal text")
     parser.add_argument("--max-length", type=int, default=512, help="maximum tokens per text (prompt included)")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -232,16 +240,24 @@ def run(args: argparse.Namespace) -> int:
     if args.images is not None:
         listing = Path(args.images)
         paths = [line.strip() for line in listing.read_text(encoding="utf-8").splitlines() if line.strip()]
-        paths = [path if Path(path).is_absolute() or Path(path).exists() else str(listing.parent / path) for path in paths]
-        vectors = encode_images(loaded, paths, head=args.head, batch_size=min(args.batch_size, 16),
-                                progress=not args.no_progress)
+        paths = [
+            path if Path(path).is_absolute() or Path(path).exists() else str(listing.parent / path) for path in paths
+        ]
+        vectors = encode_images(
+            loaded, paths, head=args.head, batch_size=min(args.batch_size, 16), progress=not args.no_progress
+        )
         np.save(args.out, vectors)
         print(f"encoded {len(paths)} images -> {args.out} {vectors.shape}", file=sys.stderr)
         return 0
     texts = Path(args.input).read_text(encoding="utf-8").splitlines()
     vectors = encode_texts(
-        loaded, texts, head=args.head, prompt=args.prompt or "", max_length=args.max_length,
-        batch_size=args.batch_size, progress=not args.no_progress,
+        loaded,
+        texts,
+        head=args.head,
+        prompt=args.prompt or "",
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
     )
     np.save(args.out, vectors)
     print(f"encoded {len(texts)} texts -> {args.out} {vectors.shape}", file=sys.stderr)

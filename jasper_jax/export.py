@@ -26,7 +26,9 @@ def export_checkpoint(
 ) -> Path:
     """Export a trainer checkpoint; the tokenizer comes from `tokenizer_folder` or the training config."""
     model, config, metadata = load_checkpoint(checkpoint, step=step)
-    tokenizer = Path(tokenizer_folder) if tokenizer_folder else tokenizer_from_training_config(metadata.get("config", {}))
+    tokenizer = (
+        Path(tokenizer_folder) if tokenizer_folder else tokenizer_from_training_config(metadata.get("config", {}))
+    )
     if tokenizer is None:
         raise TokenizerNotFoundError(
             f"no tokenizer for checkpoint {checkpoint}: the training config names none with a tokenizer.json; "
@@ -36,13 +38,20 @@ def export_checkpoint(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", "--model", dest="checkpoint", required=True,
-                        help="a training checkpoint (step, stage or workdir directory), a Hugging Face or "
-                             "sentence-transformers folder, a jasper-jax export, or a model alias (minilm)")
+    parser.add_argument(
+        "--checkpoint",
+        "--model",
+        dest="checkpoint",
+        required=True,
+        help="a training checkpoint (step, stage or workdir directory), a Hugging Face or "
+        "sentence-transformers folder, a jasper-jax export, or a model alias (minilm)",
+    )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--head", default=None, help="the head active by default (default: the first head)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: from the model or training config)")
+    parser.add_argument(
+        "--tokenizer", default=None, help="tokenizer folder (default: from the model or training config)"
+    )
     parser.add_argument("--max-seq-length", type=int, default=None, help="sentence-transformers max_seq_length")
 
 
@@ -51,14 +60,22 @@ def run(args: argparse.Namespace) -> int:
     if is_model_folder(checkpoint):
         loaded = load_model_folder(checkpoint)
         out = export_model(
-            loaded.model, loaded.config, args.tokenizer or loaded.tokenizer_folder, args.out,
+            loaded.model,
+            loaded.config,
+            args.tokenizer or loaded.tokenizer_folder,
+            args.out,
             active_head=args.head or (loaded.default_head if loaded.config.heads else None),
-            prompts=loaded.prompts, max_seq_length=args.max_seq_length or loaded.max_seq_length or 512,
+            prompts=loaded.prompts,
+            max_seq_length=args.max_seq_length or loaded.max_seq_length or 512,
         )
         heads = loaded.config.heads
     else:
         out = export_checkpoint(
-            checkpoint, args.out, step=args.step, tokenizer_folder=args.tokenizer, active_head=args.head,
+            checkpoint,
+            args.out,
+            step=args.step,
+            tokenizer_folder=args.tokenizer,
+            active_head=args.head,
             max_seq_length=args.max_seq_length or 512,
         )
         heads = json.loads((out / JASPER_CONFIG).read_text())["student"]["heads"]

@@ -71,8 +71,7 @@ def _check_inputs(student: Array, teacher: Array, mask: Array | None, same_width
     _check_matrix("teacher", teacher)
     if student.shape[0] != teacher.shape[0]:
         raise ValueError(
-            f"student and teacher batch sizes differ: student {tuple(student.shape)}, "
-            f"teacher {tuple(teacher.shape)}"
+            f"student and teacher batch sizes differ: student {tuple(student.shape)}, teacher {tuple(teacher.shape)}"
         )
     if same_width and student.shape[1] != teacher.shape[1]:
         raise ValueError(
@@ -165,9 +164,7 @@ def _teacher_pair_order(teacher_gram: Array) -> PairOrder:
     return PairOrder(first[order], second[order])
 
 
-def _relative_similarity(
-    student_gram: Array, order: PairOrder, valid: Array, margin: float, method: str
-) -> Array:
+def _relative_similarity(student_gram: Array, order: PairOrder, valid: Array, margin: float, method: str) -> Array:
     pair_valid = valid[order.first] & valid[order.second]
     scores = student_gram[order.first, order.second]
     left = jnp.where(pair_valid, scores + margin, -_BIG)  # the earlier pair's role: u_i + margin
@@ -498,8 +495,9 @@ def distillation_objective(
             relative = resim(gram, teacher_view.order, head_valid)
             metrics[f"similarity/{name}"] = similarity
             metrics[f"relative_similarity/{name}"] = relative
-            total = total + weight * (config.similarity_weight * similarity
-                                      + config.relative_similarity_weight * relative)
+            total = total + weight * (
+                config.similarity_weight * similarity + config.relative_similarity_weight * relative
+            )
     elif config.mrl_mode == "prefix":
         if len(head_outputs) != 1:
             raise ValueError(f"mrl_mode='prefix' uses one head, got {sorted(head_outputs)}")

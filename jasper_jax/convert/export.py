@@ -29,8 +29,14 @@ from jasper_jax.models.student import JasperStudent, StudentConfig
 from jasper_jax.prompts import PAPER_PROMPTS
 
 TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
-    "merges.txt", "added_tokens.json", "chat_template.jinja",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
 )
 SHIPPED = Path(__file__).parent / "pytorch"
 ST_TRANSFORMER = "sentence_transformers.base.modules.transformer.Transformer"
@@ -78,7 +84,7 @@ def export_model(
     out.mkdir(parents=True, exist_ok=True)
 
     params = flat_params(model)
-    encoder = {key[len("encoder/"):]: value for key, value in params.items() if key.startswith("encoder/")}
+    encoder = {key[len("encoder/") :]: value for key, value in params.items() if key.startswith("encoder/")}
     write_weights(encoder_params_to_hf(encoder, config.encoder), out / "model.safetensors")
     _write_json(out / "config.json", _encoder_config_json(config))
     if config.encoder.model_type == "qwen2" and not config.encoder.causal:
@@ -91,18 +97,26 @@ def export_model(
     modules = [{"idx": 0, "name": "0", "path": "", "type": ST_TRANSFORMER}]
     pooling_dir = out / "1_Pooling"
     pooling_dir.mkdir(exist_ok=True)
-    _write_json(pooling_dir / "config.json", {
-        "embedding_dimension": config.encoder.hidden_size,
-        "pooling_mode": POOLING_TO_ST[config.pooling],
-        "include_prompt": True,
-    })
+    _write_json(
+        pooling_dir / "config.json",
+        {
+            "embedding_dimension": config.encoder.hidden_size,
+            "pooling_mode": POOLING_TO_ST[config.pooling],
+            "include_prompt": True,
+        },
+    )
     modules.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": ST_POOLING})
     if heads:
         heads_dir = out / "2_JasperHeads"
         heads_dir.mkdir(exist_ok=True)
-        _write_json(heads_dir / "config.json", {
-            "in_features": config.encoder.hidden_size, "heads": heads, "active_head": active_head,
-        })
+        _write_json(
+            heads_dir / "config.json",
+            {
+                "in_features": config.encoder.hidden_size,
+                "heads": heads,
+                "active_head": active_head,
+            },
+        )
         tensors = {}
         for name in heads:
             tensors[f"{name}.weight"] = np.ascontiguousarray(params[f"heads/{name}/kernel"].T)
@@ -116,12 +130,15 @@ def export_model(
     modules.append({"idx": len(modules), "name": str(len(modules)), "path": normalize_dir.name, "type": ST_NORMALIZE})
     _write_json(out / "modules.json", modules)
 
-    _write_json(out / "config_sentence_transformers.json", {
-        "model_type": "SentenceTransformer",
-        "prompts": {**PAPER_PROMPTS, **(prompts or {})},
-        "default_prompt_name": None,
-        "similarity_fn_name": "cosine",
-    })
+    _write_json(
+        out / "config_sentence_transformers.json",
+        {
+            "model_type": "SentenceTransformer",
+            "prompts": {**PAPER_PROMPTS, **(prompts or {})},
+            "default_prompt_name": None,
+            "similarity_fn_name": "cosine",
+        },
+    )
     _write_json(out / JASPER_CONFIG, {"student": config.to_dict(), "active_head": active_head, "format": 1})
     if config.vision is not None:
         _export_vision(model, config, out, max_seq_length)

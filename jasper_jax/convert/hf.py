@@ -94,7 +94,9 @@ def encoder_params_from_hf(
             continue
         params[rule.ours] = value.astype(np.float32)
     unexpected = sorted(
-        key for key in tensors if key not in used and not keymaps.is_ignored(family, key[len(prefix):] if key.startswith(prefix) else key)
+        key
+        for key in tensors
+        if key not in used and not keymaps.is_ignored(family, key[len(prefix) :] if key.startswith(prefix) else key)
     )
     problems = []
     if missing:
@@ -122,4 +124,6 @@ def encoder_params_to_hf(params: dict[str, np.ndarray], config: BertConfig | Qwe
 
 def write_weights(tensors: dict[str, np.ndarray], path: Path) -> None:
     """Save tensors as safetensors with the metadata PyTorch loaders expect."""
-    save_file({key: np.ascontiguousarray(value) for key, value in tensors.items()}, str(path), metadata={"format": "pt"})
+    save_file(
+        {key: np.ascontiguousarray(value) for key, value in tensors.items()}, str(path), metadata={"format": "pt"}
+    )

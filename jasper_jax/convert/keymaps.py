@@ -122,6 +122,7 @@ QWEN2_RULES: list[KeyRule] = [
     _copy("final_norm/scale", "norm.weight"),
 ]
 
+
 def _patch_kernel_to_ours(w, config):
     """HF Conv2d weight (hidden, channels, patch_h, patch_w) -> ours (patch_h, patch_w, channels, hidden)."""
     return w.transpose(2, 3, 1, 0)
@@ -173,9 +174,7 @@ def expand_rules(family: str, config: BertConfig | Qwen2Config) -> list[KeyRule]
     for rule in FAMILIES[family]["rules"]:
         if "{i}" in rule.ours:
             for i in range(config.num_hidden_layers):
-                expanded.append(
-                    KeyRule(rule.ours.format(i=i), rule.hf.format(i=i), rule.to_ours, rule.to_hf)
-                )
+                expanded.append(KeyRule(rule.ours.format(i=i), rule.hf.format(i=i), rule.to_ours, rule.to_hf))
         else:
             expanded.append(rule)
     return expanded

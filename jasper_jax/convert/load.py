@@ -55,8 +55,11 @@ class _Head:
 
 # sentence-transformers < 3 wrote one boolean per mode instead of `pooling_mode`
 _POOLING_FLAGS = {
-    "pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_lasttoken": "lasttoken",
-    "pooling_mode_max_tokens": "max", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_lasttoken": "lasttoken",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
     "pooling_mode_weightedmean_tokens": "weightedmean",
 }
 
@@ -90,7 +93,9 @@ def _dense_head(folder: Path, name: str) -> _Head:
     config = read_json(folder / "config.json")
     activation = config.get("activation_function") or "torch.nn.modules.linear.Identity"
     if not activation.endswith("Identity"):
-        raise ConversionError(f"{folder}: Dense activation {activation!r} is not supported; heads are linear (Identity)")
+        raise ConversionError(
+            f"{folder}: Dense activation {activation!r} is not supported; heads are linear (Identity)"
+        )
     weights = _read_module_weights(folder)
     expected = {"linear.weight"} | ({"linear.bias"} if config.get("bias", True) else set())
     if set(weights) != expected:
@@ -157,8 +162,12 @@ def read_sentence_transformers(folder: Path) -> dict:
     if (folder / "config_sentence_transformers.json").exists():
         prompts = read_json(folder / "config_sentence_transformers.json").get("prompts", {}) or {}
     return {
-        "transformer": transformer, "pooling": pooling, "heads": heads, "active": active,
-        "max_seq_length": max_seq_length, "prompts": prompts,
+        "transformer": transformer,
+        "pooling": pooling,
+        "heads": heads,
+        "active": active,
+        "max_seq_length": max_seq_length,
+        "prompts": prompts,
     }
 
 
@@ -182,17 +191,29 @@ def load_model_folder(
     if (folder / "modules.json").exists():
         parts = read_sentence_transformers(folder)
     else:
-        parts = {"transformer": folder, "pooling": "mean", "heads": [], "active": None, "max_seq_length": None, "prompts": {}}
+        parts = {
+            "transformer": folder,
+            "pooling": "mean",
+            "heads": [],
+            "active": None,
+            "max_seq_length": None,
+            "prompts": {},
+        }
     transformer = parts["transformer"]
     if not (transformer / "config.json").exists():
         raise ModelNotFoundError(f"{transformer}: no config.json; not a Hugging Face model folder")
-    encoder_config = encoder_config_from_hf(read_json(transformer / "config.json"), source=str(transformer / "config.json"), causal=causal)
+    encoder_config = encoder_config_from_hf(
+        read_json(transformer / "config.json"), source=str(transformer / "config.json"), causal=causal
+    )
     saved = read_json(folder / JASPER_CONFIG) if (folder / JASPER_CONFIG).exists() else {}
     loaded_heads = {head.name: head for head in parts["heads"]}
     head_dims = {name: int(head.kernel.shape[1]) for name, head in loaded_heads.items()}
     for name, head in loaded_heads.items():
         if head.kernel.shape[0] != encoder_config.hidden_size:
-            raise ConversionError(f"head {name!r} takes {head.kernel.shape[0]} inputs but the encoder's hidden size is {encoder_config.hidden_size}")
+            raise ConversionError(
+                f"head {name!r} takes {head.kernel.shape[0]} inputs but the encoder's hidden size is "
+                f"{encoder_config.hidden_size}"
+            )
     for name, dim in (heads or {}).items():
         if name in head_dims and head_dims[name] != dim:
             raise ConversionError(f"head {name!r} exists in {folder} with dim {head_dims[name]}, asked for {dim}")
@@ -210,8 +231,9 @@ def load_model_folder(
         **(vision[0] if vision else {}),
     )
     model = JasperStudent(config, rngs=rngs or nnx.Rngs(0))
-    params = encoder_params_from_hf(read_weights(transformer), encoder_config, param_shapes(model.encoder),
-                                    source=str(transformer))
+    params = encoder_params_from_hf(
+        read_weights(transformer), encoder_config, param_shapes(model.encoder), source=str(transformer)
+    )
     values = {f"encoder/{key}": value for key, value in params.items()}
     for name, head in loaded_heads.items():
         values[f"heads/{name}/kernel"], values[f"heads/{name}/bias"] = head.kernel, head.bias

@@ -31,7 +31,9 @@ def load_siglip_folder(
     """A tower with the weights of a Hugging Face SigLIP folder (config.json + safetensors)."""
     folder = Path(path)
     if not (folder / "config.json").exists():
-        raise FileNotFoundError(f"{folder}: no config.json; expected a Hugging Face SiglipVisionModel / SiglipModel folder")
+        raise FileNotFoundError(
+            f"{folder}: no config.json; expected a Hugging Face SiglipVisionModel / SiglipModel folder"
+        )
     config = SiglipVisionConfig.from_hf(read_json(folder / "config.json"))
     params = siglip_params_from_tensors(read_weights(folder), config, source=str(folder))
     with nnx.use_eager_sharding(False):
@@ -45,7 +47,9 @@ def siglip_tensors(tower_params: dict[str, np.ndarray], config: SiglipVisionConf
     return encoder_params_to_hf(tower_params, config)
 
 
-def export_siglip(tower: SiglipVisionEncoder | dict[str, np.ndarray], config: SiglipVisionConfig, out_dir: str | Path) -> Path:
+def export_siglip(
+    tower: SiglipVisionEncoder | dict[str, np.ndarray], config: SiglipVisionConfig, out_dir: str | Path
+) -> Path:
     """Write `out_dir/config.json` + `model.safetensors` for transformers' `SiglipVisionModel`."""
     import json
 
@@ -85,8 +89,9 @@ def attach_vision(
         folder = Path(vision)
         vision = SiglipVisionConfig.from_hf(read_json(folder / "config.json"))
         tower_params = siglip_params_from_tensors(read_weights(folder), vision, source=str(folder))
-    config = dataclasses.replace(model.config, vision=vision, image_tokens=int(image_tokens),
-                                 image_token_ids=tuple(image_token_ids))
+    config = dataclasses.replace(
+        model.config, vision=vision, image_tokens=int(image_tokens), image_token_ids=tuple(image_token_ids)
+    )
     with nnx.use_eager_sharding(False):
         student = JasperStudent(config, rngs=rngs or nnx.Rngs(0))
     values = {key: value for key, value in flat_params(model).items() if not key.startswith("vision/")}
@@ -106,14 +111,25 @@ def export_vision(model, out_dir: str | Path, image_input_ids: list[int]) -> Pat
     config = model.config
     folder = Path(out_dir) / VISION_FOLDER
     params = flat_params(model)
-    tower = {key[len("vision/tower/"):]: value for key, value in params.items() if key.startswith("vision/tower/")}
+    tower = {key[len("vision/tower/") :]: value for key, value in params.items() if key.startswith("vision/tower/")}
     export_siglip(tower, config.vision, folder)
     write({"markers": params["vision/markers/embedding"]}, folder / MARKERS_FILE)
-    (folder / IMAGE_CONFIG).write_text(json.dumps({
-        "image_tokens": config.image_tokens, "image_token_ids": list(config.image_token_ids),
-        "image_input_ids": [int(i) for i in image_input_ids], "image_size": config.vision.image_size,
-        "image_mean": 0.5, "image_std": 0.5, "resample": "bicubic", "format": 1,
-    }, indent=2) + "\n")
+    (folder / IMAGE_CONFIG).write_text(
+        json.dumps(
+            {
+                "image_tokens": config.image_tokens,
+                "image_token_ids": list(config.image_token_ids),
+                "image_input_ids": [int(i) for i in image_input_ids],
+                "image_size": config.vision.image_size,
+                "image_mean": 0.5,
+                "image_std": 0.5,
+                "resample": "bicubic",
+                "format": 1,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return folder
 
 
@@ -126,7 +142,14 @@ def read_vision(folder: str | Path) -> tuple[dict, dict[str, np.ndarray]] | None
         return None
     meta = read_json(folder / IMAGE_CONFIG)
     config = SiglipVisionConfig.from_hf(read_json(folder / "config.json"))
-    params = {f"vision/tower/{k}": v for k, v in siglip_params_from_tensors(read_weights(folder), config, source=str(folder)).items()}
+    params = {
+        f"vision/tower/{k}": v
+        for k, v in siglip_params_from_tensors(read_weights(folder), config, source=str(folder)).items()
+    }
     params["vision/markers/embedding"] = np.asarray(load_file(str(folder / MARKERS_FILE))["markers"], np.float32)
-    fields = {"vision": config, "image_tokens": int(meta["image_tokens"]), "image_token_ids": tuple(meta["image_token_ids"])}
+    fields = {
+        "vision": config,
+        "image_tokens": int(meta["image_tokens"]),
+        "image_token_ids": tuple(meta["image_token_ids"]),
+    }
     return fields, params

@@ -41,7 +41,8 @@ def _check_texts(path: Path, manifest: dict[str, Any], verify_checksums: bool) -
         offsets = np.load(index_file, mmap_mode="r")
         if offsets.shape != (rows + 1,) or (rows and int(offsets[-1]) != size):
             problems.append(
-                f"{index_file}: indexes {offsets.shape[0] - 1} rows ending at byte {int(offsets[-1]) if offsets.size else 0}, "
+                f"{index_file}: indexes {offsets.shape[0] - 1} rows ending at byte "
+                f"{int(offsets[-1]) if offsets.size else 0}, "
                 f"but the manifest says {rows} rows and {texts_file.name} has {size} bytes: the texts file was "
                 "changed after the store was written. Restore it, or rebuild the store."
             )
@@ -72,7 +73,7 @@ def _check_texts(path: Path, manifest: dict[str, Any], verify_checksums: bool) -
         first = bad[0]
         problems.append(
             f"{texts_file}: undecodable text in row(s) {_rows_text(bad, len(bad))} (line = row + 1; row {first}: "
-            f"{bad_reasons[first]}). Each line must be UTF-8 JSON {{\"text\": \"...\"}}: fix the corpus and re-encode."
+            f'{bad_reasons[first]}). Each line must be UTF-8 JSON {{"text": "..."}}: fix the corpus and re-encode.'
         )
     if empty:
         problems.append(
@@ -81,8 +82,10 @@ def _check_texts(path: Path, manifest: dict[str, Any], verify_checksums: bool) -
         )
     expected = manifest["texts"].get("sha256")
     if verify_checksums and expected and counted == rows and digest.hexdigest() != expected:
-        problems.append(f"{texts_file}: sha256 differs from manifest.json: the texts changed after encoding. "
-                        "Restore the original file or rebuild the store.")
+        problems.append(
+            f"{texts_file}: sha256 differs from manifest.json: the texts changed after encoding. "
+            "Restore the original file or rebuild the store."
+        )
     return problems
 
 
@@ -97,7 +100,7 @@ def _size_problem(file: Path, size: int, rows: int, dim: int, dtype: str, teache
             f"{file}: {size} bytes = {rows} rows x {dim} dims x {np.dtype(other).itemsize} bytes, but the manifest "
             f"says teacher {teacher!r} is {dtype} ({expected} bytes): this is the float16/float32 mix-up "
             f"(the writer wrote {other}, the reader would read {dtype}; rows would be garbage or NaN). "
-            f"Set \"dtype\": \"{other}\" for {teacher!r} in manifest.json if the file is right, or re-encode."
+            f'Set "dtype": "{other}" for {teacher!r} in manifest.json if the file is right, or re-encode.'
         )
     row_bytes = dim * itemsize
     hint = ""
@@ -105,12 +108,23 @@ def _size_problem(file: Path, size: int, rows: int, dim: int, dtype: str, teache
         hint = f" It holds {size // row_bytes} rows of {dim} {dtype}: rows and vectors are misaligned."
     elif rows and size % (rows * itemsize) == 0:
         hint = f" It would fit {rows} rows of dim {size // (rows * itemsize)}: is the manifest's dim wrong?"
-    return (f"{file}: {size} bytes, expected {rows} rows x {dim} dims x {itemsize} bytes ({dtype}) = {expected}."
-            f"{hint} Re-encode this teacher (delete the store and run `jasper-jax teachers encode` again).")
+    return (
+        f"{file}: {size} bytes, expected {rows} rows x {dim} dims x {itemsize} bytes ({dtype}) = {expected}."
+        f"{hint} Re-encode this teacher (delete the store and run `jasper-jax teachers encode` again)."
+    )
 
 
-def _scan_vectors(file: Path, rows: int, dim: int, dtype: str, first_row: int, teacher: str,
-                  hash_it: bool, check_values: bool, columns: tuple[int, int] | None = None) -> tuple[list[str], str | None]:
+def _scan_vectors(
+    file: Path,
+    rows: int,
+    dim: int,
+    dtype: str,
+    first_row: int,
+    teacher: str,
+    hash_it: bool,
+    check_values: bool,
+    columns: tuple[int, int] | None = None,
+) -> tuple[list[str], str | None]:
     """One read of a shard file: (NaN/Inf/all-zero problems, sha256 or None). Memory: SCAN_ROWS rows at a time.
 
     `dim` is the file's row width; `columns` restricts the value checks to one teacher's columns (wrapped files).
@@ -145,8 +159,13 @@ def _scan_vectors(file: Path, rows: int, dim: int, dtype: str, first_row: int, t
     return problems, digest.hexdigest() if digest is not None else None
 
 
-def check_store(path: str | Path, expected_teachers: Sequence[str] | Sequence[dict] | None = None, *,
-                verify_checksums: bool = True, check_values: bool = True) -> list[str]:
+def check_store(
+    path: str | Path,
+    expected_teachers: Sequence[str] | Sequence[dict] | None = None,
+    *,
+    verify_checksums: bool = True,
+    check_values: bool = True,
+) -> list[str]:
     """Problems found in the store at `path` (empty list: fine). Read-only.
 
     `expected_teachers`: names (or dicts with `name` and optionally `dim`) that the training config expects,
@@ -160,14 +179,18 @@ def check_store(path: str | Path, expected_teachers: Sequence[str] | Sequence[di
     problems: list[str] = []
     manifest_file = path / store_lib.MANIFEST
     if not manifest.get("complete", False):
-        problems.append(f"{manifest_file}: complete=false, the store is unfinished: run the same "
-                        "`jasper-jax teachers encode` command again to finish it.")
+        problems.append(
+            f"{manifest_file}: complete=false, the store is unfinished: run the same "
+            "`jasper-jax teachers encode` command again to finish it."
+        )
     rows = int(manifest["rows"])
     problems += _check_texts(path, manifest, verify_checksums)
     for teacher in manifest["teachers"]:
         name, dim, dtype = teacher["name"], int(teacher.get("dim") or 0), teacher["dtype"]
         if dtype not in store_lib.DTYPES:
-            problems.append(f"{manifest_file}: teacher {name!r} has dtype {dtype!r}; expected one of {store_lib.DTYPES}.")
+            problems.append(
+                f"{manifest_file}: teacher {name!r} has dtype {dtype!r}; expected one of {store_lib.DTYPES}."
+            )
             continue
         shard_rows_total = sum(int(shard["rows"]) for shard in teacher["shards"])
         if shard_rows_total != rows:
@@ -182,8 +205,10 @@ def check_store(path: str | Path, expected_teachers: Sequence[str] | Sequence[di
             count = int(shard["rows"])
             width, column = int(shard.get("row_width", dim)), int(shard.get("column", 0))  # wrapped files
             if not file.exists():
-                problems.append(f"{file}: missing ({name!r}, store rows {first_row}-{first_row + count - 1}). "
-                                "Re-run `jasper-jax teachers encode` into a fresh store.")
+                problems.append(
+                    f"{file}: missing ({name!r}, store rows {first_row}-{first_row + count - 1}). "
+                    "Re-run `jasper-jax teachers encode` into a fresh store."
+                )
             else:
                 size_problem = _size_problem(file, file.stat().st_size, count, width, dtype, name)
                 if size_problem and "mix-up" in size_problem:
@@ -192,15 +217,20 @@ def check_store(path: str | Path, expected_teachers: Sequence[str] | Sequence[di
                     problems.append(size_problem)
                 elif count and dim and (verify_checksums or check_values):
                     hash_it = verify_checksums and bool(shard.get("sha256"))
-                    found, sha = _scan_vectors(file, count, width, dtype, first_row, name, hash_it, check_values,
-                                               (column, column + dim))
+                    found, sha = _scan_vectors(
+                        file, count, width, dtype, first_row, name, hash_it, check_values, (column, column + dim)
+                    )
                     if hash_it and sha != shard["sha256"]:
-                        problems.append(f"{file}: sha256 differs from manifest.json: the vectors changed after "
-                                        "encoding. Restore the file or re-encode the store.")
+                        problems.append(
+                            f"{file}: sha256 differs from manifest.json: the vectors changed after "
+                            "encoding. Restore the file or re-encode the store."
+                        )
                     problems += found
             first_row += count
         if mixups:  # the same mistake in every shard of a teacher: say it once
-            more = f" (The same holds for {len(mixups) - 1} more file(s) of teacher {name!r}.)" if len(mixups) > 1 else ""
+            more = (
+                f" (The same holds for {len(mixups) - 1} more file(s) of teacher {name!r}.)" if len(mixups) > 1 else ""
+            )
             problems.append(mixups[0][1] + more)
     if expected_teachers is not None:
         expected = [t if isinstance(t, dict) else {"name": t} for t in expected_teachers]

@@ -62,7 +62,9 @@ def parse_source(text: str) -> SourceSpec:
     for option in options:
         key, sep, value = option.partition("=")
         if not sep or key not in ("ratio", "field", "name", "split", "data_dir"):
-            raise ValueError(f"--source {text!r}: unknown option {option!r}; use ratio=, field=, name=, split=, data_dir=")
+            raise ValueError(
+                f"--source {text!r}: unknown option {option!r}; use ratio=, field=, name=, split=, data_dir="
+            )
         values[key] = float(value) if key == "ratio" else value
     return SourceSpec(path=path, **values)
 
@@ -84,7 +86,9 @@ class CorpusConfig:
     def __post_init__(self):
         for name in ("chunk_fraction", "shuffle_words_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} is a probability per document: give a value in [0, 1], got {getattr(self, name)}")
+                raise ValueError(
+                    f"{name} is a probability per document: give a value in [0, 1], got {getattr(self, name)}"
+                )
         if self.max_chunk_sentences < 1:
             raise ValueError(f"max_chunk_sentences must be >= 1, got {self.max_chunk_sentences}")
         if self.size is not None and self.size < 1:
@@ -138,8 +142,9 @@ def read_documents(source: SourceSpec) -> Iterator[str]:
     if path.startswith("tfds:"):
         import tensorflow_datasets as tfds  # reads ArrayRecord without TensorFlow
 
-        data = tfds.data_source(path.removeprefix("tfds:"), split=source.split, data_dir=source.data_dir,
-                                download=False)
+        data = tfds.data_source(
+            path.removeprefix("tfds:"), split=source.split, data_dir=source.data_dir, download=False
+        )
         for index in range(len(data)):
             text = _text_of(data[index], source.field, f"{path}[{index}]")
             if text is not None:
@@ -186,16 +191,30 @@ def read_exclusions(paths: Sequence[str]) -> set[bytes]:
     return keys
 
 
-def _source_texts(source: SourceSpec, index: int, quota: int | None, config: CorpusConfig, excluded: set[bytes],
-                  seen: set[bytes], stats: dict[str, int], progress: bool = False) -> list[list[str]]:
+def _source_texts(
+    source: SourceSpec,
+    index: int,
+    quota: int | None,
+    config: CorpusConfig,
+    excluded: set[bytes],
+    seen: set[bytes],
+    stats: dict[str, int],
+    progress: bool = False,
+) -> list[list[str]]:
     """Texts of one source grouped by document, up to `quota` texts."""
     from tqdm import tqdm
 
     rng = random.Random(f"{config.seed}:{index}:{source.label}")
     documents: list[list[str]] = []
     total = 0
-    bar = tqdm(read_documents(source), desc=f"corpus {source.label}", unit="doc", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(
+        read_documents(source),
+        desc=f"corpus {source.label}",
+        unit="doc",
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
     for document in bar:
         if quota is not None and total >= quota:
             break
@@ -243,8 +262,9 @@ def _source_texts(source: SourceSpec, index: int, quota: int | None, config: Cor
     return documents
 
 
-def build_corpus(sources: Sequence[SourceSpec], config: CorpusConfig,
-                 progress: bool = False) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+def build_corpus(
+    sources: Sequence[SourceSpec], config: CorpusConfig, progress: bool = False
+) -> tuple[list[tuple[str, str]], dict[str, Any]]:
     """(text, source label) rows of the corpus, in output order, and the stats (progress bars on stderr)."""
     if not sources:
         raise ValueError("no --source given")
@@ -261,8 +281,20 @@ def build_corpus(sources: Sequence[SourceSpec], config: CorpusConfig,
     seen: set[bytes] = set()
     per_source, stats = [], {}
     for index, (source, quota) in enumerate(zip(sources, quotas)):
-        counts = dict.fromkeys(("documents", "excluded", "chunked_documents", "chunks", "too_short", "too_long",
-                                "duplicates", "word_shuffled", "texts"), 0)
+        counts = dict.fromkeys(
+            (
+                "documents",
+                "excluded",
+                "chunked_documents",
+                "chunks",
+                "too_short",
+                "too_long",
+                "duplicates",
+                "word_shuffled",
+                "texts",
+            ),
+            0,
+        )
         per_source.append(_source_texts(source, index, quota, config, excluded, seen, counts, progress))
         stats[source.label] = {"quota": quota, **counts}
     # interleave document by document, weighted by the texts each source has left
@@ -276,8 +308,12 @@ def build_corpus(sources: Sequence[SourceSpec], config: CorpusConfig,
         positions[pick] += 1
         left[pick] -= len(document)
         rows.extend((text, sources[pick].label) for text in document)
-    summary = {"rows": len(rows), "config": asdict(config), "sources": [asdict(s) for s in sources],
-               "per_source": stats}
+    summary = {
+        "rows": len(rows),
+        "config": asdict(config),
+        "sources": [asdict(s) for s in sources],
+        "per_source": stats,
+    }
     return rows, summary
 
 
@@ -294,5 +330,8 @@ def write_corpus(rows: Sequence[tuple[str, str]], summary: dict[str, Any], out: 
     stats_path.write_text(json.dumps(summary, indent=1))
     for label, counts in summary["per_source"].items():
         if counts.get("short_of_quota"):
-            print(f"warning: source {label} ran out {counts['short_of_quota']} texts short of its quota "
-                  f"{counts['quota']}", file=sys.stderr)
+            print(
+                f"warning: source {label} ran out {counts['short_of_quota']} texts short of its quota "
+                f"{counts['quota']}",
+                file=sys.stderr,
+            )

@@ -19,8 +19,12 @@ import sys
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="corpus_command", metavar="SUBCOMMAND", required=True)
     build = sub.add_parser("build", help="build the training corpus (deterministic given the seed)")
-    build.add_argument("--source", action="append", required=True,
-                       help="PATH or tfds:NAME[/CONFIG], with ,ratio=R ,field=F ,name=N ,split=S ,data_dir=D")
+    build.add_argument(
+        "--source",
+        action="append",
+        required=True,
+        help="PATH or tfds:NAME[/CONFIG], with ,ratio=R ,field=F ,name=N ,split=S ,data_dir=D",
+    )
     build.add_argument("--out", required=True, help="output JSONL file")
     build.add_argument("--size", type=int, default=None, help="total texts (default: everything)")
     build.add_argument("--seed", type=int, default=666)
@@ -31,8 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--max-chars", type=int, default=50_000)
     build.add_argument("--no-dedupe", action="store_true")
     build.add_argument("--no-progress", action="store_true")
-    build.add_argument("--exclude", action="append", default=[],
-                       help="held-out texts that must never enter (.txt one per line, or .jsonl/.csv/.parquet)")
+    build.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        help="held-out texts that must never enter (.txt one per line, or .jsonl/.csv/.parquet)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,10 +48,17 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         sources = [parse_source(text) for text in args.source]
-        config = CorpusConfig(size=args.size, seed=args.seed, chunk_fraction=args.chunk_fraction,
-                              max_chunk_sentences=args.max_chunk_sentences,
-                              shuffle_words_fraction=args.shuffle_words_fraction, min_chars=args.min_chars,
-                              max_chars=args.max_chars, dedupe=not args.no_dedupe, exclude=list(args.exclude))
+        config = CorpusConfig(
+            size=args.size,
+            seed=args.seed,
+            chunk_fraction=args.chunk_fraction,
+            max_chunk_sentences=args.max_chunk_sentences,
+            shuffle_words_fraction=args.shuffle_words_fraction,
+            min_chars=args.min_chars,
+            max_chars=args.max_chars,
+            dedupe=not args.no_dedupe,
+            exclude=list(args.exclude),
+        )
         rows, summary = build_corpus(sources, config, progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -35,13 +35,26 @@ from jasper_jax.data.pipeline import BATCH_AXES, TrainBatchIterator, host_row_ra
 from jasper_jax.data.tokenization import TextTokenizer, bucket_length, image_token_ids, pad_batch
 
 COLOURS = {
-    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30),
-    "purple": (140, 60, 180), "orange": (245, 130, 30), "black": (20, 20, 20), "cyan": (40, 200, 210),
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 200, 30),
+    "purple": (140, 60, 180),
+    "orange": (245, 130, 30),
+    "black": (20, 20, 20),
+    "cyan": (40, 200, 210),
 }
 SHAPES = ("circle", "square", "triangle")
 POSITIONS = (
-    "at the top left", "at the top", "at the top right", "on the left", "in the centre", "on the right",
-    "at the bottom left", "at the bottom", "at the bottom right",
+    "at the top left",
+    "at the top",
+    "at the top right",
+    "on the left",
+    "in the centre",
+    "on the right",
+    "at the bottom left",
+    "at the bottom",
+    "at the bottom right",
 )
 SPLITS = ("train", "heldout")
 IMAGE_MEAN, IMAGE_STD = 0.5, 0.5
@@ -89,15 +102,26 @@ def draw(objects: list[tuple[str, str, int]], size: int = 64):
 
 
 def write_shapes_dataset(
-    folder: str | Path, *, train: int = 512, heldout: int = 128, seed: int = 0, size: int = 64,
+    folder: str | Path,
+    *,
+    train: int = 512,
+    heldout: int = 128,
+    seed: int = 0,
+    size: int = 64,
     heldout_fraction: float = 0.2,
 ) -> Path:
     """Write `train` + `heldout` unique image-caption pairs under `folder` (see the module docstring).
 
     Deterministic given the arguments; an existing complete data set with the same arguments is kept."""
     folder = Path(folder)
-    settings = {"train": train, "heldout": heldout, "seed": seed, "size": size, "heldout_fraction": heldout_fraction,
-                "format": 1}
+    settings = {
+        "train": train,
+        "heldout": heldout,
+        "seed": seed,
+        "size": size,
+        "heldout_fraction": heldout_fraction,
+        "format": 1,
+    }
     marker = folder / "shapes.json"
     if marker.exists() and json.loads(marker.read_text()) == settings:
         return folder
@@ -175,8 +199,17 @@ def image_input_length(tokens: int) -> int:
 class ImageCaptionBatchLoader:
     """Grain map: a global batch of row indices -> this host's numpy image-caption batch."""
 
-    def __init__(self, source: ImageCaptionSource, tokenizer: TextTokenizer, *, image_size: int, image_tokens: int,
-                 global_batch_size: int, host_rows: tuple[int, int], prompt: str = ""):
+    def __init__(
+        self,
+        source: ImageCaptionSource,
+        tokenizer: TextTokenizer,
+        *,
+        image_size: int,
+        image_tokens: int,
+        global_batch_size: int,
+        host_rows: tuple[int, int],
+        prompt: str = "",
+    ):
         self.source, self.tokenizer, self.image_size = source, tokenizer, image_size
         self.global_batch_size, self.host_rows, self.prompt = global_batch_size, host_rows, prompt
         self.image_ids = image_token_ids(tokenizer, image_tokens)
@@ -230,14 +263,32 @@ def make_image_caption_iterator(
     if shuffle_seed is not None:
         dataset = dataset.shuffle(seed=int(shuffle_seed))
     dataset = dataset.repeat(num_epochs).batch(global_batch_size, drop_remainder=False)
-    loader = ImageCaptionBatchLoader(source, tokenizer, image_size=image_size, image_tokens=image_tokens,
-                                     global_batch_size=global_batch_size, host_rows=host_rows, prompt=prompt)
+    loader = ImageCaptionBatchLoader(
+        source,
+        tokenizer,
+        image_size=image_size,
+        image_tokens=image_tokens,
+        global_batch_size=global_batch_size,
+        host_rows=host_rows,
+        prompt=prompt,
+    )
     iter_dataset = dataset.map(loader).to_iter_dataset(
-        grain.ReadOptions(num_threads=max(1, worker_threads), prefetch_buffer_size=max(1, prefetch)))
+        grain.ReadOptions(num_threads=max(1, worker_threads), prefetch_buffer_size=max(1, prefetch))
+    )
     fingerprint: dict[str, Any] = {
-        "captions_sha256": source.sha256, "rows": len(source), "global_batch_size": global_batch_size,
-        "shuffle_seed": shuffle_seed, "num_epochs": num_epochs, "image_size": image_size,
-        "image_tokens": image_tokens, "max_length": tokenizer.max_length,
+        "captions_sha256": source.sha256,
+        "rows": len(source),
+        "global_batch_size": global_batch_size,
+        "shuffle_seed": shuffle_seed,
+        "num_epochs": num_epochs,
+        "image_size": image_size,
+        "image_tokens": image_tokens,
+        "max_length": tokenizer.max_length,
     }
-    return TrainBatchIterator(iter(iter_dataset), mesh=mesh, global_batch_size=global_batch_size,
-                              to_global=mesh is not None, fingerprint=fingerprint)
+    return TrainBatchIterator(
+        iter(iter_dataset),
+        mesh=mesh,
+        global_batch_size=global_batch_size,
+        to_global=mesh is not None,
+        fingerprint=fingerprint,
+    )

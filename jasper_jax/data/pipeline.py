@@ -45,8 +45,13 @@ def batch_sharding(mesh: jax.sharding.Mesh, ndim: int = 1) -> NamedSharding:
     return NamedSharding(mesh, spec)
 
 
-def host_row_range(global_batch_size: int, mesh: jax.sharding.Mesh | None = None, *,
-                   process_index: int | None = None, process_count: int | None = None) -> tuple[int, int]:
+def host_row_range(
+    global_batch_size: int,
+    mesh: jax.sharding.Mesh | None = None,
+    *,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> tuple[int, int]:
     """[start, stop) of the global batch rows this host feeds.
 
     With a mesh and no simulated process: the rows this process's devices hold in `batch_sharding(mesh)`.
@@ -64,16 +69,26 @@ def host_row_range(global_batch_size: int, mesh: jax.sharding.Mesh | None = None
     covered = sorted({(s[0].start or 0, global_batch_size if s[0].stop is None else s[0].stop) for s in slices})
     start, stop = covered[0][0], max(end for _, end in covered)
     if sum(end - begin for begin, end in covered) != stop - start:
-        raise ValueError(f"this process's devices hold non-contiguous batch rows {covered}: build the mesh with "
-                         "jax.make_mesh so each process's devices are adjacent on the batch axes")
+        raise ValueError(
+            f"this process's devices hold non-contiguous batch rows {covered}: build the mesh with "
+            "jax.make_mesh so each process's devices are adjacent on the batch axes"
+        )
     return start, stop
 
 
 class GlobalBatchLoader:
     """Grain map: the row indices of one global batch -> this host's numpy batch (picklable for workers)."""
 
-    def __init__(self, store: TeacherStore, tokenizer: TextTokenizer, *, prompt: str, global_batch_size: int,
-                 host_rows: tuple[int, int], with_row_index: bool = False):
+    def __init__(
+        self,
+        store: TeacherStore,
+        tokenizer: TextTokenizer,
+        *,
+        prompt: str,
+        global_batch_size: int,
+        host_rows: tuple[int, int],
+        with_row_index: bool = False,
+    ):
         self.store, self.tokenizer, self.prompt = store, tokenizer, prompt
         self.global_batch_size, self.host_rows, self.with_row_index = global_batch_size, host_rows, with_row_index
 
@@ -97,8 +112,15 @@ class GlobalBatchLoader:
 class TrainBatchIterator(grain.DatasetIterator):
     """Yields the step's global batch; `get_state`/`set_state` for exact resume (a Grain DatasetIterator)."""
 
-    def __init__(self, parent: grain.DatasetIterator, *, mesh: jax.sharding.Mesh | None, global_batch_size: int,
-                 to_global: bool, fingerprint: dict[str, Any]):
+    def __init__(
+        self,
+        parent: grain.DatasetIterator,
+        *,
+        mesh: jax.sharding.Mesh | None,
+        global_batch_size: int,
+        to_global: bool,
+        fingerprint: dict[str, Any],
+    ):
         super().__init__(parent)
         self.mesh, self.global_batch_size, self.to_global = mesh, global_batch_size, to_global
         self.fingerprint = fingerprint
@@ -112,8 +134,9 @@ class TrainBatchIterator(grain.DatasetIterator):
             if key == "row_index":
                 continue
             global_shape = (self.global_batch_size, *value.shape[1:])
-            batch[key] = jax.make_array_from_process_local_data(batch_sharding(self.mesh, value.ndim), value,
-                                                                global_shape)
+            batch[key] = jax.make_array_from_process_local_data(
+                batch_sharding(self.mesh, value.ndim), value, global_shape
+            )
         return batch
 
     def get_state(self) -> dict[str, Any]:
@@ -166,28 +189,42 @@ def make_train_iterator(
     if not isinstance(tokenizer, TextTokenizer):
         tokenizer = load_tokenizer(tokenizer, max_length or 512)
     if max_length is not None and max_length != tokenizer.max_length:
-        raise ValueError(f"max_length={max_length} but the tokenizer truncates at {tokenizer.max_length}: "
-                         "load it with load_tokenizer(folder, max_length) or pass the folder")
+        raise ValueError(
+            f"max_length={max_length} but the tokenizer truncates at {tokenizer.max_length}: "
+            "load it with load_tokenizer(folder, max_length) or pass the folder"
+        )
     if len(store) == 0:
         raise ValueError(f"{store.path} has no rows")
     simulated = process_count is not None and process_count != jax.process_count()
     to_global = mesh is not None and not simulated
-    host_rows = host_row_range(global_batch_size, None if simulated else mesh,
-                               process_index=process_index if simulated else None,
-                               process_count=process_count if simulated else None)
+    host_rows = host_row_range(
+        global_batch_size,
+        None if simulated else mesh,
+        process_index=process_index if simulated else None,
+        process_count=process_count if simulated else None,
+    )
     if to_global:
         batch_devices = int(np.prod([mesh.shape[a] for a in BATCH_AXES if a in mesh.axis_names]))
         if global_batch_size % batch_devices:
-            raise ValueError(f"global_batch_size {global_batch_size} is not divisible by the {batch_devices} "
-                             "devices of the mesh's batch axes ('data', 'fsdp')")
+            raise ValueError(
+                f"global_batch_size {global_batch_size} is not divisible by the {batch_devices} "
+                "devices of the mesh's batch axes ('data', 'fsdp')"
+            )
     dataset = grain.MapDataset.range(len(store))
     if shuffle_seed is not None:
         dataset = dataset.shuffle(seed=int(shuffle_seed))
     dataset = dataset.repeat(num_epochs).batch(global_batch_size, drop_remainder=False)
-    loader = GlobalBatchLoader(store, tokenizer, prompt=prompt, global_batch_size=global_batch_size,
-                               host_rows=host_rows, with_row_index=with_row_index)
+    loader = GlobalBatchLoader(
+        store,
+        tokenizer,
+        prompt=prompt,
+        global_batch_size=global_batch_size,
+        host_rows=host_rows,
+        with_row_index=with_row_index,
+    )
     iter_dataset = dataset.map(loader).to_iter_dataset(
-        grain.ReadOptions(num_threads=max(1, worker_threads), prefetch_buffer_size=max(1, prefetch)))
+        grain.ReadOptions(num_threads=max(1, worker_threads), prefetch_buffer_size=max(1, prefetch))
+    )
     if worker_processes:
         from absl import flags
 
@@ -195,9 +232,15 @@ def make_train_iterator(
             flags.FLAGS.mark_as_parsed()
         iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_processes))
     fingerprint = {
-        "texts_sha256": store.manifest["texts"]["sha256"], "rows": len(store), "teachers": store.teacher_names,
-        "global_batch_size": global_batch_size, "shuffle_seed": shuffle_seed, "num_epochs": num_epochs,
-        "max_length": tokenizer.max_length, "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest()[:16],
+        "texts_sha256": store.manifest["texts"]["sha256"],
+        "rows": len(store),
+        "teachers": store.teacher_names,
+        "global_batch_size": global_batch_size,
+        "shuffle_seed": shuffle_seed,
+        "num_epochs": num_epochs,
+        "max_length": tokenizer.max_length,
+        "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest()[:16],
     }
-    return TrainBatchIterator(iter(iter_dataset), mesh=mesh, global_batch_size=global_batch_size,
-                              to_global=to_global, fingerprint=fingerprint)
+    return TrainBatchIterator(
+        iter(iter_dataset), mesh=mesh, global_batch_size=global_batch_size, to_global=to_global, fingerprint=fingerprint
+    )

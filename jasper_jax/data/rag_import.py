@@ -28,8 +28,10 @@ def read_rag_texts(path: str | Path) -> list[str]:
             try:
                 record = json.loads(raw.decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as error:
-                raise ValueError(f"{path}:{line_number}: undecodable line ({error}); each line must be UTF-8 JSON "
-                                 "{\"query\": \"...\"}. Fix or remove that line and its vector row.") from error
+                raise ValueError(
+                    f"{path}:{line_number}: undecodable line ({error}); each line must be UTF-8 JSON "
+                    '{"query": "..."}. Fix or remove that line and its vector row.'
+                ) from error
             if "query" in record:
                 texts.append(record["query"])
             elif "text" in record:
@@ -47,20 +49,35 @@ def vector_file_problem(path: str | Path, rows: int, dim: int, dtype: str = "flo
         return None
     other = "float16" if dtype == "float32" else "float32"
     if rows and size == rows * dim * np.dtype(other).itemsize:
-        return (f"{path}: {size} bytes = {rows} rows x {dim} dims x {np.dtype(other).itemsize} bytes: the file is "
-                f"{other}, not {dtype} (the float16/float32 mix-up between writer and reader). "
-                f"Pass --source-dtype {other} if it was written as {other}.")
+        return (
+            f"{path}: {size} bytes = {rows} rows x {dim} dims x {np.dtype(other).itemsize} bytes: the file is "
+            f"{other}, not {dtype} (the float16/float32 mix-up between writer and reader). "
+            f"Pass --source-dtype {other} if it was written as {other}."
+        )
     if dim and size % (dim * itemsize) == 0:
-        return (f"{path}: holds {size // (dim * itemsize)} rows of {dim} {dtype} but the texts file has {rows} rows: "
-                "texts and vectors are misaligned. Use the text.jsonl written together with these vectors.")
-    return (f"{path}: {size} bytes is not a whole number of {dim}-dim {dtype} rows: check --dim "
-            f"(size / rows / {itemsize} = {size / max(rows, 1) / itemsize:g}).")
+        return (
+            f"{path}: holds {size // (dim * itemsize)} rows of {dim} {dtype} but the texts file has {rows} rows: "
+            "texts and vectors are misaligned. Use the text.jsonl written together with these vectors."
+        )
+    return (
+        f"{path}: {size} bytes is not a whole number of {dim}-dim {dtype} rows: check --dim "
+        f"(size / rows / {itemsize} = {size / max(rows, 1) / itemsize:g})."
+    )
 
 
-def import_rag(vectors: str | Path, texts: str | Path, dim: int, out: str | Path, *,
-               teacher_dims: Sequence[int] | None = None, names: Sequence[str] | None = None,
-               source_dtype: str = "float32", dtype: str = "float32", shard_rows: int = 16384,
-               wrap: bool = False) -> dict[str, Any]:
+def import_rag(
+    vectors: str | Path,
+    texts: str | Path,
+    dim: int,
+    out: str | Path,
+    *,
+    teacher_dims: Sequence[int] | None = None,
+    names: Sequence[str] | None = None,
+    source_dtype: str = "float32",
+    dtype: str = "float32",
+    shard_rows: int = 16384,
+    wrap: bool = False,
+) -> dict[str, Any]:
     """Copy (or, with `wrap`, reference) the official (vectors, text.jsonl) pair as a new store at `out`.
 
     `teacher_dims` splits the D columns into teachers (e.g. 4096,8192 for NV-Embed-v2 + stella); default one
@@ -93,14 +110,24 @@ def import_rag(vectors: str | Path, texts: str | Path, dim: int, out: str | Path
     if wrap:
         absolute = str(Path(vectors).resolve())
         for name, width in zip(names, teacher_dims):
-            entries.append({"name": name, "path": absolute, "backend": "import-rag", "dim": width,
-                            "dtype": source_dtype, "prompt": "", "normalisation": "none",
-                            "columns": [column, column + width],
-                            "shards": [{"file": absolute, "rows": rows, "sha256": None, "row_width": dim,
-                                        "column": column}] if rows else []})
+            entries.append(
+                {
+                    "name": name,
+                    "path": absolute,
+                    "backend": "import-rag",
+                    "dim": width,
+                    "dtype": source_dtype,
+                    "prompt": "",
+                    "normalisation": "none",
+                    "columns": [column, column + width],
+                    "shards": [{"file": absolute, "rows": rows, "sha256": None, "row_width": dim, "column": column}]
+                    if rows
+                    else [],
+                }
+            )
             column += width
         shard_rows = max(rows, 1)
-    for name, width in ([] if wrap else zip(names, teacher_dims)):
+    for name, width in [] if wrap else zip(names, teacher_dims):
         (out / name).mkdir(exist_ok=True)
         shards = []
         for shard in range(store_lib.shard_count(rows, shard_rows)):
@@ -108,14 +135,28 @@ def import_rag(vectors: str | Path, texts: str | Path, dim: int, out: str | Path
             count = store_lib.shard_rows_of(rows, shard_rows, shard)
             block = np.asarray(source[start : start + count, column : column + width]).astype(dtype)
             relative = f"{name}/{shard:05d}.bin"
-            shards.append({"file": relative, "rows": count,
-                           "sha256": store_lib.write_bytes_atomic(out / relative, block)})
-        entries.append({"name": name, "path": str(vectors), "backend": "import-rag", "dim": width, "dtype": dtype,
-                        "prompt": "", "normalisation": "none", "columns": [column, column + width],
-                        "shards": shards})
+            shards.append(
+                {"file": relative, "rows": count, "sha256": store_lib.write_bytes_atomic(out / relative, block)}
+            )
+        entries.append(
+            {
+                "name": name,
+                "path": str(vectors),
+                "backend": "import-rag",
+                "dim": width,
+                "dtype": dtype,
+                "prompt": "",
+                "normalisation": "none",
+                "columns": [column, column + width],
+                "shards": shards,
+            }
+        )
         column += width
     manifest = {
-        "format": store_lib.FORMAT, "version": store_lib.VERSION, "rows": rows, "shard_rows": shard_rows,
+        "format": store_lib.FORMAT,
+        "version": store_lib.VERSION,
+        "rows": rows,
+        "shard_rows": shard_rows,
         "complete": True,
         "source": {"vectors": str(vectors), "texts": str(texts), "dtype": source_dtype, "wrapped": wrap},
         "texts": {"file": store_lib.TEXTS, "index": store_lib.TEXT_INDEX, "sha256": texts_sha},

@@ -24,7 +24,8 @@ Layout of a store folder (format version 1)::
 Shard k of every teacher holds rows [k*S, min(N, (k+1)*S)). A store made by `teachers import-rag --wrap`
 does not copy the official vector file: each teacher has one shard whose `file` is that file's absolute
 path, with `"row_width": D` (the file's columns) and `"column": c` (where this teacher's columns begin),
-and `"sha256": null` (hashing hundreds of GB is left to `teachers check`'s size and value checks). `normalisation` says what the writer did to
+and `"sha256": null` (hashing hundreds of GB is left to `teachers check`'s size and value checks).
+`normalisation` says what the writer did to
 each row ("l2": unit rows; "none": as the model gave them). Whatever it says, the reader normalises each
 teacher's row, concatenates the selected teachers and normalises again (PAPER.md, "Vectors"), in float32.
 """
@@ -177,15 +178,21 @@ class TeacherStore:
         self._texts = np.memmap(self.path / TEXTS, dtype=np.uint8, mode="r") if self.rows else None
         self._shards = [
             [
-                np.memmap(self.path / shard["file"], dtype=teacher["dtype"], mode="r",
-                          shape=(int(shard["rows"]), int(shard.get("row_width", teacher["dim"]))))
+                np.memmap(
+                    self.path / shard["file"],
+                    dtype=teacher["dtype"],
+                    mode="r",
+                    shape=(int(shard["rows"]), int(shard.get("row_width", teacher["dim"]))),
+                )
                 for shard in teacher["shards"]
             ]
             for teacher in self.teachers
         ]
         self._columns = [
-            [(int(shard.get("column", 0)), int(shard.get("column", 0)) + int(teacher["dim"]))
-             for shard in teacher["shards"]]
+            [
+                (int(shard.get("column", 0)), int(shard.get("column", 0)) + int(teacher["dim"]))
+                for shard in teacher["shards"]
+            ]
             for teacher in self.teachers
         ]
 

@@ -48,7 +48,7 @@ def resolve_prompt(prompt: str | None) -> str:
 
 
 def resolve_backend(spec: TeacherSpec) -> str:
-    """"torch" for sentence-transformers / Hugging Face folders, "jax" otherwise (our checkpoints)."""
+    """ "torch" for sentence-transformers / Hugging Face folders, "jax" otherwise (our checkpoints)."""
     if spec.backend != "auto":
         return spec.backend
     folder = Path(spec.path)
@@ -67,8 +67,9 @@ def load_encoder(spec: TeacherSpec, *, batch_size: int = 64, max_length: int = 5
         model.max_seq_length = min(max_length, model.max_seq_length or max_length)
 
         def encode_torch(texts: list[str]) -> np.ndarray:
-            vectors = model.encode(texts, prompt=spec.prompt or None, batch_size=batch_size,
-                                   convert_to_numpy=True, show_progress_bar=False)
+            vectors = model.encode(
+                texts, prompt=spec.prompt or None, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False
+            )
             return np.asarray(vectors, dtype=np.float32)
 
         return encode_torch
@@ -79,8 +80,12 @@ def load_encoder(spec: TeacherSpec, *, batch_size: int = 64, max_length: int = 5
         model = load_any(spec.path)  # loaded (and jitted) once for all shards: encode_texts keeps its encoder
 
         def encode_jax(texts: list[str]) -> np.ndarray:
-            return np.asarray(encode_texts(model, texts, prompt=spec.prompt, max_length=max_length,
-                                           batch_size=batch_size, progress=False), dtype=np.float32)
+            return np.asarray(
+                encode_texts(
+                    model, texts, prompt=spec.prompt, max_length=max_length, batch_size=batch_size, progress=False
+                ),
+                dtype=np.float32,
+            )
 
         return encode_jax
     raise ValueError(f"teacher {spec.name}: unknown backend {spec.backend!r}; use torch, jax or auto")
@@ -118,12 +123,21 @@ def _texts_sha256(texts: Iterable[str]) -> str:
 
 
 def _teacher_entry(spec: TeacherSpec, dtype: str) -> dict[str, Any]:
-    return {"name": spec.name, "path": str(spec.path), "backend": resolve_backend(spec), "dim": None,
-            "dtype": dtype, "prompt": spec.prompt, "normalisation": "l2", "shards": []}
+    return {
+        "name": spec.name,
+        "path": str(spec.path),
+        "backend": resolve_backend(spec),
+        "dim": None,
+        "dtype": dtype,
+        "prompt": spec.prompt,
+        "normalisation": "l2",
+        "shards": [],
+    }
 
 
-def _check_resumable(out: Path, manifest: dict, texts_sha: str, rows: int, teachers: Sequence[TeacherSpec],
-                     dtype: str, shard_rows: int) -> None:
+def _check_resumable(
+    out: Path, manifest: dict, texts_sha: str, rows: int, teachers: Sequence[TeacherSpec], dtype: str, shard_rows: int
+) -> None:
     """Refuse to resume a store that another command started (other texts, teachers, dtype or shards)."""
     problems = []
     if manifest["texts"]["sha256"] != texts_sha or manifest["rows"] != rows:
@@ -136,7 +150,8 @@ def _check_resumable(out: Path, manifest: dict, texts_sha: str, rows: int, teach
         problems.append(f"its teachers (name, path, prompt, dtype) are {recorded}, this command asks for {wanted}")
     if problems:
         raise ValueError(
-            f"{out} already holds a store that this command did not start: " + "; ".join(problems)
+            f"{out} already holds a store that this command did not start: "
+            + "; ".join(problems)
             + ". Re-run the original command to finish it, or choose another --out."
         )
 
@@ -176,7 +191,10 @@ def encode_store(
         written_rows, written_sha = store_lib.write_texts(out, texts)
         assert (written_rows, written_sha) == (rows, texts_sha)
         manifest = {
-            "format": store_lib.FORMAT, "version": store_lib.VERSION, "rows": rows, "shard_rows": shard_rows,
+            "format": store_lib.FORMAT,
+            "version": store_lib.VERSION,
+            "rows": rows,
+            "shard_rows": shard_rows,
             "complete": False,
             "texts": {"file": store_lib.TEXTS, "index": store_lib.TEXT_INDEX, "sha256": texts_sha},
             "teachers": [_teacher_entry(spec, dtype) for spec in teachers],
@@ -203,8 +221,7 @@ def encode_store(
                 elif vectors.shape[1] != entry["dim"]:
                     raise ValueError(f"teacher {spec.name} returned dim {vectors.shape[1]}, earlier {entry['dim']}")
                 relative = f"{spec.name}/{shard:05d}.bin"
-                sha = store_lib.write_bytes_atomic(out / relative,
-                                                   store_lib.l2_normalise(vectors).astype(dtype))
+                sha = store_lib.write_bytes_atomic(out / relative, store_lib.l2_normalise(vectors).astype(dtype))
                 entry["shards"].append({"file": relative, "rows": count, "sha256": sha})
                 store_lib.write_json_atomic(manifest_path, manifest)
                 bar.update(count)
@@ -222,12 +239,21 @@ def encode_store(
 def _progress_bar(total: int, initial: int, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, unit="row", unit_scale=True, disable=not enabled,
-                file=sys.stderr, desc="teachers encode", dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="row",
+        unit_scale=True,
+        disable=not enabled,
+        file=sys.stderr,
+        desc="teachers encode",
+        dynamic_ncols=True,
+    )
 
 
-def specs_from_arguments(paths: Sequence[str], names: Sequence[str] | None, prompts: Sequence[str] | None,
-                         backends: Sequence[str] | None) -> list[TeacherSpec]:
+def specs_from_arguments(
+    paths: Sequence[str], names: Sequence[str] | None, prompts: Sequence[str] | None, backends: Sequence[str] | None
+) -> list[TeacherSpec]:
     """TeacherSpecs from repeated --teacher/--name/--prompt/--backend (one value for all, or one each)."""
 
     def per_teacher(values: Sequence[str] | None, default: str, option: str) -> list[str]:
@@ -252,10 +278,18 @@ def specs_from_arguments(paths: Sequence[str], names: Sequence[str] | None, prom
             chosen.append(name)
     return [
         TeacherSpec(name=name, path=str(path), prompt=resolve_prompt(prompt), backend=backend)
-        for path, name, prompt, backend in zip(paths, chosen, per_teacher(prompts, "", "--prompt"),
-                                               per_teacher(backends, "auto", "--backend"))
+        for path, name, prompt, backend in zip(
+            paths, chosen, per_teacher(prompts, "", "--prompt"), per_teacher(backends, "auto", "--backend")
+        )
     ]
 
 
-__all__ = ["Encoder", "TeacherSpec", "encode_store", "load_encoder", "read_corpus", "specs_from_arguments",
-           "NAMED_PROMPTS"]
+__all__ = [
+    "Encoder",
+    "TeacherSpec",
+    "encode_store",
+    "load_encoder",
+    "read_corpus",
+    "specs_from_arguments",
+    "NAMED_PROMPTS",
+]

@@ -30,21 +30,28 @@ from jasper_jax.eval.run import AGREEMENT_TOLERANCE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True,
-                        help="training checkpoint, jasper-jax export, HF / sentence-transformers folder, or a "
-                             "model alias (minilm)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="training checkpoint, jasper-jax export, HF / sentence-transformers folder, or a model alias (minilm)",
+    )
     parser.add_argument("--out", required=True, help="results JSON")
     parser.add_argument("--backend", choices=("both", "jax", "torch"), default="both")
     parser.add_argument("--heads", default="", help="comma-separated heads (default: every head and 'pooled')")
-    parser.add_argument("--lee", default=None, help="folder with lee.cor and similarities0-1.txt (default: offline kit)")
+    parser.add_argument(
+        "--lee", default=None, help="folder with lee.cor and similarities0-1.txt (default: offline kit)"
+    )
     parser.add_argument("--news", default=None, help="NewsArticles.csv (default: offline kit)")
     parser.add_argument("--heldout-size", type=int, default=1000, help="held-out articles for retrieval")
     parser.add_argument("--max-length", type=int, default=128, help="tokens per text (both backends)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--images", default=None,
-                        help="image-caption folder ({split}/captions.jsonl): adds image -> caption retrieval "
-                             "(R@1, R@10 vs chance) for a model with a vision tower (JAX backend)")
+    parser.add_argument(
+        "--images",
+        default=None,
+        help="image-caption folder ({split}/captions.jsonl): adds image -> caption retrieval "
+        "(R@1, R@10 vs chance) for a model with a vision tower (JAX backend)",
+    )
     parser.add_argument("--images-split", default="heldout", help="split of --images (default: heldout)")
 
 
@@ -57,28 +64,40 @@ def task_files(lee: str | None, news: str | None) -> tuple[Path, Path]:
 
 def sources_for(model: str, backend: str, *, max_length: int, batch_size: int, progress: bool, workdir: Path):
     """{backend: VectorSource} for `model` (a checkpoint is exported under `workdir` for the torch side)."""
-    from jasper_jax.export import export_checkpoint
     from jasper_jax.eval.encoders import jax_vectors, torch_vectors
+    from jasper_jax.export import export_checkpoint
     from jasper_jax.loader import is_model_folder, load_any, resolve_model_path
 
     path = resolve_model_path(model)
     sources = {}
     if backend in ("both", "jax"):
-        sources["jax"] = jax_vectors(load_any(path), max_length=max_length, batch_size=batch_size,
-                                     progress=progress, name="jax")
+        sources["jax"] = jax_vectors(
+            load_any(path), max_length=max_length, batch_size=batch_size, progress=progress, name="jax"
+        )
     if backend in ("both", "torch"):
         folder = path
         if not is_model_folder(path):
             folder = export_checkpoint(path, workdir / "export")
-        sources["torch"] = torch_vectors(folder, max_length=max_length, batch_size=batch_size,
-                                         progress=progress, name="torch")
+        sources["torch"] = torch_vectors(
+            folder, max_length=max_length, batch_size=batch_size, progress=progress, name="torch"
+        )
     return sources
 
 
-def evaluate_model(model: str, *, backend: str = "both", heads: list[str] | None = None, lee: str | Path | None = None,
-                   news: str | Path | None = None, heldout_size: int = 1000, max_length: int = 128,
-                   batch_size: int = 32, progress: bool = True, images: str | Path | None = None,
-                   images_split: str = "heldout") -> dict:
+def evaluate_model(
+    model: str,
+    *,
+    backend: str = "both",
+    heads: list[str] | None = None,
+    lee: str | Path | None = None,
+    news: str | Path | None = None,
+    heldout_size: int = 1000,
+    max_length: int = 128,
+    batch_size: int = 32,
+    progress: bool = True,
+    images: str | Path | None = None,
+    images_split: str = "heldout",
+) -> dict:
     """The results document of `jasper-jax eval` (see the module docstring)."""
     from jasper_jax.eval.run import evaluate_heads, max_score_difference
     from jasper_jax.eval.tasks import offline_tasks
@@ -86,13 +105,19 @@ def evaluate_model(model: str, *, backend: str = "both", heads: list[str] | None
     lee_folder, news_csv = task_files(str(lee) if lee else None, str(news) if news else None)
     tasks = offline_tasks(lee_folder, news_csv, heldout_size)
     with tempfile.TemporaryDirectory(prefix="jasper_eval_") as tmp:
-        sources = sources_for(model, backend, max_length=max_length, batch_size=batch_size, progress=progress,
-                              workdir=Path(tmp))
+        sources = sources_for(
+            model, backend, max_length=max_length, batch_size=batch_size, progress=progress, workdir=Path(tmp)
+        )
         scores = {name: evaluate_heads(source, tasks, heads) for name, source in sources.items()}
     result = {
         "model": str(model),
-        "settings": {"max_length": max_length, "heldout_size": heldout_size, "lee": str(lee_folder),
-                     "news": str(news_csv), "prompt": ""},
+        "settings": {
+            "max_length": max_length,
+            "heldout_size": heldout_size,
+            "lee": str(lee_folder),
+            "news": str(news_csv),
+            "prompt": "",
+        },
         "scores": scores,
     }
     if images:
@@ -100,7 +125,8 @@ def evaluate_model(model: str, *, backend: str = "both", heads: list[str] | None
         from jasper_jax.loader import load_any
 
         result["image_retrieval"] = image_caption_retrieval(
-            load_any(model), images, split=images_split, heads=heads, max_length=max_length, progress=progress)
+            load_any(model), images, split=images_split, heads=heads, max_length=max_length, progress=progress
+        )
     if len(scores) == 2:
         difference = max_score_difference(scores["jax"], scores["torch"])
         result["max_backend_difference"] = difference
@@ -111,10 +137,19 @@ def evaluate_model(model: str, *, backend: str = "both", heads: list[str] | None
 def run(args: argparse.Namespace) -> int:
     heads = [h for h in args.heads.split(",") if h] or None
     try:
-        result = evaluate_model(args.model, backend=args.backend, heads=heads, lee=args.lee, news=args.news,
-                                heldout_size=args.heldout_size, max_length=args.max_length,
-                                batch_size=args.batch_size, progress=not args.no_progress,
-                                images=args.images, images_split=args.images_split)
+        result = evaluate_model(
+            args.model,
+            backend=args.backend,
+            heads=heads,
+            lee=args.lee,
+            news=args.news,
+            heldout_size=args.heldout_size,
+            max_length=args.max_length,
+            batch_size=args.batch_size,
+            progress=not args.no_progress,
+            images=args.images,
+            images_split=args.images_split,
+        )
     except (UserError, FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"jasper-jax eval: {error}", file=sys.stderr)
         return 2
@@ -125,11 +160,15 @@ def run(args: argparse.Namespace) -> int:
             shown = "  ".join(f"{k}={v:.4f}" for k, v in values.items())
             print(f"{backend:5s} {head:8s} {shown}")
     for head, values in result.get("image_retrieval", {}).items():
-        print(f"image {head:8s} R@1={values['image_r_at_1']:.4f} (chance {values['chance_r_at_1']:.4f})  "
-              f"R@10={values['image_r_at_10']:.4f} (chance {values['chance_r_at_10']:.4f})  pairs={values['pairs']}")
+        print(
+            f"image {head:8s} R@1={values['image_r_at_1']:.4f} (chance {values['chance_r_at_1']:.4f})  "
+            f"R@10={values['image_r_at_10']:.4f} (chance {values['chance_r_at_10']:.4f})  pairs={values['pairs']}"
+        )
     if "backends_agree" in result:
-        print(f"max |jax - torch| over all scores: {result['max_backend_difference']:.2e} "
-              f"({'agree' if result['backends_agree'] else 'DISAGREE'} within {AGREEMENT_TOLERANCE})")
+        print(
+            f"max |jax - torch| over all scores: {result['max_backend_difference']:.2e} "
+            f"({'agree' if result['backends_agree'] else 'DISAGREE'} within {AGREEMENT_TOLERANCE})"
+        )
         if not result["backends_agree"]:
             return 1
     return 0

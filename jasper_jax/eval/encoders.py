@@ -48,15 +48,18 @@ class VectorSource:
             computed = self.compute(missing)
             for row, text in enumerate(missing):
                 self.cache[text] = {head: computed[head][row] for head in self.heads}
-        return {head: np.stack([self.cache[text][head] for text in texts]) if texts else
-                np.zeros((0, 0), np.float32) for head in self.heads}
+        return {
+            head: np.stack([self.cache[text][head] for text in texts]) if texts else np.zeros((0, 0), np.float32)
+            for head in self.heads
+        }
 
 
 # ------------------------------------------------------------------------------------------------- JAX
 
 
-def jax_vectors(loaded, *, max_length: int = 256, batch_size: int = 32, progress: bool = False,
-                name: str = "jax") -> VectorSource:
+def jax_vectors(
+    loaded, *, max_length: int = 256, batch_size: int = 32, progress: bool = False, name: str = "jax"
+) -> VectorSource:
     """A `VectorSource` over a `jasper_jax.convert.load.LoadedModel` (every head and `pooled`)."""
     import jax
     import jax.numpy as jnp
@@ -81,8 +84,10 @@ def jax_vectors(loaded, *, max_length: int = 256, batch_size: int = 32, progress
     def compute(texts: list[str]) -> HeadVectors:
         ids = tokenizer.encode(list(texts), "")
         order = np.argsort([len(row) for row in ids], kind="stable")[::-1]
-        out = {head: np.zeros((len(texts), loaded.config.heads.get(head, loaded.config.encoder.hidden_size)),
-                              np.float32) for head in heads}
+        out = {
+            head: np.zeros((len(texts), loaded.config.heads.get(head, loaded.config.encoder.hidden_size)), np.float32)
+            for head in heads
+        }
         for start in tqdm(range(0, len(texts), batch_size), desc=f"encode {name}", disable=not progress):
             rows = order[start : start + batch_size]
             chunk = [ids[row] for row in rows]
@@ -100,8 +105,9 @@ def jax_vectors(loaded, *, max_length: int = 256, batch_size: int = 32, progress
 # ----------------------------------------------------------------------------------------------- PyTorch
 
 
-def torch_vectors(folder: str | Path, *, max_length: int = 256, batch_size: int = 32, progress: bool = False,
-                  name: str = "torch") -> VectorSource:
+def torch_vectors(
+    folder: str | Path, *, max_length: int = 256, batch_size: int = 32, progress: bool = False, name: str = "torch"
+) -> VectorSource:
     """A `VectorSource` over `SentenceTransformer(folder, trust_remote_code=True)` (PyTorch, CPU)."""
     import torch
     from sentence_transformers import SentenceTransformer
@@ -112,9 +118,15 @@ def torch_vectors(folder: str | Path, *, max_length: int = 256, batch_size: int 
     modules = list(model)
     heads_index = next((i for i, m in enumerate(modules) if type(m).__name__ == "JasperHeads"), None)
     if heads_index is None:  # a plain sentence-transformers model: its output is the one vector
+
         def compute_plain(texts: list[str]) -> HeadVectors:
-            vectors = model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
-                                   show_progress_bar=progress, normalize_embeddings=True)
+            vectors = model.encode(
+                list(texts),
+                batch_size=batch_size,
+                convert_to_numpy=True,
+                show_progress_bar=progress,
+                normalize_embeddings=True,
+            )
             return {POOLED: normalize_rows(vectors)}
 
         return VectorSource(compute_plain, [POOLED], name)
@@ -175,11 +187,23 @@ def mteb_encoder(source: VectorSource, head: str, dim: int | None = None):
             self.source, self.head = source, head
             safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{source.name}-{head}")
             self.mteb_model_meta = ModelMeta(
-                loader=None, name=f"jasper-jax/{safe}", revision="local", release_date=None,
-                languages=["eng-Latn"], n_parameters=None, memory_usage_mb=None, max_tokens=None,
-                embed_dim=dim, license=None, open_weights=True, public_training_code=None,
-                public_training_data=None, framework=["PyTorch"], similarity_fn_name="cosine",
-                use_instructions=False, training_datasets=None,
+                loader=None,
+                name=f"jasper-jax/{safe}",
+                revision="local",
+                release_date=None,
+                languages=["eng-Latn"],
+                n_parameters=None,
+                memory_usage_mb=None,
+                max_tokens=None,
+                embed_dim=dim,
+                license=None,
+                open_weights=True,
+                public_training_code=None,
+                public_training_data=None,
+                framework=["PyTorch"],
+                similarity_fn_name="cosine",
+                use_instructions=False,
+                training_datasets=None,
             )
 
         def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs: Any):

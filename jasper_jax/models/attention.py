@@ -92,13 +92,19 @@ def dot_product_attention(
         return _einsum_attention(query, key, value, attention_mask, causal, segment_ids)
     if name == "xla":
         return jax.nn.dot_product_attention(
-            query, key, value, mask=_boolean_mask(attention_mask, segment_ids), is_causal=causal,
+            query,
+            key,
+            value,
+            mask=_boolean_mask(attention_mask, segment_ids),
+            is_causal=causal,
             implementation="xla",
         )
     if name == "cudnn":
         if platform != "gpu":
-            raise ValueError(f"attention='cudnn' needs an NVIDIA GPU, but JAX's default backend is {platform!r}; "
-                             "use attention='auto' or 'xla'")
+            raise ValueError(
+                f"attention='cudnn' needs an NVIDIA GPU, but JAX's default backend is {platform!r}; "
+                "use attention='auto' or 'xla'"
+            )
         lengths = None
         if attention_mask is not None:
             # at least one key per row: an all-padding row then attends to position 0 instead of giving NaN
@@ -108,8 +114,10 @@ def dot_product_attention(
             query, key, value, mask=mask, is_causal=causal, key_value_seq_lengths=lengths, implementation="cudnn"
         )
     if platform != "tpu" and not interpret:
-        raise ValueError(f"attention='splash' is the TPU Pallas kernel, but JAX's default backend is {platform!r}; "
-                         "use attention='auto' or 'xla'")
+        raise ValueError(
+            f"attention='splash' is the TPU Pallas kernel, but JAX's default backend is {platform!r}; "
+            "use attention='auto' or 'xla'"
+        )
     return _splash_attention(query, key, value, attention_mask, causal, segment_ids, interpret)
 
 
@@ -157,7 +165,12 @@ def _splash_kernel(length: int, heads: int, causal: bool, interpret: bool):
 
 
 def _splash_attention(
-    query: Array, key: Array, value: Array, attention_mask: Array | None, causal: bool, segment_ids: Array | None,
+    query: Array,
+    key: Array,
+    value: Array,
+    attention_mask: Array | None,
+    causal: bool,
+    segment_ids: Array | None,
     interpret: bool,
 ) -> Array:
     from jax.experimental.pallas.ops.tpu import splash_attention

@@ -35,7 +35,7 @@ class BertConfig:
         return self.hidden_size // self.num_attention_heads
 
     @classmethod
-    def from_hf(cls, hf: dict[str, Any]) -> "BertConfig":
+    def from_hf(cls, hf: dict[str, Any]) -> BertConfig:
         """From a Hugging Face config.json dict (unknown keys ignored)."""
         if hf.get("position_embedding_type", "absolute") != "absolute":
             raise ValueError(
@@ -57,8 +57,15 @@ class BertLayer(nnx.Module):
     def __init__(self, config: BertConfig, *, dtype: str, attention: str = "auto", rngs: nnx.Rngs):
         heads = config.num_attention_heads
         self.attention = layers.Attention(
-            config.hidden_size, heads, heads, config.head_dim, qkv_bias=True, output_bias=True, dtype=dtype,
-            attention=attention, rngs=rngs,
+            config.hidden_size,
+            heads,
+            heads,
+            config.head_dim,
+            qkv_bias=True,
+            output_bias=True,
+            dtype=dtype,
+            attention=attention,
+            rngs=rngs,
         )
         self.attention_norm = layers.LayerNorm(config.hidden_size, config.layer_norm_eps, dtype=dtype, rngs=rngs)
         self.mlp = layers.MLP(config.hidden_size, config.intermediate_size, config.hidden_act, dtype=dtype, rngs=rngs)
@@ -75,7 +82,12 @@ class BertEncoder(nnx.Module):
     `attention`: the attention implementation (`jasper_jax.models.attention.IMPLEMENTATIONS`)."""
 
     def __init__(
-        self, config: BertConfig, *, dtype: str = "float32", remat: bool = False, attention: str = "auto",
+        self,
+        config: BertConfig,
+        *,
+        dtype: str = "float32",
+        remat: bool = False,
+        attention: str = "auto",
         rngs: nnx.Rngs,
     ):
         self.config = config
@@ -107,11 +119,11 @@ class BertEncoder(nnx.Module):
             )
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        words = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.word_embeddings.dtype)
-        x = (
-            words
-            + self.position_embeddings(jnp.arange(length))[None]
-            + self.token_type_embeddings(token_type_ids)
+        words = (
+            self.word_embeddings(input_ids)
+            if inputs_embeds is None
+            else inputs_embeds.astype(self.word_embeddings.dtype)
         )
+        x = words + self.position_embeddings(jnp.arange(length))[None] + self.token_type_embeddings(token_type_ids)
         x = self.embeddings_norm(x)
         return layers.run_layers(self.layers, x, attention_mask, remat=self.remat)

@@ -237,7 +237,12 @@ class Attention(nnx.Module):
             cos, sin = rotary_angles(positions, self.head_dim, self.rope_theta)
             query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
         context = attention_lib.dot_product_attention(
-            query, key, value, attention_mask, causal=self.causal, segment_ids=segment_ids,
+            query,
+            key,
+            value,
+            attention_mask,
+            causal=self.causal,
+            segment_ids=segment_ids,
             implementation=self.implementation,
         )
         return self.output(context)

@@ -44,7 +44,7 @@ class Qwen2Config:
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
 
     @classmethod
-    def from_hf(cls, hf: dict[str, Any], *, causal: bool = False) -> "Qwen2Config":
+    def from_hf(cls, hf: dict[str, Any], *, causal: bool = False) -> Qwen2Config:
         """From a Hugging Face config.json dict; RoPE theta from `rope_parameters` (transformers 5) or
         `rope_theta` (older files). Only the default RoPE type is supported."""
         rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
@@ -96,7 +96,9 @@ class Qwen2Layer(nnx.Module):
             rngs=rngs,
         )
         self.post_attention_norm = layers.RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, rngs=rngs)
-        self.mlp = layers.GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act, dtype=dtype, rngs=rngs)
+        self.mlp = layers.GatedMLP(
+            config.hidden_size, config.intermediate_size, config.hidden_act, dtype=dtype, rngs=rngs
+        )
 
     def __call__(self, x: Array, attention_mask: Array, positions: Array) -> Array:
         x = x + self.attention(self.input_norm(x), attention_mask, positions)
@@ -110,7 +112,12 @@ class Qwen2Encoder(nnx.Module):
     attention implementation (`jasper_jax.models.attention.IMPLEMENTATIONS`)."""
 
     def __init__(
-        self, config: Qwen2Config, *, dtype: str = "float32", remat: bool = False, attention: str = "auto",
+        self,
+        config: Qwen2Config,
+        *,
+        dtype: str = "float32",
+        remat: bool = False,
+        attention: str = "auto",
         rngs: nnx.Rngs,
     ):
         self.config = config

@@ -46,7 +46,8 @@ class SiglipVisionConfig:
     def __post_init__(self):
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
-                f"SigLIP hidden_size={self.hidden_size} is not a multiple of num_attention_heads={self.num_attention_heads}"
+                f"SigLIP hidden_size={self.hidden_size} is not a multiple of "
+                f"num_attention_heads={self.num_attention_heads}"
             )
 
     @property
@@ -63,7 +64,7 @@ class SiglipVisionConfig:
         return self.grid**2
 
     @classmethod
-    def from_hf(cls, hf: dict[str, Any]) -> "SiglipVisionConfig":
+    def from_hf(cls, hf: dict[str, Any]) -> SiglipVisionConfig:
         """From a Hugging Face config dict: a `SiglipVisionConfig` one or a `SiglipConfig` (its vision_config)."""
         if hf.get("model_type") == "siglip" or "vision_config" in hf:
             hf = hf["vision_config"]
@@ -79,15 +80,17 @@ class SiglipVisionConfig:
     def to_hf(self) -> dict[str, Any]:
         """A Hugging Face config.json dict for `SiglipVisionModel` (no pooling head: Jasper uses all tokens)."""
         hf = dataclasses.asdict(self)
-        hf.update(architectures=["SiglipVisionModel"], model_type=MODEL_TYPE, vision_use_head=False,
-                  attention_dropout=0.0)
+        hf.update(
+            architectures=["SiglipVisionModel"], model_type=MODEL_TYPE, vision_use_head=False, attention_dropout=0.0
+        )
         return hf
 
 
 def tiny_siglip_config(**overrides) -> SiglipVisionConfig:
     """A small random tower for tests and the tiny runs (32 x 32 images, 4 x 4 patches of 8 pixels)."""
-    values = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  image_size=32, patch_size=8)
+    values = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8
+    )
     values.update(overrides)
     return SiglipVisionConfig(**values)
 
@@ -99,8 +102,15 @@ class SiglipLayer(nnx.Module):
         heads = config.num_attention_heads
         self.attention_norm = layers.LayerNorm(config.hidden_size, config.layer_norm_eps, dtype=dtype, rngs=rngs)
         self.attention = layers.Attention(
-            config.hidden_size, heads, heads, config.head_dim, qkv_bias=True, output_bias=True, dtype=dtype,
-            attention=attention, rngs=rngs,
+            config.hidden_size,
+            heads,
+            heads,
+            config.head_dim,
+            qkv_bias=True,
+            output_bias=True,
+            dtype=dtype,
+            attention=attention,
+            rngs=rngs,
         )
         self.mlp_norm = layers.LayerNorm(config.hidden_size, config.layer_norm_eps, dtype=dtype, rngs=rngs)
         self.mlp = layers.MLP(config.hidden_size, config.intermediate_size, config.hidden_act, dtype=dtype, rngs=rngs)
@@ -116,7 +126,12 @@ class SiglipVisionEncoder(nnx.Module):
     `attention`: the attention implementation (`jasper_jax.models.attention.IMPLEMENTATIONS`)."""
 
     def __init__(
-        self, config: SiglipVisionConfig, *, dtype: str = "float32", remat: bool = False, attention: str = "auto",
+        self,
+        config: SiglipVisionConfig,
+        *,
+        dtype: str = "float32",
+        remat: bool = False,
+        attention: str = "auto",
         rngs: nnx.Rngs,
     ):
         self.config = config
@@ -124,7 +139,8 @@ class SiglipVisionEncoder(nnx.Module):
         self.dtype = layers.as_dtype(dtype)
         with layers.parameter_context():
             patch, channels, hidden = config.patch_size, config.num_channels, config.hidden_size
-            # the convolution kernel as (patch_h, patch_w, channels, hidden); HF's Conv2d weight is (hidden, channels, h, w)
+            # the convolution kernel as (patch_h, patch_w, channels, hidden);
+            # HF's Conv2d weight is (hidden, channels, h, w)
             self.patch_embedding = layers.Projection(
                 "bypxqc,pqce->byxe",
                 (patch, patch, channels, hidden),
@@ -135,10 +151,12 @@ class SiglipVisionEncoder(nnx.Module):
                 rngs=rngs,
             )
             self.position_embedding = layers.Embedding(config.num_patches, hidden, "position", dtype=dtype, rngs=rngs)
-            self.layers = nnx.List([
-                SiglipLayer(config, dtype=dtype, attention=attention, rngs=rngs)
-                for _ in range(config.num_hidden_layers)
-            ])
+            self.layers = nnx.List(
+                [
+                    SiglipLayer(config, dtype=dtype, attention=attention, rngs=rngs)
+                    for _ in range(config.num_hidden_layers)
+                ]
+            )
             self.post_norm = layers.LayerNorm(hidden, config.layer_norm_eps, dtype=dtype, rngs=rngs)
 
     def __call__(self, pixel_values: Array) -> Array:

@@ -72,7 +72,7 @@ class StudentConfig:
         return values
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "StudentConfig":
+    def from_dict(cls, values: dict[str, Any]) -> StudentConfig:
         """Inverse of `to_dict`."""
         values = dict(values)
         values.pop("prefix_layout", None)  # saved before 2026-12: a flag that changed nothing
@@ -110,10 +110,18 @@ class JasperStudent(nnx.Module):
             self.dropout = nnx.Dropout(config.vector_dropout, rngs=rngs) if config.vector_dropout > 0 else None
             self.vision = None
             if config.vision is not None:
-                self.vision = nnx.data(ImageInputs(
-                    config.vision, hidden, config.image_tokens, config.image_token_ids,
-                    dtype=config.compute_dtype, remat=config.remat, attention=config.attention, rngs=rngs,
-                ))
+                self.vision = nnx.data(
+                    ImageInputs(
+                        config.vision,
+                        hidden,
+                        config.image_tokens,
+                        config.image_token_ids,
+                        dtype=config.compute_dtype,
+                        remat=config.remat,
+                        attention=config.attention,
+                        rngs=rngs,
+                    )
+                )
 
     def token_embeddings(self, input_ids: Array) -> Array:
         """The encoder's token embeddings (B, L, hidden) of `input_ids`."""

@@ -33,9 +33,7 @@ FORMAT_VERSION = 1
 
 def abstract_like(tree: Any, shardings: Any) -> Any:
     """ShapeDtypeStructs of `tree`'s leaves carrying `shardings` (restore targets on the current mesh)."""
-    return jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
-    )
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
 class _IteratorState:
@@ -180,9 +178,7 @@ class StageCheckpointer:
             if shape != want:
                 raise ValueError(f"parameter {name}: checkpoint shape {shape}, model shape {want}")
         target = unflatten_tree({name: model_params[name] for name in saved_params})
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target))
-        )
+        restored = self.manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
         return restored["params"]
 
     def host_params(self, step: int | None = None) -> dict[str, Any]:

@@ -32,7 +32,7 @@ def _accept_config_overrides(parser: argparse.ArgumentParser) -> None:
             if argument.startswith(OVERRIDE_PREFIX):
                 if "=" not in argument and i + 1 < len(args):
                     argument, i = f"{argument}={args[i + 1]}", i + 1
-                overrides.append(argument[len("--"):])
+                overrides.append(argument[len("--") :])
             else:
                 rest.append(argument)
             i += 1

@@ -43,8 +43,10 @@ def _prepare_devices(count: int, platform: str) -> None:
             jax.config.update("jax_num_cpu_devices", count)
         except RuntimeError:  # JAX already started in this process (e.g. called from Python, not the command)
             if jax.device_count() != count:
-                raise UserError(f"--devices {count}: JAX already runs with {jax.device_count()} devices in this "
-                                "process; run compile-check as its own command") from None
+                raise UserError(
+                    f"--devices {count}: JAX already runs with {jax.device_count()} devices in this "
+                    "process; run compile-check as its own command"
+                ) from None
 
 
 def compile_stage_step(config, stage_number: int, *, batch_size: int = 0, length: int = 0):
@@ -100,13 +102,21 @@ def memory_report(compiled) -> dict[str, int]:
     analysis = compiled.memory_analysis()
     if isinstance(analysis, (list, tuple)):
         analysis = analysis[0]
-    fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "alias_size_in_bytes",
-              "generated_code_size_in_bytes")
+    fields = (
+        "argument_size_in_bytes",
+        "output_size_in_bytes",
+        "temp_size_in_bytes",
+        "alias_size_in_bytes",
+        "generated_code_size_in_bytes",
+    )
     report = {field: int(getattr(analysis, field, 0) or 0) for field in fields}
     # donated state is aliased: its outputs reuse the argument buffers
     report["peak_estimate_bytes"] = (
-        report["argument_size_in_bytes"] + report["output_size_in_bytes"] - report["alias_size_in_bytes"]
-        + report["temp_size_in_bytes"] + report["generated_code_size_in_bytes"]
+        report["argument_size_in_bytes"]
+        + report["output_size_in_bytes"]
+        - report["alias_size_in_bytes"]
+        + report["temp_size_in_bytes"]
+        + report["generated_code_size_in_bytes"]
     )
     return report
 
@@ -117,8 +127,10 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, getattr(args, "config_overrides", []))
     _prepare_devices(args.devices, args.platform)
     config.model.source = "random"  # shapes only: nothing is loaded
-    print(f"compile-check: {args.config} stage {args.stage} on {args.devices} fake {args.platform} devices ...",
-          flush=True)
+    print(
+        f"compile-check: {args.config} stage {args.stage} on {args.devices} fake {args.platform} devices ...",
+        flush=True,
+    )
     compiled, summary = compile_stage_step(config, args.stage, batch_size=args.batch_size, length=args.length)
     report = memory_report(compiled)
     for key, value in summary.items():
@@ -128,8 +140,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {key:>30}: {value / GIB:8.2f} GiB")
     peak_gb = report["peak_estimate_bytes"] / 1e9
     fits = peak_gb <= args.budget_gb
-    print(f"  {'peak estimate':>30}: {peak_gb:.2f} GB {'<=' if fits else '>'} budget {args.budget_gb:g} GB: "
-          f"{'fits' if fits else 'DOES NOT FIT'}", flush=True)
+    print(
+        f"  {'peak estimate':>30}: {peak_gb:.2f} GB {'<=' if fits else '>'} budget {args.budget_gb:g} GB: "
+        f"{'fits' if fits else 'DOES NOT FIT'}",
+        flush=True,
+    )
     return 0 if fits else 1
 
 

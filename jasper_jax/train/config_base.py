@@ -23,8 +23,10 @@ from jasper_jax.train.sharding import DEFAULT_RULES
 def stage(**values) -> ml_collections.ConfigDict:
     """One stage block with the defaults of `settings.StageSettings`; `objective` overrides the global one."""
     block = ml_collections.ConfigDict(
-        {**settings.defaults(settings.StageSettings, exclude=("number", "objective", "vision", "images")),
-         "objective": {}}
+        {
+            **settings.defaults(settings.StageSettings, exclude=("number", "objective", "vision", "images")),
+            "objective": {},
+        }
     )
     block.update(values)
     return block

@@ -91,7 +91,11 @@ def initialize(
             jax.distributed.initialize()
         log.info(
             "jax.distributed (%s): process %d of %d, %d local / %d global devices",
-            setup.source, jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
+            setup.source,
+            jax.process_index(),
+            jax.process_count(),
+            jax.local_device_count(),
+            jax.device_count(),
         )
     _initialized = setup
     return setup

@@ -45,8 +45,9 @@ RIDGES = (1e-6, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 VALIDATION_EVERY = 4  # batch i is a validation batch when i % 4 == 3
 
 
-def feature_statistics(graphdef: nnx.GraphDef, states: tuple, batches: Iterator[Mapping[str, jax.Array]],
-                       count: int) -> dict[str, np.ndarray]:
+def feature_statistics(
+    graphdef: nnx.GraphDef, states: tuple, batches: Iterator[Mapping[str, jax.Array]], count: int
+) -> dict[str, np.ndarray]:
     """Sums over `count` batches: `gram` = sum [x,1][x,1]^T ((h+1)^2) and `cross` = sum [x,1] (|x| y)^T
     ((h+1) x D), x the pooled output (float32 compute), y the row-normalised teacher vector; masked rows
     excluded. Every 4th batch's sums are also kept apart (`validation_*`) and the others' (`fit_*`)."""
@@ -61,12 +62,17 @@ def feature_statistics(graphdef: nnx.GraphDef, states: tuple, batches: Iterator[
         teacher = teacher / jnp.maximum(jnp.linalg.norm(teacher, axis=1, keepdims=True), 1e-12)
         teacher = teacher * jnp.linalg.norm(pooled, axis=1, keepdims=True)  # a regression of directions
         hp = jax.lax.Precision.HIGHEST
-        return {"gram": jnp.matmul(augmented.T, augmented, precision=hp),
-                "cross": jnp.matmul(augmented.T, teacher, precision=hp), "rows": jnp.sum(weight)}
+        return {
+            "gram": jnp.matmul(augmented.T, augmented, precision=hp),
+            "cross": jnp.matmul(augmented.T, teacher, precision=hp),
+            "rows": jnp.sum(weight),
+        }
 
     totals: dict[str, dict[str, np.ndarray]] = {}
     for index in range(count):
-        part = {key: np.asarray(jax.device_get(value), np.float64) for key, value in sums(states, next(batches)).items()}
+        part = {
+            key: np.asarray(jax.device_get(value), np.float64) for key, value in sums(states, next(batches)).items()
+        }
         role = "validation" if index % VALIDATION_EVERY == VALIDATION_EVERY - 1 else "fit"
         totals[role] = part if role not in totals else {key: totals[role][key] + part[key] for key in part}
     if "fit" not in totals or totals["fit"]["rows"] < 1:
@@ -89,8 +95,10 @@ def validated_ridge(statistics: Mapping[str, np.ndarray], ridges=RIDGES) -> np.n
     errors = []
     for ridge in ridges:
         weights = ridge_head(statistics["fit_gram"], statistics["fit_cross"], ridge)
-        errors.append(np.sum(weights * (statistics["validation_gram"] @ weights), axis=0)
-                      - 2 * np.sum(weights * statistics["validation_cross"], axis=0))
+        errors.append(
+            np.sum(weights * (statistics["validation_gram"] @ weights), axis=0)
+            - 2 * np.sum(weights * statistics["validation_cross"], axis=0)
+        )
     return np.asarray(ridges, np.float64)[np.argmin(np.stack(errors), axis=0)]
 
 
@@ -127,8 +135,13 @@ def principal_head(gram: np.ndarray, full: np.ndarray, dim: int) -> np.ndarray:
     return principal
 
 
-def fitted_heads(statistics: Mapping[str, np.ndarray], new_heads: Mapping[str, int], teacher_dim: int,
-                 existing: Mapping[str, Mapping[str, Any]], ridge: float | np.ndarray | None = None) -> dict[str, dict[str, np.ndarray]]:
+def fitted_heads(
+    statistics: Mapping[str, np.ndarray],
+    new_heads: Mapping[str, int],
+    teacher_dim: int,
+    existing: Mapping[str, Mapping[str, Any]],
+    ridge: float | np.ndarray | None = None,
+) -> dict[str, dict[str, np.ndarray]]:
     """{head: {"kernel": (h, d), "bias": (d,)}} for each new head (float32).
 
     `existing`: heads already trained ({name: {"kernel", "bias"}}); a narrower new head is derived from the
@@ -144,12 +157,15 @@ def fitted_heads(statistics: Mapping[str, np.ndarray], new_heads: Mapping[str, i
     else:
         source = next((head for head in existing.values() if np.shape(head["kernel"])[1] == teacher_dim), None)
         if source is not None:
-            full = np.concatenate([np.asarray(source["kernel"], np.float64),
-                                   np.asarray(source["bias"], np.float64)[None, :]], axis=0)
+            full = np.concatenate(
+                [np.asarray(source["kernel"], np.float64), np.asarray(source["bias"], np.float64)[None, :]], axis=0
+            )
     for name, dim in new_heads.items():
         if full is None:
-            raise ValueError(f"head fit: head {name!r} ({dim}) is narrower than the teacher ({teacher_dim}) and "
-                             f"no head of {teacher_dim} dims exists to narrow; add one or use head_init='random'")
+            raise ValueError(
+                f"head fit: head {name!r} ({dim}) is narrower than the teacher ({teacher_dim}) and "
+                f"no head of {teacher_dim} dims exists to narrow; add one or use head_init='random'"
+            )
         augmented = full if dim == teacher_dim else principal_head(gram, full, dim)
         out[name] = {"kernel": augmented[:-1].astype(np.float32), "bias": augmented[-1].astype(np.float32)}
     return out

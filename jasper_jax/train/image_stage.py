@@ -59,8 +59,11 @@ def image_caption_objective(
         relative = relative_similarity_loss(student, teacher, margin=config.margin, mask=row_mask)
         metrics[f"cosine/{head}"], metrics[f"similarity/{head}"] = cosine, similarity
         metrics[f"relative_similarity/{head}"] = relative
-        totals.append(config.cosine_weight * cosine + config.similarity_weight * similarity
-                      + config.relative_similarity_weight * relative)
+        totals.append(
+            config.cosine_weight * cosine
+            + config.similarity_weight * similarity
+            + config.relative_similarity_weight * relative
+        )
     loss = jnp.mean(jnp.stack(totals)).astype(jnp.float32)
     metrics["loss"] = loss
     return loss, metrics
@@ -130,8 +133,13 @@ def add_stage_vision(model, student_config, stage, marker_ids, seed: int):
 
     from jasper_jax.convert.siglip import attach_vision
 
-    return attach_vision(model, _tower(stage.vision), image_tokens=stage.vision.image_tokens,
-                         image_token_ids=marker_ids, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+    return attach_vision(
+        model,
+        _tower(stage.vision),
+        image_tokens=stage.vision.image_tokens,
+        image_token_ids=marker_ids,
+        rngs=nnx.Rngs(params=seed, dropout=seed + 1),
+    )
 
 
 def image_stage_config(
@@ -155,11 +163,15 @@ def image_stage_config(
 
     block = stage(**{"trainable": DEFAULT_TRAINABLE, **values})
     block.vision = ml_collections.ConfigDict(
-        {"source": vision_source, "encoder": dict(vision_encoder or {}), "image_tokens": int(image_tokens)})
-    block.images = ml_collections.ConfigDict({
-        **settings.defaults(settings.ImagesSettings), "folder": images_folder,
-        "generate": {"enabled": generate is not None, **dict(generate or {})},
-    })
+        {"source": vision_source, "encoder": dict(vision_encoder or {}), "image_tokens": int(image_tokens)}
+    )
+    block.images = ml_collections.ConfigDict(
+        {
+            **settings.defaults(settings.ImagesSettings),
+            "folder": images_folder,
+            "generate": {"enabled": generate is not None, **dict(generate or {})},
+        }
+    )
     return block
 
 
@@ -177,8 +189,12 @@ def abstract_vision_student_config(student_config, stage):
         config_file = Path(tower) / "config.json"
         tower = SiglipVisionConfig.from_hf(read_json(config_file)) if config_file.exists() else SiglipVisionConfig()
     vocab = student_config.encoder.vocab_size
-    return dataclasses.replace(student_config, vision=tower, image_tokens=stage.vision.image_tokens,
-                               image_token_ids=(vocab, vocab + 1, vocab + 2))
+    return dataclasses.replace(
+        student_config,
+        vision=tower,
+        image_tokens=stage.vision.image_tokens,
+        image_token_ids=(vocab, vocab + 1, vocab + 2),
+    )
 
 
 def abstract_image_batch(student_config, batch: int, caption_length: int) -> dict[str, tuple[tuple[int, ...], Any]]:
@@ -189,8 +205,10 @@ def abstract_image_batch(student_config, batch: int, caption_length: int) -> dic
     image_length = image_input_length(student_config.image_tokens + 4)
     size = student_config.vision.image_size
     return {
-        "input_ids": ((batch, image_length), jnp.int32), "attention_mask": ((batch, image_length), jnp.int32),
+        "input_ids": ((batch, image_length), jnp.int32),
+        "attention_mask": ((batch, image_length), jnp.int32),
         "pixel_values": ((batch, size, size, 3), jnp.float32),
-        "caption_ids": ((batch, caption_length), jnp.int32), "caption_mask": ((batch, caption_length), jnp.int32),
+        "caption_ids": ((batch, caption_length), jnp.int32),
+        "caption_mask": ((batch, caption_length), jnp.int32),
         "row_mask": ((batch,), jnp.bool_),
     }

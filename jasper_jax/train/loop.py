@@ -30,16 +30,23 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jasper_jax.models.params import fill_state, state_to_tree, tree_paths
 from jasper_jax.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_NONFINITE, EXIT_OK  # noqa: F401 (re-exported)
+from jasper_jax.models.params import fill_state, state_to_tree, tree_paths
 from jasper_jax.train import checkpoint as checkpoint_lib
 from jasper_jax.train import distributed, run_settings
 from jasper_jax.train import step as step_lib
 from jasper_jax.train.mesh import make_mesh
 from jasper_jax.train.settings import RunSettings, StageSettings, TrainingError, settings_from_config
 from jasper_jax.train.stage_build import (
-    DataPaths, StageModel, StageStep, build_stage_model, build_stage_step, check_heads, model_source_path,
-    stage_input, text_iterator,
+    DataPaths,
+    StageModel,
+    StageStep,
+    build_stage_model,
+    build_stage_step,
+    check_heads,
+    model_source_path,
+    stage_input,
+    text_iterator,
 )
 
 VERSION = "0.1.0"
@@ -57,8 +64,9 @@ def prepare_data(run: RunSettings) -> DataPaths:
         folder = run.workdir / "data"
         if distributed.is_main_process():
             generate = data.generate
-            generate_tiny_data(folder, rows=generate.rows, words=generate.words,
-                               teacher_dims=generate.teacher_dims, seed=generate.seed)
+            generate_tiny_data(
+                folder, rows=generate.rows, words=generate.words, teacher_dims=generate.teacher_dims, seed=generate.seed
+            )
         distributed.barrier("jasper_generate_data")
         return DataPaths(store=folder / "store", tokenizer=Path(data.tokenizer or folder / "tokenizer"))
     if not data.store:
@@ -95,7 +103,9 @@ def store_dim(paths: DataPaths) -> int:
 def make_checkpointer(run: RunSettings, number: int) -> checkpoint_lib.StageCheckpointer:
     return checkpoint_lib.StageCheckpointer(
         run.stage_dir(number) / "checkpoints",
-        every=run.checkpoint.every, keep=run.checkpoint.keep, async_save=run.checkpoint.async_save,
+        every=run.checkpoint.every,
+        keep=run.checkpoint.keep,
+        async_save=run.checkpoint.async_save,
     )
 
 
@@ -178,8 +188,9 @@ def from_previous_stage(stage: StageSettings, start: StageStart, step: StageStep
     and the heads it lacks started as `head_init` says."""
     shardings = step.shardings
     full = nnx.merge_state(step.trainable, step.frozen)
-    loaded = start.previous.restore_params(start.previous_step, full,
-                                           nnx.merge_state(shardings.state.params, shardings.frozen))
+    loaded = start.previous.restore_params(
+        start.previous_step, full, nnx.merge_state(shardings.state.params, shardings.frozen)
+    )
     start.previous.close()
     loaded_paths = tree_paths(loaded)
     new_heads = {h: d for h, d in stage.heads.items() if ("heads", h, "kernel") not in loaded_paths}
@@ -188,13 +199,25 @@ def from_previous_stage(stage: StageSettings, start: StageStart, step: StageStep
     trainable = fill_state(fill_state(step.trainable, loaded), overrides)
     frozen = fill_state(fill_state(step.frozen, loaded), overrides)
     if distributed.is_main_process():
-        print(f"stage {stage.number}: starting from {start.previous.directory}/{start.previous_step}"
-              + (f"; new heads {sorted(new_heads)} ({stage.head_init})" if new_heads else ""), flush=True)
+        print(
+            f"stage {stage.number}: starting from {start.previous.directory}/{start.previous_step}"
+            + (f"; new heads {sorted(new_heads)} ({stage.head_init})" if new_heads else ""),
+            flush=True,
+        )
     return trainable, frozen, heads_now, new_heads
 
 
-def fit_heads(run: RunSettings, stage: StageSettings, step: StageStep, trainable, frozen, paths: DataPaths,
-              mesh, new_heads: dict[str, int], existing: dict[str, Any]):
+def fit_heads(
+    run: RunSettings,
+    stage: StageSettings,
+    step: StageStep,
+    trainable,
+    frozen,
+    paths: DataPaths,
+    mesh,
+    new_heads: dict[str, int],
+    existing: dict[str, Any],
+):
     """`(trainable, frozen)` with the new heads set by `jasper_jax.train.head_fit` from the stage's
     `head_fit_batches` batches (drawn in another order than the training batches)."""
     from jasper_jax.train import head_fit
@@ -206,8 +229,11 @@ def fit_heads(run: RunSettings, stage: StageSettings, step: StageStep, trainable
     began = time.perf_counter()
     batches = text_iterator(run, paths, stage.batch_size, mesh, run.seed + 7919 * number)
     shardings = step.shardings
-    states = (step_lib.place(trainable, shardings.state.params), step_lib.place(frozen, shardings.frozen),
-              step_lib.place(step.rest, shardings.rest))
+    states = (
+        step_lib.place(trainable, shardings.state.params),
+        step_lib.place(frozen, shardings.frozen),
+        step_lib.place(step.rest, shardings.rest),
+    )
     try:
         statistics = head_fit.feature_statistics(step.graphdef, states, batches, count)
         ridges = head_fit.validated_ridge(statistics)
@@ -216,24 +242,41 @@ def fit_heads(run: RunSettings, stage: StageSettings, step: StageStep, trainable
         raise TrainingError(f"stage {number}: {error}") from error
     if main:
         wide = teacher_dim in new_heads.values()
-        print(f"stage {number}: heads fitted on {int(statistics['rows'])} texts in {time.perf_counter() - began:.0f} s"
-              + (f" (ridges per output column, chosen on held-back batches: {head_fit.describe_ridges(ridges)})"
-                 if wide else ""), flush=True)
+        print(
+            f"stage {number}: heads fitted on {int(statistics['rows'])} texts in {time.perf_counter() - began:.0f} s"
+            + (
+                f" (ridges per output column, chosen on held-back batches: {head_fit.describe_ridges(ridges)})"
+                if wide
+                else ""
+            ),
+            flush=True,
+        )
     overrides = {"heads": fitted}
     return fill_state(trainable, overrides), fill_state(frozen, overrides)
 
 
-def initial_state(run: RunSettings, stage: StageSettings, start: StageStart, step: StageStep, checkpointer,
-                  iterator, paths: DataPaths, mesh):
+def initial_state(
+    run: RunSettings,
+    stage: StageSettings,
+    start: StageStart,
+    step: StageStep,
+    checkpointer,
+    iterator,
+    paths: DataPaths,
+    mesh,
+):
     """`(state, frozen)` placed on the step's shardings: restored (the iterator set to its saved position),
     or from the previous stage or the model with the new heads initialised."""
     shardings = step.shardings
     if start.resume_step is not None:
-        state, frozen, _ = checkpointer.restore(start.resume_step, step.abstract_state, shardings.state,
-                                                step.abstract_frozen, shardings.frozen, iterator)
+        state, frozen, _ = checkpointer.restore(
+            start.resume_step, step.abstract_state, shardings.state, step.abstract_frozen, shardings.frozen, iterator
+        )
         if distributed.is_main_process():
-            print(f"stage {stage.number}: resuming from checkpoint {start.resume_step} in {checkpointer.directory}",
-                  flush=True)
+            print(
+                f"stage {stage.number}: resuming from checkpoint {start.resume_step} in {checkpointer.directory}",
+                flush=True,
+            )
         return state, frozen
     if start.previous is not None:
         trainable, frozen, heads_now, new_heads = from_previous_stage(stage, start, step)
@@ -247,14 +290,20 @@ def initial_state(run: RunSettings, stage: StageSettings, start: StageStart, ste
     return state, step_lib.place(frozen, shardings.frozen)
 
 
-def stage_metadata(run: RunSettings, stage: StageSettings, paths: DataPaths, built: StageModel,
-                   step: StageStep) -> dict[str, Any]:
+def stage_metadata(
+    run: RunSettings, stage: StageSettings, paths: DataPaths, built: StageModel, step: StageStep
+) -> dict[str, Any]:
     """What each checkpoint records: the config as run (data paths resolved: export reads them), the student."""
     config = json.loads(json.dumps(run.config_json))
     tokenizer = built.tokenizer_folder or paths.tokenizer
     config["data"].update(store=str(paths.store.absolute()), tokenizer=str(Path(tokenizer).absolute()))
-    return {"stage": stage.number, "version": VERSION, "config": config,
-            "student_config": built.config.to_dict(), "trainable": list(step.patterns)}
+    return {
+        "stage": stage.number,
+        "version": VERSION,
+        "config": config,
+        "student_config": built.config.to_dict(),
+        "trainable": list(step.patterns),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ stage
@@ -269,7 +318,9 @@ def run_stage(run: RunSettings, number: int, mesh: jax.sharding.Mesh, paths: Dat
         _check_settings_unchanged(run, number, checkpointer, latest)
         if latest >= stage.steps:
             if distributed.is_main_process():
-                print(f"stage {number}: complete (checkpoint {latest} in {checkpointer.directory}); skipped", flush=True)
+                print(
+                    f"stage {number}: complete (checkpoint {latest} in {checkpointer.directory}); skipped", flush=True
+                )
             checkpointer.close()
             return
     start = stage_start(run, stage, checkpointer, latest)
@@ -294,8 +345,11 @@ class MetricsWriter:
             return
         directory.mkdir(parents=True, exist_ok=True)
         if self.path.exists():  # resumed: drop what was logged after the checkpoint we resume from
-            kept = [line for line in self.path.read_text().splitlines() if line.strip()
-                    and json.loads(line)["step"] <= start_step]
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= start_step
+            ]
             self.path.write_text("".join(line + "\n" for line in kept))
         from tensorboardX import SummaryWriter
 
@@ -328,8 +382,17 @@ def _to_record(step: int, metrics: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def train_loop(run: RunSettings, stage: StageSettings, checkpointer, step_fn, state, frozen, rest, iterator,
-               metadata: dict[str, Any]) -> None:
+def train_loop(
+    run: RunSettings,
+    stage: StageSettings,
+    checkpointer,
+    step_fn,
+    state,
+    frozen,
+    rest,
+    iterator,
+    metadata: dict[str, Any],
+) -> None:
     """Steps from the state's step to the stage's last, checkpointing as configured; metrics on process 0."""
     from tqdm import tqdm
 
@@ -337,8 +400,14 @@ def train_loop(run: RunSettings, stage: StageSettings, checkpointer, step_fn, st
     main = distributed.is_main_process()
     writer = MetricsWriter(run.stage_dir(number), start, main)
     log_every = max(1, run.log_every)
-    bar = tqdm(total=steps, initial=start, desc=f"stage {number}", disable=not (main and run.progress),
-               dynamic_ncols=True, file=sys.stdout)
+    bar = tqdm(
+        total=steps,
+        initial=start,
+        desc=f"stage {number}",
+        disable=not (main and run.progress),
+        dynamic_ncols=True,
+        file=sys.stdout,
+    )
     last_saved = checkpointer.latest_step()
     tokens, clock = 0, time.perf_counter()
     poisoned = set(run.debug_nonfinite_steps)
@@ -390,8 +459,11 @@ def train(config: ml_collections.ConfigDict | RunSettings, stages: list[int] | N
     numbers = stages or sorted(run.stages)
     for number in numbers:
         run.stage(number)  # an unknown stage is refused before anything runs
-    distributed.initialize(run.distributed.coordinator_address or None, run.distributed.num_processes or None,
-                           run.distributed.process_id if run.distributed.process_id >= 0 else None)
+    distributed.initialize(
+        run.distributed.coordinator_address or None,
+        run.distributed.num_processes or None,
+        run.distributed.process_id if run.distributed.process_id >= 0 else None,
+    )
     try:
         mesh = make_mesh(run.mesh)
     except ValueError as error:

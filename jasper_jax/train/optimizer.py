@@ -91,6 +91,14 @@ def make_optimizer(settings: OptimizerSettings, peak_lr: float, steps: int):
     warmup + cosine schedule."""
     schedule = learning_rate_schedule(peak_lr, steps, settings.warmup_fraction, settings.end_lr_fraction)
     parts = [optax.clip_by_global_norm(settings.clip_norm)] if settings.clip_norm > 0 else []
-    parts.append(optax.adamw(schedule, b1=settings.b1, b2=settings.b2, eps=settings.eps,
-                             weight_decay=settings.weight_decay, mask=decay_mask))
+    parts.append(
+        optax.adamw(
+            schedule,
+            b1=settings.b1,
+            b2=settings.b2,
+            eps=settings.eps,
+            weight_decay=settings.weight_decay,
+            mask=decay_mask,
+        )
+    )
     return optax.chain(*parts), schedule

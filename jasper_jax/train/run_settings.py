@@ -16,8 +16,16 @@ from __future__ import annotations
 
 from typing import Any
 
-GLOBAL_SETTINGS = ("seed", "model", "optimizer", "data.max_length", "data.prompt", "data.shuffle_seed",
-                   "data.teachers", "data.generate")
+GLOBAL_SETTINGS = (
+    "seed",
+    "model",
+    "optimizer",
+    "data.max_length",
+    "data.prompt",
+    "data.shuffle_seed",
+    "data.teachers",
+    "data.generate",
+)
 
 
 def _plain(value: Any) -> Any:
@@ -49,8 +57,9 @@ def stage_chain(config: dict[str, Any], number: int) -> list[int]:
     """Stage `number` and the earlier stages its start came from (following `init_from="previous"`)."""
     configured = sorted(int(key.removeprefix("stage")) for key in config.get("stages", {}))
     chain = [number]
-    while (_lookup(config, f"stages.stage{chain[-1]}.init_from") == "previous"
-           and any(n < chain[-1] for n in configured)):
+    while _lookup(config, f"stages.stage{chain[-1]}.init_from") == "previous" and any(
+        n < chain[-1] for n in configured
+    ):
         chain.append(max(n for n in configured if n < chain[-1]))
     return chain
 
@@ -77,5 +86,8 @@ def differences(saved: dict[str, Any], current: dict[str, Any], number: int) -> 
     Only settings both configs have are compared: a field that a later version added (or removed) is not a
     change the user made."""
     before, now = trajectory_settings(saved, number), trajectory_settings(current, number)
-    return [f"{key}: {before[key]!r} there, {now[key]!r} now"
-            for key in sorted(set(before) & set(now)) if before[key] != now[key]]
+    return [
+        f"{key}: {before[key]!r} there, {now[key]!r} now"
+        for key in sorted(set(before) & set(now))
+        if before[key] != now[key]
+    ]

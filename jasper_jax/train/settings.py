@@ -145,8 +145,9 @@ class StageSettings:
 
 
 # the fields of a stage block in a config (`config_base.stage`): all but those derived or optional
-STAGE_BLOCK_FIELDS = tuple(f.name for f in dataclasses.fields(StageSettings)
-                           if f.name not in ("number", "vision", "images"))
+STAGE_BLOCK_FIELDS = tuple(
+    f.name for f in dataclasses.fields(StageSettings) if f.name not in ("number", "vision", "images")
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,7 +240,9 @@ def build(kind: type, values: Mapping[str, Any], where: str, **fixed: Any):
     values = dict(_plain(values))
     unknown = sorted(set(values) - set(names))
     if unknown:
-        raise TrainingError(f"config block {where} has unknown field(s) {unknown}; known: {sorted(set(names) - set(fixed))}")
+        raise TrainingError(
+            f"config block {where} has unknown field(s) {unknown}; known: {sorted(set(names) - set(fixed))}"
+        )
     return kind(**fixed, **{name: _cast(hints[name], value, f"{where}.{name}") for name, value in values.items()})
 
 
@@ -278,7 +281,9 @@ def settings_from_config(config) -> RunSettings:
         raise TrainingError(f"the config has unknown top-level field(s) {unknown}; known: {sorted(known)}")
     debug = dict(_plain(config.get("debug", {})) or {})
     return build(
-        RunSettings, values, "config",
+        RunSettings,
+        values,
+        "config",
         stages={number: stage_from_config(config, number) for number in numbers},
         debug_nonfinite_steps=tuple(int(step) for step in debug.get("nonfinite_steps", ())),
         config_json=json.loads(config.to_json_best_effort()),

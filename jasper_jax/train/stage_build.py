@@ -75,8 +75,12 @@ def model_source_path(run: RunSettings) -> str | None:
 
 def _training_options(run: RunSettings) -> dict[str, Any]:
     model = run.model
-    return dict(compute_dtype=model.compute_dtype, remat=model.remat, vector_dropout=model.vector_dropout,
-                attention=model.attention)
+    return dict(
+        compute_dtype=model.compute_dtype,
+        remat=model.remat,
+        vector_dropout=model.vector_dropout,
+        attention=model.attention,
+    )
 
 
 def student_config_for(run: RunSettings, heads: dict[str, int], saved: dict[str, Any] | None) -> StudentConfig:
@@ -108,14 +112,18 @@ def build_student(run: RunSettings, heads: dict[str, int], seed: int, saved: dic
     if set(loaded_config.heads) == set(heads):
         return loaded, loaded_config
     # the folder carries heads this stage does not train (e.g. Stella's 2_Dense_*): rebuild without them
-    log.info("model %s carries heads %s not used by this stage; dropped", path, sorted(set(loaded_config.heads) - set(heads)))
+    log.info(
+        "model %s carries heads %s not used by this stage; dropped", path, sorted(set(loaded_config.heads) - set(heads))
+    )
     student_config = dataclasses.replace(loaded_config, heads=dict(heads))
     model = JasperStudent(student_config, rngs=rngs)
     assign_params(model, flat_params(loaded))
     return model, student_config
 
 
-def build_stage_model(run: RunSettings, stage: StageSettings, paths: DataPaths, saved: dict[str, Any] | None) -> StageModel:
+def build_stage_model(
+    run: RunSettings, stage: StageSettings, paths: DataPaths, saved: dict[str, Any] | None
+) -> StageModel:
     """The stage's student on the host (its heads; stage 4 adds the vision tower and the image markers)."""
     seed = run.seed + stage.number
     with nnx.use_eager_sharding(False):
@@ -127,8 +135,10 @@ def build_stage_model(run: RunSettings, stage: StageSettings, paths: DataPaths, 
         if student_config.vision is None:
             model, student_config = image_lib.add_stage_vision(model, student_config, stage, marker_ids, seed)
         elif tuple(student_config.image_token_ids) != marker_ids:
-            raise TrainingError(f"stage {stage.number}: the model's image marker ids {student_config.image_token_ids} "
-                                f"differ from the tokenizer's {marker_ids}")
+            raise TrainingError(
+                f"stage {stage.number}: the model's image marker ids {student_config.image_token_ids} "
+                f"differ from the tokenizer's {marker_ids}"
+            )
     return StageModel(model, student_config, tokenizer_folder, image_tokenizer)
 
 
@@ -146,8 +156,9 @@ def check_heads(stage: StageSettings, teacher_dim: int | None) -> None:
     """The full head must be as wide as the teacher store (text stages); image stages cannot fit heads."""
     if stage.is_image_stage:
         if stage.head_init == "fit":
-            raise TrainingError(f"stage {stage.number} trains on images: head_init='fit' needs teacher vectors; "
-                                "use 'random'")
+            raise TrainingError(
+                f"stage {stage.number} trains on images: head_init='fit' needs teacher vectors; use 'random'"
+            )
         return
     full_head = stage.objective.full_head
     if stage.heads.get(full_head) != teacher_dim:
@@ -170,8 +181,9 @@ def stage_objective(stage: StageSettings):
 def build_stage_step(run: RunSettings, stage: StageSettings, built: StageModel, mesh: jax.sharding.Mesh) -> StageStep:
     """Split the model by the stage's trainable regexes, make its optimizer, shardings and jitted step."""
     try:
-        patterns = optimizer_lib.trainable_patterns(stage.trainable, stage.trainable_last_layers,
-                                                    built.config.encoder.num_hidden_layers)
+        patterns = optimizer_lib.trainable_patterns(
+            stage.trainable, stage.trainable_last_layers, built.config.encoder.num_hidden_layers
+        )
         graphdef, trainable, frozen, rest = optimizer_lib.split_model(built.model, patterns)
     except ValueError as error:
         raise TrainingError(f"stage {stage.number}: {error}") from None
@@ -183,13 +195,21 @@ def build_stage_step(run: RunSettings, stage: StageSettings, built: StageModel, 
     shardings = step_lib.step_shardings(mesh, rules, abstract_state, abstract_frozen, rest, batch_keys=batch_keys)
     objective, forward = stage_objective(stage)
     step_fn = step_lib.jit_train_step(
-        step_lib.train_step_fn(graphdef, tx, objective, schedule, deterministic=built.config.vector_dropout == 0,
-                               activation_sharding=sharding_lib.activation_sharding(mesh, run.activation_sharding),
-                               forward=forward),
-        shardings, mesh,
+        step_lib.train_step_fn(
+            graphdef,
+            tx,
+            objective,
+            schedule,
+            deterministic=built.config.vector_dropout == 0,
+            activation_sharding=sharding_lib.activation_sharding(mesh, run.activation_sharding),
+            forward=forward,
+        ),
+        shardings,
+        mesh,
     )
-    return StageStep(graphdef, trainable, frozen, rest, patterns, tx, schedule, abstract_state, abstract_frozen,
-                     shardings, step_fn)
+    return StageStep(
+        graphdef, trainable, frozen, rest, patterns, tx, schedule, abstract_state, abstract_frozen, shardings, step_fn
+    )
 
 
 # ------------------------------------------------------------------------------------------------ input
@@ -198,8 +218,10 @@ def build_stage_step(run: RunSettings, stage: StageSettings, built: StageModel, 
 def check_batch_size(stage: StageSettings, mesh: jax.sharding.Mesh) -> None:
     divisor = batch_size_divisor(mesh)
     if stage.batch_size % divisor:
-        raise TrainingError(f"stage {stage.number}: batch_size {stage.batch_size} is not divisible by the {divisor} "
-                            "devices of the mesh's batch axes (data x fsdp)")
+        raise TrainingError(
+            f"stage {stage.number}: batch_size {stage.batch_size} is not divisible by the {divisor} "
+            "devices of the mesh's batch axes (data x fsdp)"
+        )
 
 
 def text_iterator(run: RunSettings, paths: DataPaths, batch_size: int, mesh, shuffle_seed: int | None):
@@ -208,9 +230,16 @@ def text_iterator(run: RunSettings, paths: DataPaths, batch_size: int, mesh, shu
 
     data = run.data
     return make_train_iterator(
-        paths.store, paths.tokenizer, global_batch_size=batch_size, mesh=mesh, max_length=data.max_length,
-        shuffle_seed=shuffle_seed, prompt=data.prompt, teachers=list(data.teachers) if data.teachers else None,
-        worker_threads=data.worker_threads, prefetch=data.prefetch,
+        paths.store,
+        paths.tokenizer,
+        global_batch_size=batch_size,
+        mesh=mesh,
+        max_length=data.max_length,
+        shuffle_seed=shuffle_seed,
+        prompt=data.prompt,
+        teachers=list(data.teachers) if data.teachers else None,
+        worker_threads=data.worker_threads,
+        prefetch=data.prefetch,
     )
 
 
@@ -222,15 +251,23 @@ def stage_input(run: RunSettings, stage: StageSettings, paths: DataPaths, mesh, 
     from jasper_jax.data.images import make_image_caption_iterator
 
     return make_image_caption_iterator(
-        image_lib.prepare_images(run, stage), built.image_tokenizer, image_size=built.config.vision.image_size,
-        image_tokens=built.config.image_tokens, global_batch_size=stage.batch_size, mesh=mesh,
-        split=stage.images.split, shuffle_seed=run.seed, prompt=run.data.prompt,
-        worker_threads=run.data.worker_threads, prefetch=run.data.prefetch,
+        image_lib.prepare_images(run, stage),
+        built.image_tokenizer,
+        image_size=built.config.vision.image_size,
+        image_tokens=built.config.image_tokens,
+        global_batch_size=stage.batch_size,
+        mesh=mesh,
+        split=stage.images.split,
+        shuffle_seed=run.seed,
+        prompt=run.data.prompt,
+        worker_threads=run.data.worker_threads,
+        prefetch=run.data.prefetch,
     )
 
 
-def abstract_stage_batch(run: RunSettings, stage: StageSettings, built: StageModel, step: StageStep,
-                         batch_size: int, length: int) -> dict[str, jax.ShapeDtypeStruct]:
+def abstract_stage_batch(
+    run: RunSettings, stage: StageSettings, built: StageModel, step: StageStep, batch_size: int, length: int
+) -> dict[str, jax.ShapeDtypeStruct]:
     """The stage's batch as sharded ShapeDtypeStructs (compile-check): what `stage_input` yields."""
     if stage.is_image_stage:
         shapes = image_lib.abstract_image_batch(built.config, batch_size, length)
@@ -241,5 +278,7 @@ def abstract_stage_batch(run: RunSettings, stage: StageSettings, built: StageMod
             "teacher": ((batch_size, stage.heads[stage.objective.full_head]), jnp.float32),
             "row_mask": ((batch_size,), jnp.bool_),
         }
-    return {key: jax.ShapeDtypeStruct(shape, dtype, sharding=step.shardings.batch[key])
-            for key, (shape, dtype) in shapes.items()}
+    return {
+        key: jax.ShapeDtypeStruct(shape, dtype, sharding=step.shardings.batch[key])
+        for key, (shape, dtype) in shapes.items()
+    }

@@ -87,7 +87,11 @@ def generate_tiny_data(
         vectors.tofile(vector_file)
         text_file.write_text("".join(json.dumps({"query": text}) + "\n" for text in texts))
         import_rag(
-            vector_file, text_file, int(sum(teacher_dims)), store_dir,
-            teacher_dims=list(teacher_dims), names=[f"teacher{i}" for i in range(len(teacher_dims))],
+            vector_file,
+            text_file,
+            int(sum(teacher_dims)),
+            store_dir,
+            teacher_dims=list(teacher_dims),
+            names=[f"teacher{i}" for i in range(len(teacher_dims))],
         )
     return tokenizer_dir, store_dir

@@ -24,7 +24,9 @@ class JasperHeads(Module):
         self.active_head = active_head or next(iter(self.heads))
         if self.active_head not in self.heads:
             raise ValueError(f"unknown head {self.active_head!r}; this model has heads {sorted(self.heads)}")
-        self.linears = torch.nn.ModuleDict({name: torch.nn.Linear(self.in_features, dim) for name, dim in self.heads.items()})
+        self.linears = torch.nn.ModuleDict(
+            {name: torch.nn.Linear(self.in_features, dim) for name, dim in self.heads.items()}
+        )
 
     def forward(self, features, head=None, **kwargs):
         name = head or self.active_head
@@ -45,8 +47,17 @@ class JasperHeads(Module):
         save_file(tensors, os.path.join(output_path, "model.safetensors"))
 
     @classmethod
-    def load(cls, model_name_or_path, subfolder="", token=None, cache_folder=None, revision=None,
-             local_files_only=False, config_kwargs=None, **kwargs):
+    def load(
+        cls,
+        model_name_or_path,
+        subfolder="",
+        token=None,
+        cache_folder=None,
+        revision=None,
+        local_files_only=False,
+        config_kwargs=None,
+        **kwargs,
+    ):
         hub = dict(token=token, cache_folder=cache_folder, revision=revision, local_files_only=local_files_only)
         config = cls.load_config(model_name_or_path, subfolder=subfolder, **hub)
         if config_kwargs and config_kwargs.get("jasper_head"):

@@ -77,7 +77,11 @@ class JasperImageEncoder(torch.nn.Module):
         """Image files -> float32 numpy (N, d), rows L2-normalised, in input order."""
         out = []
         for start in range(0, len(paths), batch_size):
-            pixels = torch.stack([load_image(p, self.meta["image_size"], self.meta["image_mean"], self.meta["image_std"])
-                                  for p in paths[start : start + batch_size]])
+            pixels = torch.stack(
+                [
+                    load_image(p, self.meta["image_size"], self.meta["image_mean"], self.meta["image_std"])
+                    for p in paths[start : start + batch_size]
+                ]
+            )
             out.append(self.embed_pixels(pixels, head=head).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
