@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("jasper_jax.export", "write a sentence-transformers / Hugging Face folder"),
     "corpus": ("jasper_jax.data.corpus_cli", "build the training corpus"),
     "teachers": ("jasper_jax.data.teachers_cli", "encode, import and check teacher vector stores"),
+    "pairs": ("jasper_jax.data.pairs_cli", "build and mine (query, positive, negatives) pair data"),
     "train": ("jasper_jax.train.cli", "run distillation stages from a config"),
     "compile-check": ("jasper_jax.train.compile_check", "compile a paper-scale step from abstract shapes"),
     "eval": ("jasper_jax.eval.cli", "run the offline evaluation tasks"),

@@ -397,6 +397,8 @@ class ObjectiveConfig:
     `mrl_dims` its first d components, renormalised, get similarity + relative similarity, and both sums
     are divided by len(mrl_dims). An empty `mrl_dims` means the full vector only (the official code's 0/0
     NaN does not happen here).
+
+    The `infonce_*`, `score_kl_*` and `pair_distill_texts` fields are read by `pair_objective` only.
     """
 
     full_head: str = "fc1"
@@ -408,6 +410,14 @@ class ObjectiveConfig:
     mrl_dims: tuple[int, ...] = ()
     reduced_head_weight: float = 1.0
     relative_similarity_method: Literal["auto", "dense", "merge"] = "auto"
+    # pair stages only (`pair_objective`, arXiv 2511.14405): contrastive terms on `full_head`, and which texts
+    # of each example the three terms above are computed over
+    infonce_weight: float = 1.0
+    infonce_temperature: float = 0.05
+    score_kl_weight: float = 1.0
+    score_kl_student_temperature: float = 0.05
+    score_kl_teacher_temperature: float = 0.05
+    pair_distill_texts: tuple[Literal["queries", "positives", "negatives"], ...] = ("queries", "positives", "negatives")
 
 
 class _TeacherView(NamedTuple):
@@ -526,4 +536,279 @@ def distillation_objective(
 
     metrics["loss"] = total
     metrics["valid_rows"] = jnp.sum(valid).astype(jnp.float32)
+    return total, metrics
+
+
+# --------------------------------------------------------------------------------------------------
+# pair batches: contrastive learning with hard negatives (the successor recipe, arXiv 2511.14405)
+#
+# A pair batch has B examples: queries (B, D) and documents (B, G, D), G = 1 + k, documents[:, 0] the
+# positive and documents[:, 1:] the k hard negatives. Every query is scored against all B*G documents of the
+# GLOBAL batch (its positive, its own and the other examples' hard negatives, the other positives), the
+# document columns flattened row-major: the positive of query i is column i*G.
+#
+# Masks: `example_mask` (B,) drops examples (their query and all their documents); `document_mask` (B, G)
+# drops single documents (an example with fewer than k negatives); `document_ids` (B, G) int (the store
+# rows) removes, from query i's candidates, every other column holding the same text as its positive (a
+# positive that is also another example's document is not a negative). A query counts when its example,
+# its query vector and its positive are valid; with no query counting a loss is 0.
+
+
+class _PairValidity(NamedTuple):
+    rows: Array  # (B,) bool: the query counts
+    columns: Array  # (B, N) bool: document column c is a candidate of query i
+    positive: Array  # (B,) int32: the column of query i's positive
+
+
+def _check_pair_inputs(query: Array, documents: Array, example_mask, document_mask, document_ids, what="") -> None:
+    _check_matrix(f"{what}query", query)
+    if documents.ndim != 3 or documents.shape[0] != query.shape[0] or documents.shape[1] < 1:
+        raise ValueError(
+            f"{what}documents must be (batch, 1 + negatives, dim) with the queries' batch: "
+            f"query {tuple(query.shape)}, documents {tuple(documents.shape)}"
+        )
+    batch, group = documents.shape[:2]
+    if example_mask is not None and tuple(example_mask.shape) != (batch,):
+        raise ValueError(f"example_mask must have shape ({batch},), got {tuple(example_mask.shape)}")
+    for name, value in (("document_mask", document_mask), ("document_ids", document_ids)):
+        if value is not None and tuple(value.shape) != (batch, group):
+            raise ValueError(f"{name} must have shape ({batch}, {group}), got {tuple(value.shape)}")
+
+
+def _pair_validity(query_nonzero, document_nonzero, example_mask, document_mask, document_ids) -> _PairValidity:
+    batch, group = document_nonzero.shape
+    document_valid = document_nonzero
+    if example_mask is not None:
+        document_valid = document_valid & example_mask.astype(bool)[:, None]
+    if document_mask is not None:
+        document_valid = document_valid & document_mask.astype(bool)
+    rows = _valid_rows(example_mask, query_nonzero, document_valid[:, 0])
+    positive = jnp.arange(batch, dtype=jnp.int32) * group
+    columns = jnp.broadcast_to(document_valid.reshape(1, -1), (batch, batch * group))
+    if document_ids is not None:
+        flat_ids = document_ids.reshape(-1)
+        same_text = flat_ids[None, :] == document_ids[:, 0][:, None]
+        not_positive = jnp.arange(batch * group)[None, :] != positive[:, None]
+        columns = columns & ~(same_text & not_positive)
+    return _PairValidity(rows, columns, positive)
+
+
+def _normalize_documents(documents: Array) -> tuple[Array, Array]:
+    """(B*G, D) unit rows and (B, G) nonzero flags of (B, G, D) documents."""
+    batch, group, dim = documents.shape
+    flat, nonzero = _normalize_rows(documents.reshape(batch * group, dim))
+    return flat, nonzero.reshape(batch, group)
+
+
+def _scores(query: Array, flat_documents: Array) -> Array:
+    return jnp.matmul(query, flat_documents.T, precision=jax.lax.Precision.HIGHEST)
+
+
+def _masked_log_softmax(logits: Array, columns: Array) -> Array:
+    """log_softmax over the candidate columns only (the others get probability 0, finite values)."""
+    return jax.nn.log_softmax(jnp.where(columns, logits, -_BIG), axis=-1)
+
+
+def _row_mean(per_row: Array, rows: Array) -> Array:
+    return jnp.sum(jnp.where(rows, per_row, 0.0)) / jnp.maximum(jnp.sum(rows), 1)
+
+
+def _check_temperature(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+def _infonce(scores: Array, validity: _PairValidity, temperature: float) -> Array:
+    log_probs = _masked_log_softmax(scores / temperature, validity.columns)
+    per_row = -jnp.take_along_axis(log_probs, validity.positive[:, None], axis=1)[:, 0]
+    return _row_mean(per_row, validity.rows)
+
+
+def _score_kl(student_scores, teacher_scores, validity: _PairValidity, student_temperature, teacher_temperature):
+    student_log = _masked_log_softmax(student_scores / student_temperature, validity.columns)
+    teacher_log = _masked_log_softmax(teacher_scores / teacher_temperature, validity.columns)
+    terms = jnp.exp(teacher_log) * (teacher_log - student_log)
+    return _row_mean(jnp.sum(jnp.where(validity.columns, terms, 0.0), axis=-1), validity.rows)
+
+
+def infonce_loss(
+    query: Array,
+    documents: Array,
+    temperature: float = 0.05,
+    *,
+    example_mask: Array | None = None,
+    document_mask: Array | None = None,
+    document_ids: Array | None = None,
+) -> Array:
+    """InfoNCE of each query against every document of the global batch (the report's hard loss).
+
+    Mean over counting queries i of -log softmax_c(cos(q_i, d_c) / temperature)[positive of i], c over the
+    candidate columns (see the section comment for the layout and masks). Zero-norm vectors are dropped
+    like masked ones.
+    """
+    _check_pair_inputs(query, documents, example_mask, document_mask, document_ids)
+    _check_temperature("temperature", temperature)
+    query, documents, example_mask, document_mask, document_ids = _opaque(
+        query, documents, example_mask, document_mask, document_ids
+    )
+    q, q_nonzero = _normalize_rows(query)
+    d, d_nonzero = _normalize_documents(documents)
+    validity = _pair_validity(q_nonzero, d_nonzero, example_mask, document_mask, document_ids)
+    return _infonce(_scores(q, d), validity, temperature)
+
+
+def score_kl_loss(
+    query: Array,
+    documents: Array,
+    teacher_query: Array,
+    teacher_documents: Array,
+    *,
+    student_temperature: float = 0.05,
+    teacher_temperature: float = 0.05,
+    example_mask: Array | None = None,
+    document_mask: Array | None = None,
+    document_ids: Array | None = None,
+) -> Array:
+    """KL(teacher || student) of the query-document score distributions (the report's soft loss).
+
+    Per counting query i: P = softmax_c(cos(tq_i, td_c) / teacher_temperature), Q the same with the student's
+    vectors and `student_temperature`, over the same candidate columns c (all documents of the global
+    batch); the loss is the mean of sum_c P_c (log P_c - log Q_c). Student and teacher widths may differ; a
+    text counts only where both its vectors are nonzero.
+    """
+    _check_pair_inputs(query, documents, example_mask, document_mask, document_ids)
+    _check_pair_inputs(teacher_query, teacher_documents, None, None, None, what="teacher_")
+    if teacher_documents.shape[:2] != documents.shape[:2]:
+        raise ValueError(
+            f"teacher_documents {tuple(teacher_documents.shape)} and documents {tuple(documents.shape)} "
+            "must have the same (batch, 1 + negatives)"
+        )
+    _check_temperature("student_temperature", student_temperature)
+    _check_temperature("teacher_temperature", teacher_temperature)
+    inputs = _opaque(query, documents, teacher_query, teacher_documents, example_mask, document_mask, document_ids)
+    query, documents, teacher_query, teacher_documents, example_mask, document_mask, document_ids = inputs
+    q, q_nonzero = _normalize_rows(query)
+    d, d_nonzero = _normalize_documents(documents)
+    tq, tq_nonzero = _normalize_rows(teacher_query)
+    td, td_nonzero = _normalize_documents(teacher_documents)
+    validity = _pair_validity(q_nonzero & tq_nonzero, d_nonzero & td_nonzero, example_mask, document_mask, document_ids)
+    return _score_kl(_scores(q, d), _scores(tq, td), validity, student_temperature, teacher_temperature)
+
+
+def pair_texts(
+    query: Array,
+    documents: Array,
+    texts: tuple[str, ...],
+    example_mask: Array | None = None,
+    document_mask: Array | None = None,
+) -> tuple[Array, Array]:
+    """(rows, mask) of the chosen texts of a pair batch stacked as one (n, D) matrix for the Jasper losses.
+
+    `texts` names any of "queries" (B rows), "positives" (B), "negatives" (B*k, row-major), in that order.
+    """
+    unknown = sorted(set(texts) - {"queries", "positives", "negatives"})
+    if unknown or not texts:
+        raise ValueError(f"pair_distill_texts must name queries, positives and/or negatives, got {texts!r}")
+    batch, group = documents.shape[:2]
+    example = jnp.ones((batch,), bool) if example_mask is None else example_mask.astype(bool)
+    document = jnp.ones((batch, group), bool) if document_mask is None else document_mask.astype(bool)
+    document = document & example[:, None]
+    parts, masks = [], []
+    if "queries" in texts:
+        parts.append(query)
+        masks.append(example)
+    if "positives" in texts:
+        parts.append(documents[:, 0])
+        masks.append(document[:, 0])
+    if "negatives" in texts and group > 1:
+        parts.append(documents[:, 1:].reshape(batch * (group - 1), documents.shape[-1]))
+        masks.append(document[:, 1:].reshape(-1))
+    if not parts:  # only "negatives" asked for and there are none: no rows
+        return jnp.zeros((0, documents.shape[-1]), documents.dtype), jnp.zeros((0,), bool)
+    return jnp.concatenate(parts, axis=0), jnp.concatenate(masks, axis=0)
+
+
+def pair_objective(
+    query_outputs: Mapping[str, Array],
+    document_outputs: Mapping[str, Array],
+    teacher_query: Array,
+    teacher_documents: Array,
+    example_mask: Array | None = None,
+    document_mask: Array | None = None,
+    document_ids: Array | None = None,
+    *,
+    config: ObjectiveConfig = ObjectiveConfig(),
+) -> tuple[Array, dict[str, Array]]:
+    """The stage loss of a pair batch: distillation + contrastive learning (arXiv 2511.14405, stage 4).
+
+    total = infonce_weight * InfoNCE(full head) + score_kl_weight * KL(full head vs teacher)
+            + `distillation_objective` over the texts named by `pair_distill_texts` (every head, its own
+              cosine / similarity / relative-similarity weights; skipped when the tuple is empty).
+    `query_outputs[head]` is (B, D_head), `document_outputs[head]` (B, G, D_head); the teachers are
+    (B, D_t) and (B, G, D_t). Metrics: `loss`, `valid_rows` (counting queries), `infonce`, `score_kl`
+    and the distillation terms under their usual names (`distill/valid_rows` its rows).
+    """
+    head = config.full_head
+    if head not in query_outputs or head not in document_outputs:
+        raise ValueError(f"the objective's full head {head!r} is not among the outputs {sorted(query_outputs)}")
+    if sorted(query_outputs) != sorted(document_outputs):
+        raise ValueError(
+            f"query and document outputs have different heads: {sorted(query_outputs)}, {sorted(document_outputs)}"
+        )
+    for name in query_outputs:
+        _check_pair_inputs(query_outputs[name], document_outputs[name], example_mask, document_mask, document_ids)
+    _check_pair_inputs(teacher_query, teacher_documents, None, None, None, what="teacher_")
+    for name, value in (("infonce_weight", config.infonce_weight), ("score_kl_weight", config.score_kl_weight)):
+        if not value >= 0:
+            raise ValueError(f"{name} must be >= 0, got {value!r}")
+    _check_temperature("infonce_temperature", config.infonce_temperature)
+    _check_temperature("score_kl_student_temperature", config.score_kl_student_temperature)
+    _check_temperature("score_kl_teacher_temperature", config.score_kl_teacher_temperature)
+    inputs = _opaque(
+        dict(query_outputs),
+        dict(document_outputs),
+        teacher_query,
+        teacher_documents,
+        example_mask,
+        document_mask,
+        document_ids,
+    )
+    query_outputs, document_outputs, teacher_query, teacher_documents, example_mask, document_mask, document_ids = (
+        inputs
+    )
+
+    q, q_nonzero = _normalize_rows(query_outputs[head])
+    d, d_nonzero = _normalize_documents(document_outputs[head])
+    tq, tq_nonzero = _normalize_rows(teacher_query)
+    td, td_nonzero = _normalize_documents(teacher_documents)
+    validity = _pair_validity(q_nonzero & tq_nonzero, d_nonzero & td_nonzero, example_mask, document_mask, document_ids)
+    student_scores = _scores(q, d)
+    infonce = _infonce(student_scores, validity, config.infonce_temperature)
+    score_kl = _score_kl(
+        student_scores,
+        _scores(tq, td),
+        validity,
+        config.score_kl_student_temperature,
+        config.score_kl_teacher_temperature,
+    )
+    total = config.infonce_weight * infonce + config.score_kl_weight * score_kl
+    metrics: dict[str, Array] = {"infonce": infonce, "score_kl": score_kl}
+    if config.pair_distill_texts:
+        teacher_rows, rows_mask = pair_texts(
+            teacher_query, teacher_documents, config.pair_distill_texts, example_mask, document_mask
+        )
+        if teacher_rows.shape[0]:
+            student_rows = {
+                name: pair_texts(query_outputs[name], document_outputs[name], config.pair_distill_texts)[0]
+                for name in query_outputs
+            }
+            distill_total, distill_metrics = distillation_objective(
+                student_rows, teacher_rows, rows_mask, config=config
+            )
+            total = total + distill_total
+            distill_metrics["distill/valid_rows"] = distill_metrics.pop("valid_rows")
+            distill_metrics["distill/loss"] = distill_metrics.pop("loss")
+            metrics.update(distill_metrics)
+    metrics["loss"] = total
+    metrics["valid_rows"] = jnp.sum(validity.rows).astype(jnp.float32)
     return total, metrics
