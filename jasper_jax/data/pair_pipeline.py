@@ -17,8 +17,9 @@ slices, the global `jax.Array`s and `get_state` / `set_state` work as in `jasper
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import grain
 import jax
@@ -90,6 +91,7 @@ def make_pair_iterator(
     document_prompt: str = "",
     num_epochs: int | None = None,
     teachers: Sequence[str] | None = None,
+    teacher_transforms: Mapping[str, Any] | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
     worker_threads: int = 2,
@@ -101,7 +103,7 @@ def make_pair_iterator(
     `document_prompt` the documents. The example order depends on the pairs, the seed and B only.
     """
     if not isinstance(pairs, PairsIndex):
-        pairs = PairsIndex(pairs, teachers=teachers)
+        pairs = PairsIndex(pairs, teachers=teachers, transforms=teacher_transforms)
     if not isinstance(tokenizer, TextTokenizer):
         tokenizer = load_tokenizer(tokenizer, max_length or 512)
     if max_length is not None and max_length != tokenizer.max_length:
@@ -149,6 +151,7 @@ def make_pair_iterator(
         "num_epochs": num_epochs,
         "max_length": tokenizer.max_length,
         "prompt_sha256": hashlib.sha256(f"{query_prompt}\0{document_prompt}".encode()).hexdigest()[:16],
+        "teacher_transforms": pairs.store.transform_settings,
     }
     return TrainBatchIterator(
         iter(iter_dataset), mesh=mesh, global_batch_size=global_batch_size, to_global=to_global, fingerprint=fingerprint

@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +176,13 @@ def build_pairs(
 class PairsIndex:
     """A pairs folder: `rows` (N, 2 + K) int64 store rows, `manifest`, and the store it indexes."""
 
-    def __init__(self, path: str | Path, store: str | Path | None = None, teachers: Sequence[str] | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        store: str | Path | None = None,
+        teachers: Sequence[str] | None = None,
+        transforms: Mapping[str, Any] | None = None,
+    ):
         self.path = Path(path)
         manifest_path = self.path / MANIFEST
         if not manifest_path.exists():
@@ -187,7 +193,7 @@ class PairsIndex:
         if self.manifest.get("format") != FORMAT:
             raise PairsError(f"{manifest_path}: format is {self.manifest.get('format')!r}, expected {FORMAT!r}")
         self.store_path = Path(store or self.manifest["store"])
-        self.store = TeacherStore(self.store_path, teachers)
+        self.store = TeacherStore(self.store_path, teachers, transforms)
         if self.store.manifest["texts"]["sha256"] != self.manifest["texts_sha256"]:
             raise PairsError(
                 f"{self.path} indexes another store's rows (texts sha256 differs from {self.store_path}): "

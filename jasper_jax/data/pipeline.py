@@ -23,7 +23,7 @@ the same process count). Save after taking the batch of the step being saved: th
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +144,12 @@ class TrainBatchIterator(grain.DatasetIterator):
 
     def set_state(self, state: dict[str, Any]) -> None:
         saved = state.get("pipeline", {})
-        differing = {key: (saved.get(key), value) for key, value in self.fingerprint.items() if saved.get(key) != value}
+        keys = list(self.fingerprint) + [key for key in saved if key not in self.fingerprint]
+        differing = {
+            key: (saved.get(key), self.fingerprint.get(key))
+            for key in keys
+            if saved.get(key) != self.fingerprint.get(key)
+        }
         if differing:
             raise ValueError(
                 "the saved data-iterator state belongs to a pipeline with other settings (saved, now): "
@@ -167,6 +172,7 @@ def make_train_iterator(
     prompt: str = "",
     num_epochs: int | None = None,
     teachers: Sequence[str] | None = None,
+    teacher_transforms: Mapping[str, Any] | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
     worker_threads: int = 2,
@@ -182,10 +188,11 @@ def make_train_iterator(
     `num_epochs`: None = repeat forever; otherwise the last partial batch is padded with `row_mask` False.
     `process_index`/`process_count`: simulate one host of several in one process (tests): batches are then
     this host's numpy arrays (`to_global` is off because JAX has only one real process).
+    `teacher_transforms`: teacher name -> `TeacherTransform` (or its fields), applied when the store is read.
     `with_row_index`: also yield the store row of each local row (numpy mode only; for tests/debugging).
     """
     if not isinstance(store, TeacherStore):
-        store = TeacherStore(store, teachers)
+        store = TeacherStore(store, teachers, teacher_transforms)
     if not isinstance(tokenizer, TextTokenizer):
         tokenizer = load_tokenizer(tokenizer, max_length or 512)
     if max_length is not None and max_length != tokenizer.max_length:
@@ -241,6 +248,8 @@ def make_train_iterator(
         "max_length": tokenizer.max_length,
         "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest()[:16],
     }
+    if store.transforms:  # only then: states saved before transforms existed still resume
+        fingerprint["teacher_transforms"] = store.transform_settings
     return TrainBatchIterator(
         iter(iter_dataset), mesh=mesh, global_batch_size=global_batch_size, to_global=to_global, fingerprint=fingerprint
     )

@@ -28,14 +28,20 @@ and `"sha256": null` (hashing hundreds of GB is left to `teachers check`'s size 
 `normalisation` says what the writer did to
 each row ("l2": unit rows; "none": as the model gave them). Whatever it says, the reader normalises each
 teacher's row, concatenates the selected teachers and normalises again (PAPER.md, "Vectors"), in float32.
+
+Teacher transforms (arXiv 2511.14405, issue 19 item 5) are applied when the store is read, per teacher and
+before that normalisation: `TeacherTransform(keep_dims=d)` keeps the first d dimensions (an MRL teacher:
+Qwen3-Embedding-8B at 1024), `sum_segments=k` then sums k equal consecutive segments (QZhou-Embedding:
+keep 3072, sum 3 segments of 1024). The store on disk is unchanged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,17 +146,52 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.where(norms > 0, norms, 1.0)
 
 
+@dataclasses.dataclass(frozen=True)
+class TeacherTransform:
+    """What the reader does to one teacher's raw rows: keep the first `keep_dims` (0: all), then sum
+    `sum_segments` equal consecutive segments (1: none). Normalisation follows, as for every teacher."""
+
+    keep_dims: int = 0
+    sum_segments: int = 1
+
+    def output_dim(self, dim: int, name: str = "teacher") -> int:
+        """The width after the transform of a `dim`-wide teacher (refuses widths that do not fit)."""
+        kept = self.keep_dims or dim
+        if not 0 < kept <= dim:
+            raise ValueError(f"teacher {name!r}: keep_dims={self.keep_dims} must lie in 1..{dim} (its width)")
+        if self.sum_segments < 1 or kept % self.sum_segments:
+            raise ValueError(
+                f"teacher {name!r}: sum_segments={self.sum_segments} must be >= 1 and divide the {kept} kept dims"
+            )
+        return kept // self.sum_segments
+
+    def apply(self, block: np.ndarray) -> np.ndarray:
+        """(n, dim) raw rows -> (n, output_dim) float32 rows (not normalised)."""
+        block = np.asarray(block, dtype=np.float32)
+        width = self.output_dim(block.shape[1])
+        kept = block[:, : width * self.sum_segments]
+        if self.sum_segments == 1:
+            return kept
+        return kept.reshape(len(block), self.sum_segments, width).sum(axis=1, dtype=np.float32)
+
+
 class TeacherStore:
     """Random access to (text, teacher vector) rows of a store folder, memory-mapped.
 
     The teacher vector of a row is: each selected teacher's vector normalised, concatenated in manifest
-    order, normalised again (float32). `teachers` selects a subset by name (in manifest order).
+    order, normalised again (float32). `teachers` selects a subset by name (in manifest order);
+    `transforms` maps teacher names to a `TeacherTransform` (or its fields as a dict) applied first.
 
     >>> store = TeacherStore("runs/store")             # doctest: +SKIP
     >>> row = store[0]; row["text"], row["teacher"].shape
     """
 
-    def __init__(self, path: str | Path, teachers: Sequence[str] | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        teachers: Sequence[str] | None = None,
+        transforms: Mapping[str, TeacherTransform | Mapping[str, int]] | None = None,
+    ):
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
         if not self.manifest.get("complete", False):
@@ -169,7 +210,19 @@ class TeacherStore:
             self.teachers = list(self.manifest["teachers"])
         self.rows = int(self.manifest["rows"])
         self.shard_rows = int(self.manifest["shard_rows"])
-        self.dims = [int(teacher["dim"]) for teacher in self.teachers]
+        transforms = dict(transforms or {})
+        unknown = sorted(set(transforms) - set(by_name))
+        if unknown:
+            raise KeyError(f"teacher transforms name {unknown}, not teachers of {self.path}; it holds {list(by_name)}")
+        self.transforms = {
+            name: value if isinstance(value, TeacherTransform) else TeacherTransform(**dict(value))
+            for name, value in transforms.items()
+        }
+        self.stored_dims = [int(teacher["dim"]) for teacher in self.teachers]
+        self.dims = [
+            self.transforms.get(t["name"], TeacherTransform()).output_dim(dim, t["name"])
+            for t, dim in zip(self.teachers, self.stored_dims)
+        ]
         self.dim = sum(self.dims)
         self._open()
 
@@ -197,10 +250,15 @@ class TeacherStore:
         ]
 
     def __getstate__(self) -> dict[str, Any]:  # memmaps are reopened in the receiving process
-        return {"path": self.path, "teacher_names": [t["name"] for t in self.teachers]}
+        return {"path": self.path, "teacher_names": self.teacher_names, "transforms": self.transforms}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"], state["teacher_names"])
+        self.__init__(state["path"], state["teacher_names"], state.get("transforms"))
+
+    @property
+    def transform_settings(self) -> dict[str, dict[str, int]]:
+        """The transforms as plain dicts (for fingerprints and metadata)."""
+        return {name: dataclasses.asdict(value) for name, value in sorted(self.transforms.items())}
 
     @property
     def teacher_names(self) -> list[str]:
@@ -229,7 +287,7 @@ class TeacherStore:
         shard_of = indices // self.shard_rows
         within = indices - shard_of * self.shard_rows
         parts = []
-        for shards, columns, dim in zip(self._shards, self._columns, self.dims):
+        for teacher, shards, columns, dim in zip(self.teachers, self._shards, self._columns, self.stored_dims):
             block = np.empty((indices.size, dim), dtype=np.float32)
             for shard in np.unique(shard_of):
                 where = np.nonzero(shard_of == shard)[0]
@@ -239,7 +297,8 @@ class TeacherStore:
                     block[where] = shards[shard][rows[0] : rows[-1] + 1, first:last]
                 else:
                     block[where] = shards[shard][rows][:, first:last]
-            parts.append(l2_normalise(block))
+            transform = self.transforms.get(teacher["name"])
+            parts.append(l2_normalise(transform.apply(block) if transform else block))
         return l2_normalise(np.concatenate(parts, axis=-1)) if parts else np.zeros((indices.size, 0), np.float32)
 
     def __getitem__(self, index: int) -> dict[str, Any]:

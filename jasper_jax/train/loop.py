@@ -91,10 +91,14 @@ def check_teacher_store(run: RunSettings, paths: DataPaths) -> None:
         )
 
 
-def store_dim(paths: DataPaths) -> int:
+def store_dim(paths: DataPaths, data=None) -> int:
+    """The teacher width the training sees: the selected teachers after their transforms (`data` settings)."""
     from jasper_jax.data.store import TeacherStore
 
-    return int(TeacherStore(paths.store).dim)
+    if data is None:
+        return int(TeacherStore(paths.store).dim)
+    teachers = list(data.teachers) if data.teachers else None
+    return int(TeacherStore(paths.store, teachers, data.teacher_transforms).dim)
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
@@ -222,7 +226,7 @@ def fit_heads(
     `head_fit_batches` batches (drawn in another order than the training batches)."""
     from jasper_jax.train import head_fit
 
-    number, count, teacher_dim = stage.number, stage.head_fit_batches, store_dim(paths)
+    number, count, teacher_dim = stage.number, stage.head_fit_batches, store_dim(paths, run.data)
     main = distributed.is_main_process()
     if main:
         print(f"stage {number}: fitting heads {sorted(new_heads)} on {count} batches (head_init='fit')", flush=True)
@@ -325,7 +329,7 @@ def run_stage(run: RunSettings, number: int, mesh: jax.sharding.Mesh, paths: Dat
             return
     start = stage_start(run, stage, checkpointer, latest)
     built = build_stage_model(run, stage, paths, start.saved_student)
-    check_heads(stage, None if stage.is_image_stage else store_dim(paths))
+    check_heads(stage, None if stage.is_image_stage else store_dim(paths, run.data))
     step = build_stage_step(run, stage, built, mesh)
     iterator = stage_input(run, stage, paths, mesh, built)
     state, frozen = initial_state(run, stage, start, step, checkpointer, iterator, paths, mesh)

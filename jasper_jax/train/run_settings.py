@@ -24,6 +24,7 @@ GLOBAL_SETTINGS = (
     "data.prompt",
     "data.shuffle_seed",
     "data.teachers",
+    "data.teacher_transforms",
     "data.generate",
 )
 

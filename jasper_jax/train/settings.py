@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from jasper_jax.data.store import TeacherTransform
 from jasper_jax.errors import UserError
 from jasper_jax.losses import ObjectiveConfig
 
@@ -70,6 +71,8 @@ class DataSettings:
     prompt: str = ""
     shuffle_seed: int | None = None  # None: the store's order (the official code does not shuffle)
     teachers: tuple[str, ...] | None = None  # None: every teacher of the store
+    # teacher name -> {keep_dims, sum_segments} applied when the store is read (jasper_jax.data.store)
+    teacher_transforms: dict[str, TeacherTransform] = dataclasses.field(default_factory=dict)
     verify_checksums: bool = True
     worker_threads: int = 2
     prefetch: int = 4

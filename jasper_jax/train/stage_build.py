@@ -238,6 +238,7 @@ def text_iterator(run: RunSettings, paths: DataPaths, batch_size: int, mesh, shu
         shuffle_seed=shuffle_seed,
         prompt=data.prompt,
         teachers=list(data.teachers) if data.teachers else None,
+        teacher_transforms=data.teacher_transforms,
         worker_threads=data.worker_threads,
         prefetch=data.prefetch,
     )
