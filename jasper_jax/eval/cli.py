@@ -5,9 +5,12 @@
     jasper-jax eval --model ~/.cache/jasper_jax/all-mpnet-base-v2 --backend torch --out mpnet.json
     jasper-jax eval --model minilm --out minilm.json                             # a model alias (jasper_jax.loader)
 
-Tasks (`jasper_jax.eval.tasks`): Lee document similarity (Spearman of cosine vs human scores) and
-NewsArticles title -> article retrieval over the fixed 1,000 held-out articles (nDCG@10, MRR@10). The
-files come from the offline kit (`python -m jasper_jax.assets`, or --lee / --news).
+Tasks (`jasper_jax.eval.tasks`), by default the offline kit's: Lee document similarity (Spearman of cosine
+vs human scores) and NewsArticles title -> article retrieval over the fixed 1,000 held-out articles
+(nDCG@10, MRR@10). The files come from the offline kit (`python -m jasper_jax.assets`, or --lee /
+--news). `--tasks NAME,...` evaluates any mteb task by name instead (`mteb.get_tasks`; its data needs hub
+access or the HF cache; "offline" names the two kit tasks); such a task reports
+`<task>/<split>/main_score`.
 
 Backends: `jax` runs our `JasperStudent`; `torch` runs `SentenceTransformer` on the exported folder (a
 checkpoint is exported to a temporary folder first); `both` (default) runs both through `mteb.evaluate` and
@@ -42,6 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--lee", default=None, help="folder with lee.cor and similarities0-1.txt (default: offline kit)"
     )
     parser.add_argument("--news", default=None, help="NewsArticles.csv (default: offline kit)")
+    parser.add_argument(
+        "--tasks",
+        default="",
+        help="comma-separated mteb task names (default: the offline kit's LeeDocumentSimilarity,NewsTitleRetrieval)",
+    )
     parser.add_argument("--heldout-size", type=int, default=1000, help="held-out articles for retrieval")
     parser.add_argument("--max-length", type=int, default=128, help="tokens per text (both backends)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -97,25 +105,35 @@ def evaluate_model(
     progress: bool = True,
     images: str | Path | None = None,
     images_split: str = "heldout",
+    tasks: list[str] | None = None,
 ) -> dict:
-    """The results document of `jasper-jax eval` (see the module docstring)."""
+    """The results document of `jasper-jax eval` (see the module docstring); `tasks`: mteb task names."""
+    from jasper_jax import assets
     from jasper_jax.eval.run import evaluate_heads, max_score_difference
-    from jasper_jax.eval.tasks import offline_tasks
+    from jasper_jax.eval.tasks import tasks_by_name
 
-    lee_folder, news_csv = task_files(str(lee) if lee else None, str(news) if news else None)
-    tasks = offline_tasks(lee_folder, news_csv, heldout_size)
+    names = list(tasks or ["offline"])
+    lee_folder = Path(lee) if lee else None
+    news_csv = Path(news) if news else None
+    task_list = tasks_by_name(
+        names,
+        lambda: lee_folder or assets.fetch_lee(),
+        lambda: news_csv or assets.fetch_news(),
+        heldout_size,
+    )
     with tempfile.TemporaryDirectory(prefix="jasper_eval_") as tmp:
         sources = sources_for(
             model, backend, max_length=max_length, batch_size=batch_size, progress=progress, workdir=Path(tmp)
         )
-        scores = {name: evaluate_heads(source, tasks, heads) for name, source in sources.items()}
+        scores = {name: evaluate_heads(source, task_list, heads) for name, source in sources.items()}
     result = {
         "model": str(model),
         "settings": {
             "max_length": max_length,
             "heldout_size": heldout_size,
-            "lee": str(lee_folder),
-            "news": str(news_csv),
+            "lee": str(lee_folder or assets.fetch_lee()) if "LeeDocumentSimilarity" in _names(task_list) else None,
+            "news": str(news_csv or assets.fetch_news()) if "NewsTitleRetrieval" in _names(task_list) else None,
+            "tasks": _names(task_list),
             "prompt": "",
         },
         "scores": scores,
@@ -134,6 +152,10 @@ def evaluate_model(
     return result
 
 
+def _names(tasks: list) -> list[str]:
+    return [task.metadata.name for task in tasks]
+
+
 def run(args: argparse.Namespace) -> int:
     heads = [h for h in args.heads.split(",") if h] or None
     try:
@@ -149,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             images=args.images,
             images_split=args.images_split,
+            tasks=[name.strip() for name in args.tasks.split(",") if name.strip()] or None,
         )
     except (UserError, FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"jasper-jax eval: {error}", file=sys.stderr)

@@ -44,11 +44,24 @@ def evaluate_heads(
         )
         scores: dict[str, float] = {}
         for task_result in model_result.task_results:
-            split = task_result.scores["test"][0]
-            for key, name in TASK_SCORES.get(task_result.task_name, ()):
-                scores[name] = float(split[key])
+            if task_result.task_name in TASK_SCORES:
+                split = task_result.scores["test"][0]
+                for key, name in TASK_SCORES[task_result.task_name]:
+                    scores[name] = float(split[key])
+            else:
+                scores.update(main_scores(task_result))
         results[head] = scores
     return results
+
+
+def main_scores(task_result) -> dict[str, float]:
+    """`{"<task>/<split>/<main score>": mean over the split's subsets}` for a task we have no names for."""
+    out = {}
+    for split, subsets in task_result.scores.items():
+        values = [float(subset["main_score"]) for subset in subsets if "main_score" in subset]
+        if values:
+            out[f"{task_result.task_name}/{split}/main_score"] = float(np.mean(values))
+    return out
 
 
 def max_score_difference(first: dict[str, dict[str, float]], second: dict[str, dict[str, float]]) -> float:

@@ -205,6 +205,39 @@ def offline_tasks(lee_folder: str | Path, news_csv: str | Path, heldout_size: in
     return [lee_task(lee_folder), news_task(news_csv, heldout_size)]
 
 
+OFFLINE_TASK_NAMES = ("LeeDocumentSimilarity", "NewsTitleRetrieval")
+
+
+def mteb_tasks(names: list[str]) -> list:
+    """The mteb tasks of those names (`mteb.get_tasks`; their data loads from the hub or the HF cache)."""
+    import mteb
+
+    try:
+        tasks = list(mteb.get_tasks(tasks=list(names)))
+    except (KeyError, ValueError) as error:
+        raise ValueError(f"mteb does not know the task(s) {', '.join(names)}: {error}") from None
+    found = {task.metadata.name for task in tasks}
+    missing = [name for name in names if name not in found]
+    if missing:
+        raise ValueError(f"mteb does not know the task(s) {', '.join(missing)} (names are case-sensitive)")
+    return tasks
+
+
+def tasks_by_name(names: list[str], lee_folder, news_csv, heldout_size: int = HELDOUT_SIZE) -> list:
+    """The tasks `jasper-jax eval --tasks` names: the offline kit's own by their names (or "offline" for
+    both), any other name from mteb. Order as given, each task once."""
+    chosen: dict[str, Any] = {}
+    wanted = [n for name in names for n in (OFFLINE_TASK_NAMES if name == "offline" else (name,))]
+    if "LeeDocumentSimilarity" in wanted:
+        chosen["LeeDocumentSimilarity"] = lee_task(lee_folder())
+    if "NewsTitleRetrieval" in wanted:
+        chosen["NewsTitleRetrieval"] = news_task(news_csv(), heldout_size)
+    others = list(dict.fromkeys(n for n in wanted if n not in OFFLINE_TASK_NAMES))
+    if others:
+        chosen.update({task.metadata.name: task for task in mteb_tasks(others)})
+    return [chosen[name] for name in dict.fromkeys(wanted)]
+
+
 # the scores the report keeps per task: (mteb score key, our name)
 TASK_SCORES = {
     "LeeDocumentSimilarity": (("cosine_spearman", "lee_spearman"),),
