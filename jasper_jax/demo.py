@@ -369,9 +369,8 @@ def export_student(settings: DemoSettings, training: DemoTraining) -> None:
     if marker.exists() and marker.read_text().strip() == source:
         log(f"export: {source} exported before; skipped")
         return
-    export_checkpoint(
-        training.run.stage_dir(training.stages[-1]), settings.out / "export", max_seq_length=settings.max_length
-    )
+    # the export keeps the source model's own max length (MiniLM: 256), not the training length
+    export_checkpoint(training.run.stage_dir(training.stages[-1]), settings.out / "export")
     marker.write_text(source + "\n")
 
 

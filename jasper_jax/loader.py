@@ -98,6 +98,25 @@ def tokenizer_from_training_config(config: Mapping[str, Any]) -> Path | None:
     return None
 
 
+def source_max_seq_length(config: Mapping[str, Any]) -> int | None:
+    """The maximum length of the model a training config started from (`model.source`: an alias or a folder):
+    its sentence-transformers `max_seq_length` (MiniLM: 256), else its tokenizer's `model_max_length`; None
+    for a random start or a source that says neither. An export records this, not the training length."""
+    import json
+
+    source = config.get("model", {}).get("source")
+    if not source or source == "random":
+        return None
+    folder = _alias_or_path(source)
+    for name, key in (("sentence_bert_config.json", "max_seq_length"), ("tokenizer_config.json", "model_max_length")):
+        path = folder / name
+        if path.exists():
+            value = json.loads(path.read_text()).get(key)
+            if isinstance(value, int) and 0 < value < 1_000_000:  # tokenizers say 1e30 for "no limit"
+                return value
+    return None
+
+
 def load_checkpoint(checkpoint: str | Path, *, step: int | None = None) -> tuple[JasperStudent, StudentConfig, dict]:
     """(model, config, metadata) from a trainer checkpoint (Orbax; `jasper_jax.train.checkpoint`)."""
     from flax import nnx

@@ -18,6 +18,8 @@ def _commands(tmp_path):
         "train": ["train", "--config", missing + ".py"],
         "train-override": ["train", "--config", "configs/tiny.py", "--config.stages.stage1.lrr=1"],
         "compile-check": ["compile-check", "--config", missing + ".py"],
+        "pairs": ["pairs", "build", "--input", str(texts), "--store", missing, "--out", str(tmp_path / "pairs")],
+        "pairs-mine": ["pairs", "mine", "--pairs", missing, "--out", str(tmp_path / "mined"), "--negatives", "2"],
         "teachers": [
             "teachers",
             "encode",
@@ -32,7 +34,19 @@ def _commands(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "case", ["encode", "encode-input", "export", "eval", "train", "train-override", "compile-check", "teachers"]
+    "case",
+    [
+        "encode",
+        "encode-input",
+        "export",
+        "eval",
+        "train",
+        "train-override",
+        "compile-check",
+        "teachers",
+        "pairs",
+        "pairs-mine",
+    ],
 )
 def test_a_user_error_is_one_line_and_exit_code_2(case, tmp_path, capsys):
     argv = _commands(tmp_path)[case]

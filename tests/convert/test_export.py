@@ -136,7 +136,9 @@ def test_export_command_from_a_training_checkpoint(tmp_path, minilm_folder):
     state = TrainState(step=zero, params=trainable, opt_state={}, nonfinite_consecutive=zero, nonfinite_total=zero)
     workdir = tmp_path / "work"
     checkpointer = StageCheckpointer(workdir / "stage1" / "checkpoints", every=1, keep=2, async_save=False)
-    metadata = {"stage": 1, "student_config": loaded.config.to_dict(), "config": {"model": {"source": "minilm"}}}
+    # demo-style: started from MiniLM (max_seq_length 256), trained at 64 tokens
+    training_config = {"model": {"source": "minilm"}, "data": {"max_length": 64}}
+    metadata = {"stage": 1, "student_config": loaded.config.to_dict(), "config": training_config}
     checkpointer.save(7, state, frozen, None, metadata)
     checkpointer.close()
 
@@ -144,6 +146,12 @@ def test_export_command_from_a_training_checkpoint(tmp_path, minilm_folder):
     assert cli.main(["export", "--checkpoint", str(workdir), "--out", str(out), "--head", "fc2"]) == 0
     again = load_model_folder(out)
     assert again.config == loaded.config and again.default_head == "fc2"
+    # the export keeps the source model's own max length, not the training length (issue 19 item 7)
+    assert json.loads((out / "sentence_bert_config.json").read_text())["max_seq_length"] == 256
+    assert again.max_seq_length == 256
+    from sentence_transformers import SentenceTransformer
+
+    assert SentenceTransformer(str(out), trust_remote_code=True, device="cpu").max_seq_length == 256
     before, after = flat_params(loaded.model), flat_params(again.model)
     assert all(np.array_equal(before[key], after[key]) for key in before)
     expected = encode_texts(loaded, TEXTS, head="fc2", progress=False)
@@ -176,3 +184,13 @@ def test_causal_qwen2_exports_as_plain_qwen2model(qwen2_folder, tmp_path):
     valid = batch["attention_mask"].numpy().astype(bool)
     assert np.abs(hidden - expected).max() < 1e-5  # same weights (sdpa vs eager attention)
     assert np.abs(ours[valid] - expected[valid]).max() < 1e-5
+
+
+def test_source_max_seq_length_reads_the_source_model(minilm_folder, tmp_path):
+    from jasper_jax.loader import source_max_seq_length
+
+    assert source_max_seq_length({"model": {"source": "minilm"}}) == 256
+    assert source_max_seq_length({"model": {"source": str(minilm_folder)}}) == 256
+    assert source_max_seq_length({"model": {"source": "random"}}) is None
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 1e30}))
+    assert source_max_seq_length({"model": {"source": str(tmp_path)}}) is None  # "no limit" is not a length
