@@ -138,6 +138,8 @@ class StageSettings:
     lr: float = 1e-4
     steps: int = 1000
     objective: ObjectiveConfig = ObjectiveConfig()
+    pairs: str = ""  # a pairs folder (`jasper-jax pairs build`): a contrastive stage (`train.pair_stage`)
+    pairs_query_prompt: str = ""  # the student's prompt for the queries of a pair stage
     vision: VisionSettings | None = None
     images: ImagesSettings | None = None
 
@@ -145,6 +147,11 @@ class StageSettings:
     def is_image_stage(self) -> bool:
         """Whether the stage trains on image-caption pairs (it has `images` and `vision`)."""
         return self.images is not None and self.vision is not None
+
+    @property
+    def is_pair_stage(self) -> bool:
+        """Whether the stage trains on (query, positive, negatives) examples with `losses.pair_objective`."""
+        return bool(self.pairs) and not self.is_image_stage
 
 
 # the fields of a stage block in a config (`config_base.stage`): all but those derived or optional

@@ -175,6 +175,10 @@ def stage_objective(stage: StageSettings):
     """`(objective, forward)`: texts against teacher vectors, or (stage 4) images against their captions."""
     if stage.is_image_stage:
         return image_lib.image_objective(stage.objective), image_lib.image_caption_forward
+    if stage.is_pair_stage:
+        from jasper_jax.train import pair_stage
+
+        return pair_stage.pair_stage_objective(stage.objective), pair_stage.pair_forward
     return step_lib.text_objective(stage.objective), step_lib.text_forward
 
 
@@ -191,6 +195,8 @@ def build_stage_step(run: RunSettings, stage: StageSettings, built: StageModel, 
     abstract_state = jax.eval_shape(lambda p: step_lib.init_train_state(p, tx), trainable)
     abstract_frozen = jax.eval_shape(lambda f: f, frozen)
     batch_keys = image_lib.IMAGE_BATCH_KEYS if stage.is_image_stage else step_lib.BATCH_KEYS
+    if stage.is_pair_stage:
+        from jasper_jax.train.pair_stage import PAIR_BATCH_KEYS as batch_keys
     rules = sharding_lib.rules_from_config(run.sharding_rules)
     shardings = step_lib.step_shardings(mesh, rules, abstract_state, abstract_frozen, rest, batch_keys=batch_keys)
     objective, forward = stage_objective(stage)
@@ -247,6 +253,10 @@ def text_iterator(run: RunSettings, paths: DataPaths, batch_size: int, mesh, shu
 def stage_input(run: RunSettings, stage: StageSettings, paths: DataPaths, mesh, built: StageModel):
     """The stage's iterator of global batches: teacher-store texts, or (stage 4) image-caption pairs."""
     check_batch_size(stage, mesh)
+    if stage.is_pair_stage:
+        from jasper_jax.train.pair_stage import pair_iterator
+
+        return pair_iterator(run, stage, paths, mesh)
     if not stage.is_image_stage:
         return text_iterator(run, paths, stage.batch_size, mesh, run.data.shuffle_seed)
     from jasper_jax.data.images import make_image_caption_iterator
@@ -272,6 +282,10 @@ def abstract_stage_batch(
     """The stage's batch as sharded ShapeDtypeStructs (compile-check): what `stage_input` yields."""
     if stage.is_image_stage:
         shapes = image_lib.abstract_image_batch(built.config, batch_size, length)
+    elif stage.is_pair_stage:
+        from jasper_jax.train.pair_stage import abstract_pair_batch
+
+        shapes = abstract_pair_batch(stage, batch_size, length)
     else:
         shapes = {
             "input_ids": ((batch_size, length), jnp.int32),

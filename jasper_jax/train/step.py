@@ -161,7 +161,9 @@ def train_step_fn(
             # optax counts applied updates only (a skipped step keeps the old optimizer state)
             lr=jnp.asarray(schedule(state.step - state.nonfinite_total), jnp.float32),
             finite=finite,
-            tokens=jnp.sum(batch["attention_mask"].astype(jnp.int32)),
+            tokens=sum(  # text tokens of every attention mask (a pair batch has a query and a document one)
+                jnp.sum(value.astype(jnp.int32)) for key, value in batch.items() if key.endswith("attention_mask")
+            ),
             nonfinite_consecutive=consecutive,
         )
         return new_state, metrics
