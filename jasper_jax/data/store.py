@@ -70,10 +70,12 @@ def text_line(text: str) -> bytes:
     return (json.dumps({"text": text}, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def write_json_atomic(path: str | Path, value: Any) -> None:
-    """Write JSON to `path` so that a reader (or a kill) sees either the old file or the new one."""
+def write_json_atomic(path: str | Path, value: Any, tmp_suffix: str = "") -> None:
+    """Write JSON to `path` so that a reader (or a kill) sees either the old file or the new one.
+
+    `tmp_suffix` makes the temporary file's name unique where several processes may write `path`."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(path.name + tmp_suffix + ".tmp")
     with open(tmp, "w") as handle:
         json.dump(value, handle, indent=1)
         handle.flush()
@@ -94,10 +96,10 @@ def write_bytes_atomic(path: str | Path, array: np.ndarray) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_texts(folder: str | Path, texts: Sequence[str] | Any) -> tuple[int, str]:
+def write_texts(folder: str | Path, texts: Sequence[str] | Any, tmp_suffix: str = "") -> tuple[int, str]:
     """Write texts.jsonl and its offset index into `folder` (atomically); return (rows, sha256)."""
     folder = Path(folder)
-    tmp_texts = folder / (TEXTS + ".tmp")
+    tmp_texts = folder / (TEXTS + tmp_suffix + ".tmp")
     digest = hashlib.sha256()
     offsets = [0]
     with open(tmp_texts, "wb") as handle:
@@ -108,7 +110,7 @@ def write_texts(folder: str | Path, texts: Sequence[str] | Any) -> tuple[int, st
             offsets.append(offsets[-1] + len(line))
         handle.flush()
         os.fsync(handle.fileno())
-    tmp_index = folder / (TEXT_INDEX + ".tmp.npy")
+    tmp_index = folder / (TEXT_INDEX + tmp_suffix + ".tmp.npy")
     np.save(tmp_index, np.asarray(offsets, dtype=np.int64))
     os.replace(tmp_index, folder / TEXT_INDEX)
     os.replace(tmp_texts, folder / TEXTS)

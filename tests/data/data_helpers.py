@@ -46,3 +46,8 @@ def tree_hash(folder: str | Path) -> dict[str, str]:
         for path in sorted(folder.rglob("*"))
         if path.is_file()
     }
+
+
+def finished_shards(store: str | Path) -> int:
+    """How many shards the workers have recorded as finished (`<teacher>/NNNNN.json`)."""
+    return len(list(Path(store).glob("*/[0-9]*.json")))

@@ -18,7 +18,7 @@ import pytest
 from jasper_jax.data import store as store_lib
 from jasper_jax.data.store import TeacherStore
 from jasper_jax.data.teacher_encoding import TeacherSpec, encode_store, read_corpus, specs_from_arguments
-from tests.data.data_helpers import fake_factory, fake_vectors, sample_texts, tree_hash
+from tests.data.data_helpers import fake_factory, fake_vectors, finished_shards, sample_texts, tree_hash
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -108,7 +108,7 @@ def test_resume_after_crash_gives_identical_store(tmp_path, crash_after):
         encode_store(texts, tmp_path / "resumed", specs, shard_rows=4, encoder_factory=factory, progress=False)
     partial = json.loads((tmp_path / "resumed" / "manifest.json").read_text())
     assert partial["complete"] is False
-    assert sum(len(t["shards"]) for t in partial["teachers"]) == crash_after
+    assert finished_shards(tmp_path / "resumed") == crash_after
     counting, calls = crashing_factory(dims, 10**9)
     encode_store(texts, tmp_path / "resumed", specs, shard_rows=4, encoder_factory=counting, progress=False)
     assert calls["n"] == 6 - crash_after, "finished shards must not be encoded again"
@@ -147,11 +147,7 @@ def test_sigkill_mid_encoding_then_resume_gives_identical_store(tmp_path):
     recorded = 0
     deadline = time.time() + 60
     while time.time() < deadline and process.poll() is None:
-        try:
-            manifest = json.loads((out / "manifest.json").read_text())
-            recorded = sum(len(t["shards"]) for t in manifest["teachers"])
-        except (FileNotFoundError, json.JSONDecodeError):
-            pass
+        recorded = finished_shards(out)
         if recorded >= 13:  # teacher a done (10 shards), teacher b part-way
             break
         time.sleep(0.02)
@@ -159,7 +155,7 @@ def test_sigkill_mid_encoding_then_resume_gives_identical_store(tmp_path):
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the encoder finished before it could be killed"
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["complete"] is False and 13 <= sum(len(t["shards"]) for t in manifest["teachers"]) < 20
+    assert manifest["complete"] is False and 13 <= finished_shards(out) < 20
     encode_store(texts, out, specs, shard_rows=4, encoder_factory=fake_factory({"a": 8, "b": 4}), progress=False)
     assert tree_hash(out) == tree_hash(tmp_path / "whole")
 
