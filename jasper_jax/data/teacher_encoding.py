@@ -98,6 +98,10 @@ def check_teacher(spec: TeacherSpec) -> None:
     if backend == "torch" and spec.python is None and folder.is_dir():
         if not ((folder / "modules.json").exists() or (folder / "config.json").exists()):
             raise ValueError(f"teacher {spec.name}: {folder} is not a model folder (no modules.json nor config.json)")
+    if backend == "jax" and folder.is_dir() and not (folder / "config.json").exists():
+        from jasper_jax.loader import checkpoint_location
+
+        checkpoint_location(folder)  # neither a model folder nor a checkpoint: ModelNotFoundError names it
     if spec.padding_side not in (None, "left", "right"):
         raise ValueError(f"teacher {spec.name}: padding_side {spec.padding_side!r}; use left or right")
     if folder.is_dir():
