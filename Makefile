@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # pytest-xdist workers; a test file runs whole in one worker (its module fixtures are built once)
 TEST_WORKERS ?= 2
 
-.PHONY: install lint test assets demo bench-losses clean
+.PHONY: install lint test assets demo bench-losses teachers-env clean
 
 install: $(STAMP)
 
@@ -36,6 +36,14 @@ assets: install
 # artifacts/demo/ (report: artifacts/demo/report/REPORT.md); a rerun skips finished steps
 demo: assets
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m jasper_jax demo
+
+# an environment for a teacher whose remote code needs other library versions (requirements-teachers/$(TEACHER).txt);
+# run it with `jasper-jax teachers encode --python .venv-teachers-$(TEACHER)/bin/python ...`
+TEACHER ?= nv-embed-v2
+teachers-env:
+	@test -f requirements-teachers/$(TEACHER).txt || { echo "error: no requirements-teachers/$(TEACHER).txt; have: $$(ls requirements-teachers)"; exit 1; }
+	$(PYTHON) -m venv .venv-teachers-$(TEACHER)
+	.venv-teachers-$(TEACHER)/bin/python -m pip install --quiet -r requirements-teachers/$(TEACHER).txt
 
 bench-losses: install
 	$(PY) benchmarks/losses.py

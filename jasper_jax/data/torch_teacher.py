@@ -78,6 +78,14 @@ def pick_device(device: str) -> str:
     return device
 
 
+def _dtype_keyword() -> str:
+    """`dtype` for from_pretrained since transformers 4.56, `torch_dtype` before (e.g. NV-Embed-v2's 4.42)."""
+    import transformers
+
+    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
 class TorchTeacher:
     """A sentence-transformers teacher with its model-card options; `teacher(texts) -> float32 (n, d)`."""
 
@@ -95,7 +103,7 @@ class TorchTeacher:
                 path,
                 device=device,
                 trust_remote_code=bool(settings.get("trust_remote_code")),
-                model_kwargs={"dtype": dtype},
+                model_kwargs={_dtype_keyword(): dtype},
                 local_files_only=True,
             )
         except ValueError as error:
