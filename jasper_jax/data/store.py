@@ -12,6 +12,8 @@ Layout of a store folder (format version 1)::
       texts.jsonl                one {"text": "..."} per row, UTF-8, in row order
       texts.index.npy            int64 (rows + 1,): byte offset of each line in texts.jsonl, then its size
       <teacher>/00000.bin ...    raw row-major (shard rows, dim) arrays in the teacher's dtype, no header
+      <teacher>/00000.json ...   the encoding worker's record of a finished shard (file, rows, sha256, dim);
+                                 readers ignore it (see `jasper_jax.data.teacher_encoding`)
 
 `manifest.json`::
 

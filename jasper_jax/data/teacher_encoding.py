@@ -1,9 +1,12 @@
-"""Encode a corpus with one or more teachers into a teacher store, shard by shard, resumably.
+"""Encode a corpus with one or more teachers into a teacher store, shard by shard, resumably, by many workers.
 
-`encode_store` writes the texts, then for each teacher in turn each shard of `shard_rows` rows: the shard
-is encoded, written to a temporary file, fsynced, renamed, and only then recorded (with its sha256) in
-`manifest.json`, which is itself replaced atomically. Killed at any moment, the same call finds the
-shards the manifest records, skips them and redoes the rest, so the finished store is byte-identical to
+`encode_store` begins the store (the skeleton manifest, put in place by a hard link so that of workers
+starting together one creates it and the others compare their settings with it; then the texts), then for
+each teacher each shard of `shard_rows` rows that this worker owns (s = worker mod workers): the shard is
+encoded, written to a temporary file, fsynced, renamed, and only then recorded (rows, sha256, dim) in
+`<teacher>/NNNNN.json`. The worker that finds every shard recorded (or `merge_store`) verifies them and
+writes the complete `manifest.json` atomically. Killed at any moment, the same call finds the
+shards already recorded, skips them and redoes the rest, so the finished store is byte-identical to
 an uninterrupted run: no duplicate, missing or reordered rows (shards cover fixed row ranges, and each
 shard is encoded from the same texts in the same batches).
 
