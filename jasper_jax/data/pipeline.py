@@ -8,6 +8,12 @@ as global `jax.Array`s sharded over the mesh's batch axes ("data", "fsdp"), made
 B is the global batch size, L one power-of-two bucket (`tokenization.bucket_length`) for the whole global
 batch; a final partial batch (finite `num_epochs`) is filled with copies of its first row, `row_mask` False.
 
+With `packing` (`data.packing`) the B texts are packed into R rows of `max_length` instead
+(`jasper_jax.data.packing`): `input_ids`, `attention_mask`, `segment_ids`, `positions` are (R, L) with R one
+of a few row buckets divisible by the mesh's batch devices, and `text_row`, `text_segment` (B,) say where
+each text went; `teacher` and `row_mask` stay (B, ...) in the texts' order. Every host packs the whole
+global batch the same way and keeps its share of the rows and of the texts.
+
 Why it is built this way: the row order (a seeded shuffle per epoch, or the store's order, the official
 default, which keeps neighbouring chunks of one document in one batch) depends only on the store, the seed
 and B, never on the number of hosts; each host reads the teacher vectors (the bulk of the data) of its own
@@ -23,6 +29,7 @@ the same process count). Save after taking the batch of the step being saved: th
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +39,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from jasper_jax.data import packing as packing_lib
 from jasper_jax.data.store import TeacherStore
 from jasper_jax.data.tokenization import TextTokenizer, bucket_length, load_tokenizer, pad_batch
 
@@ -88,9 +96,12 @@ class GlobalBatchLoader:
         global_batch_size: int,
         host_rows: tuple[int, int],
         with_row_index: bool = False,
+        packing: bool = False,
+        row_multiple: int = 1,
     ):
         self.store, self.tokenizer, self.prompt = store, tokenizer, prompt
         self.global_batch_size, self.host_rows, self.with_row_index = global_batch_size, host_rows, with_row_index
+        self.packing, self.row_multiple = packing, row_multiple
 
     def __call__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -99,13 +110,25 @@ class GlobalBatchLoader:
             indices = np.concatenate([indices, np.full(self.global_batch_size - real, indices[0], np.int64)])
         row_mask = np.arange(self.global_batch_size) < real
         ids = self.tokenizer.encode(self.store.texts(indices), self.prompt)
-        length = bucket_length(max(len(row) for row in ids), self.tokenizer.max_length)
         start, stop = self.host_rows
-        batch = pad_batch(ids[start:stop], length, self.tokenizer.pad_id)
+        if self.packing:
+            batch = self.packed(ids, start, stop)
+        else:
+            length = bucket_length(max(len(row) for row in ids), self.tokenizer.max_length)
+            batch = pad_batch(ids[start:stop], length, self.tokenizer.pad_id)
         batch["teacher"] = self.store.teacher_vectors(indices[start:stop])
         batch["row_mask"] = row_mask[start:stop]
         if self.with_row_index:
             batch["row_index"] = indices[start:stop]
+        return batch
+
+    def packed(self, ids: list[list[int]], start: int, stop: int) -> dict[str, np.ndarray]:
+        """The global batch packed; this host's share of its rows (R * start / B ...) and of its texts."""
+        packed = packing_lib.pack_batch(ids, self.tokenizer.max_length, self.tokenizer.pad_id, self.row_multiple)
+        rows = packed["input_ids"].shape[0]
+        first, last = start * rows // self.global_batch_size, stop * rows // self.global_batch_size
+        batch = {key: packed[key][first:last] for key in packing_lib.ROW_KEYS}
+        batch.update({key: packed[key][start:stop] for key in packing_lib.TEXT_KEYS})
         return batch
 
 
@@ -130,10 +153,12 @@ class TrainBatchIterator(grain.DatasetIterator):
         if not self.to_global:
             return local
         batch = {}
+        local_texts = local["row_mask"].shape[0]
         for key, value in local.items():
             if key == "row_index":
                 continue
-            global_shape = (self.global_batch_size, *value.shape[1:])
+            # (B, ...) text arrays, or packed (R, L) rows: every host holds the same share of both
+            global_shape = (value.shape[0] * self.global_batch_size // local_texts, *value.shape[1:])
             batch[key] = jax.make_array_from_process_local_data(
                 batch_sharding(self.mesh, value.ndim), value, global_shape
             )
@@ -179,6 +204,7 @@ def make_train_iterator(
     prefetch: int = 4,
     worker_processes: int = 0,
     with_row_index: bool = False,
+    packing: bool = False,
 ) -> TrainBatchIterator:
     """The training iterator over `store` (see the module docstring for what it yields and how to save it).
 
@@ -190,6 +216,8 @@ def make_train_iterator(
     this host's numpy arrays (`to_global` is off because JAX has only one real process).
     `teacher_transforms`: teacher name -> `TeacherTransform` (or its fields), applied when the store is read.
     `with_row_index`: also yield the store row of each local row (numpy mode only; for tests/debugging).
+    `packing`: pack the texts into rows of max_length (see the module docstring); the data order is the
+    same as without, so a saved state resumes with packing switched either way.
     """
     if not isinstance(store, TeacherStore):
         store = TeacherStore(store, teachers, teacher_transforms)
@@ -210,6 +238,7 @@ def make_train_iterator(
         process_index=process_index if simulated else None,
         process_count=process_count if simulated else None,
     )
+    row_multiple = process_count if simulated else 1  # packed rows split evenly over hosts and devices
     if to_global:
         batch_devices = int(np.prod([mesh.shape[a] for a in BATCH_AXES if a in mesh.axis_names]))
         if global_batch_size % batch_devices:
@@ -217,6 +246,7 @@ def make_train_iterator(
                 f"global_batch_size {global_batch_size} is not divisible by the {batch_devices} "
                 "devices of the mesh's batch axes ('data', 'fsdp')"
             )
+        row_multiple = math.lcm(batch_devices, jax.process_count())
     dataset = grain.MapDataset.range(len(store))
     if shuffle_seed is not None:
         dataset = dataset.shuffle(seed=int(shuffle_seed))
@@ -228,6 +258,8 @@ def make_train_iterator(
         global_batch_size=global_batch_size,
         host_rows=host_rows,
         with_row_index=with_row_index,
+        packing=packing,
+        row_multiple=row_multiple,
     )
     iter_dataset = dataset.map(loader).to_iter_dataset(
         grain.ReadOptions(num_threads=max(1, worker_threads), prefetch_buffer_size=max(1, prefetch))

@@ -71,8 +71,8 @@ class BertLayer(nnx.Module):
         self.mlp = layers.MLP(config.hidden_size, config.intermediate_size, config.hidden_act, dtype=dtype, rngs=rngs)
         self.mlp_norm = layers.LayerNorm(config.hidden_size, config.layer_norm_eps, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: Array, attention_mask: Array) -> Array:
-        x = self.attention_norm(x + self.attention(x, attention_mask))
+    def __call__(self, x: Array, attention_mask: Array, segment_ids: Array | None = None) -> Array:
+        x = self.attention_norm(x + self.attention(x, attention_mask, segment_ids=segment_ids))
         return self.mlp_norm(x + self.mlp(x))
 
 
@@ -110,8 +110,14 @@ class BertEncoder(nnx.Module):
         attention_mask: Array,
         token_type_ids: Array | None = None,
         inputs_embeds: Array | None = None,
+        *,
+        positions: Array | None = None,
+        segment_ids: Array | None = None,
     ) -> Array:
-        """`inputs_embeds` (B, L, hidden), if given, replaces the word embeddings (as in Hugging Face)."""
+        """`inputs_embeds` (B, L, hidden), if given, replaces the word embeddings (as in Hugging Face).
+
+        Packed rows (`jasper_jax.models.packed`): `positions` (B, L) index the learned position table
+        (default 0..L-1) and `segment_ids` (B, L) keep attention inside each text."""
         length = input_ids.shape[1]
         if length > self.config.max_position_embeddings:
             raise ValueError(
@@ -124,6 +130,8 @@ class BertEncoder(nnx.Module):
             if inputs_embeds is None
             else inputs_embeds.astype(self.word_embeddings.dtype)
         )
-        x = words + self.position_embeddings(jnp.arange(length))[None] + self.token_type_embeddings(token_type_ids)
+        where = jnp.arange(length)[None] if positions is None else positions
+        x = words + self.position_embeddings(where) + self.token_type_embeddings(token_type_ids)
         x = self.embeddings_norm(x)
-        return layers.run_layers(self.layers, x, attention_mask, remat=self.remat)
+        packed = () if segment_ids is None else (segment_ids,)
+        return layers.run_layers(self.layers, x, attention_mask, *packed, remat=self.remat)

@@ -100,8 +100,8 @@ class Qwen2Layer(nnx.Module):
             config.hidden_size, config.intermediate_size, config.hidden_act, dtype=dtype, rngs=rngs
         )
 
-    def __call__(self, x: Array, attention_mask: Array, positions: Array) -> Array:
-        x = x + self.attention(self.input_norm(x), attention_mask, positions)
+    def __call__(self, x: Array, attention_mask: Array, positions: Array, segment_ids: Array | None = None) -> Array:
+        x = x + self.attention(self.input_norm(x), attention_mask, positions, segment_ids)
         return x + self.mlp(self.post_attention_norm(x))
 
 
@@ -134,11 +134,19 @@ class Qwen2Encoder(nnx.Module):
         attention_mask: Array,
         token_type_ids: Array | None = None,
         inputs_embeds: Array | None = None,
+        *,
+        positions: Array | None = None,
+        segment_ids: Array | None = None,
     ) -> Array:
-        """`inputs_embeds` (B, L, hidden), if given, replaces the token embeddings (as in Hugging Face)."""
+        """`inputs_embeds` (B, L, hidden), if given, replaces the token embeddings (as in Hugging Face).
+
+        Packed rows (`jasper_jax.models.packed`): `positions` (B, L) are the RoPE positions (default 0..L-1)
+        and `segment_ids` (B, L) keep attention (bidirectional or causal) inside each text."""
         del token_type_ids  # Qwen2 has none
         batch, length = input_ids.shape
-        positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.embed.dtype)
-        x = layers.run_layers(self.layers, x, attention_mask, positions, remat=self.remat)
+        packed = () if segment_ids is None else (segment_ids,)
+        x = layers.run_layers(self.layers, x, attention_mask, positions, *packed, remat=self.remat)
         return self.final_norm(x)

@@ -21,6 +21,7 @@ from jasper_jax.models import layers
 from jasper_jax.models.attention import check_implementation as check_attention
 from jasper_jax.models.bert import BertConfig, BertEncoder
 from jasper_jax.models.image_inputs import ImageInputs
+from jasper_jax.models.packed import PackedLayout, pool_packed
 from jasper_jax.models.pooling import POOLING_MODES, l2_normalize, pool
 from jasper_jax.models.qwen2 import Qwen2Config, Qwen2Encoder
 from jasper_jax.models.siglip import SiglipVisionConfig
@@ -134,11 +135,25 @@ class JasperStudent(nnx.Module):
         attention_mask: Array,
         token_type_ids: Array | None = None,
         pixel_values: Array | None = None,
+        packed: PackedLayout | None = None,
     ) -> Array:
         """The pooled (not normalised) float32 vector (B, hidden).
 
         `pixel_values` (B, H, W, C): one image per row, whose pooled rows replace the embeddings at that
-        row's image-token positions (see `image_inputs.py`); rows without image tokens ignore theirs."""
+        row's image-token positions (see `image_inputs.py`); rows without image tokens ignore theirs.
+        `packed`: the inputs are packed rows (R, L) holding B texts (`jasper_jax.models.packed`); the result
+        is then the B texts' vectors in their input order (text students only)."""
+        if packed is not None:
+            if self.vision is not None or pixel_values is not None:
+                raise ValueError("packed inputs are for text-only students (no vision tower, no pixel_values)")
+            hidden = self.encoder(
+                input_ids,
+                attention_mask,
+                token_type_ids,
+                positions=packed.positions,
+                segment_ids=packed.segment_ids,
+            )
+            return pool_packed(hidden, attention_mask, packed, self.config.pooling)
         if self.vision is None:
             if pixel_values is not None:
                 raise ValueError("pixel_values given but this student has no vision tower (StudentConfig.vision)")
@@ -159,8 +174,9 @@ class JasperStudent(nnx.Module):
         deterministic: bool = True,
         token_type_ids: Array | None = None,
         pixel_values: Array | None = None,
+        packed: PackedLayout | None = None,
     ) -> dict[str, Array]:
-        vector = self.pooled(input_ids, attention_mask, token_type_ids, pixel_values)
+        vector = self.pooled(input_ids, attention_mask, token_type_ids, pixel_values, packed)
         if not self.heads:
             return {POOLED: l2_normalize(vector)}
         if self.dropout is not None:

@@ -76,6 +76,8 @@ class DataSettings:
     verify_checksums: bool = True
     worker_threads: int = 2
     prefetch: int = 4
+    # text stages: pack the step's texts into rows of max_length (jasper_jax.data.packing), same losses
+    packing: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

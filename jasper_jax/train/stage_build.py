@@ -194,7 +194,7 @@ def build_stage_step(run: RunSettings, stage: StageSettings, built: StageModel, 
     tx, schedule = optimizer_lib.make_optimizer(run.optimizer, stage.lr, stage.steps)
     abstract_state = jax.eval_shape(lambda p: step_lib.init_train_state(p, tx), trainable)
     abstract_frozen = jax.eval_shape(lambda f: f, frozen)
-    batch_keys = image_lib.IMAGE_BATCH_KEYS if stage.is_image_stage else step_lib.BATCH_KEYS
+    batch_keys = image_lib.IMAGE_BATCH_KEYS if stage.is_image_stage else text_batch_keys(run)
     if stage.is_pair_stage:
         from jasper_jax.train.pair_stage import PAIR_BATCH_KEYS as batch_keys
     rules = sharding_lib.rules_from_config(run.sharding_rules)
@@ -230,8 +230,16 @@ def check_batch_size(stage: StageSettings, mesh: jax.sharding.Mesh) -> None:
         )
 
 
-def text_iterator(run: RunSettings, paths: DataPaths, batch_size: int, mesh, shuffle_seed: int | None):
-    """The Grain iterator of global text batches over the teacher store, as `data` says."""
+def text_batch_keys(run: RunSettings) -> tuple[str, ...]:
+    """The arrays of a text stage's batch: padded, or packed rows with their layout (`data.packing`)."""
+    return step_lib.PACKED_BATCH_KEYS if run.data.packing else step_lib.BATCH_KEYS
+
+
+def text_iterator(
+    run: RunSettings, paths: DataPaths, batch_size: int, mesh, shuffle_seed: int | None, packing: bool = False
+):
+    """The Grain iterator of global text batches over the teacher store, as `data` says (`packing` for the
+    training batches of a text stage; the head fit reads padded batches)."""
     from jasper_jax.data.pipeline import make_train_iterator
 
     data = run.data
@@ -247,6 +255,7 @@ def text_iterator(run: RunSettings, paths: DataPaths, batch_size: int, mesh, shu
         teacher_transforms=data.teacher_transforms,
         worker_threads=data.worker_threads,
         prefetch=data.prefetch,
+        packing=packing,
     )
 
 
@@ -258,7 +267,7 @@ def stage_input(run: RunSettings, stage: StageSettings, paths: DataPaths, mesh, 
 
         return pair_iterator(run, stage, paths, mesh)
     if not stage.is_image_stage:
-        return text_iterator(run, paths, stage.batch_size, mesh, run.data.shuffle_seed)
+        return text_iterator(run, paths, stage.batch_size, mesh, run.data.shuffle_seed, packing=run.data.packing)
     from jasper_jax.data.images import make_image_caption_iterator
 
     return make_image_caption_iterator(
@@ -279,13 +288,23 @@ def stage_input(run: RunSettings, stage: StageSettings, paths: DataPaths, mesh, 
 def abstract_stage_batch(
     run: RunSettings, stage: StageSettings, built: StageModel, step: StageStep, batch_size: int, length: int
 ) -> dict[str, jax.ShapeDtypeStruct]:
-    """The stage's batch as sharded ShapeDtypeStructs (compile-check): what `stage_input` yields."""
+    """The stage's batch as sharded ShapeDtypeStructs (compile-check): what `stage_input` yields (packed:
+    the largest row bucket, as many rows as texts)."""
     if stage.is_image_stage:
         shapes = image_lib.abstract_image_batch(built.config, batch_size, length)
     elif stage.is_pair_stage:
         from jasper_jax.train.pair_stage import abstract_pair_batch
 
         shapes = abstract_pair_batch(stage, batch_size, length)
+    elif run.data.packing:
+        rows = (batch_size, length)
+        shapes = {key: (rows, jnp.int32) for key in ("input_ids", "attention_mask", "segment_ids", "positions")}
+        shapes.update(
+            text_row=((batch_size,), jnp.int32),
+            text_segment=((batch_size,), jnp.int32),
+            teacher=((batch_size, stage.heads[stage.objective.full_head]), jnp.float32),
+            row_mask=((batch_size,), jnp.bool_),
+        )
     else:
         shapes = {
             "input_ids": ((batch_size, length), jnp.int32),

@@ -27,17 +27,24 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from jasper_jax.losses import ObjectiveConfig, distillation_objective
+from jasper_jax.models.packed import FIELDS as PACKED_FIELDS
+from jasper_jax.models.packed import PackedLayout
 from jasper_jax.train import sharding as sharding_lib
 
 Objective = Callable[[Mapping[str, jax.Array], jax.Array, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
 BATCH_KEYS = ("input_ids", "attention_mask", "teacher", "row_mask")
+PACKED_BATCH_KEYS = BATCH_KEYS + PACKED_FIELDS  # data.packing: rows (R, L) + where each text went (B,)
 # `forward(model, batch, deterministic) -> (student outputs, teacher)`: what the objective compares
 Forward = Callable[[nnx.Module, Mapping[str, jax.Array], bool], tuple[Mapping[str, jax.Array], Any]]
 
 
 def text_forward(model: nnx.Module, batch: Mapping[str, jax.Array], deterministic: bool):
-    """Stages 1-3: the student's head outputs on the texts; the teacher vectors come with the batch."""
-    return model(batch["input_ids"], batch["attention_mask"], deterministic=deterministic), batch["teacher"]
+    """Stages 1-3: the student's head outputs on the texts; the teacher vectors come with the batch.
+
+    A packed batch (`data.packing`: its rows hold several texts) gives the same B outputs in the texts' order."""
+    packed = PackedLayout.from_batch(batch)
+    extra = {} if packed is None else {"packed": packed}
+    return model(batch["input_ids"], batch["attention_mask"], deterministic=deterministic, **extra), batch["teacher"]
 
 
 @jax.tree_util.register_dataclass
