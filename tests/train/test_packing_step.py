@@ -137,3 +137,23 @@ def test_train_with_packing_equals_train_without(tmp_path):
     for packed, padded in zip(params["True/metrics"], params["False/metrics"], strict=True):
         np.testing.assert_allclose(packed["loss"], padded["loss"], rtol=1e-5)
         assert packed["tokens"] == padded["tokens"]
+
+
+def test_compile_check_compiles_the_packed_step():
+    """compile-check builds the packed batch (largest row bucket: as many rows as texts) and compiles it."""
+    from jasper_jax.train.compile_check import compile_stage_step
+    from jasper_jax.train.config_base import load_config
+    from jasper_jax.train.settings import settings_from_config
+    from jasper_jax.train.stage_build import abstract_stage_batch, abstract_stage_model, build_stage_step
+
+    tiny = str(Path(__file__).resolve().parents[2] / "configs" / "tiny.py")
+    config = load_config(tiny, ["data.packing=true"])
+    compiled, summary = compile_stage_step(config, 3)
+    assert compiled is not None and summary["batch"] == 16 and summary["length"] == 32
+    run = settings_from_config(config)
+    stage = run.stage(3)
+    built = abstract_stage_model(run, stage)
+    step = build_stage_step(run, stage, built, make_mesh(run.mesh))
+    batch = abstract_stage_batch(run, stage, built, step, 16, 32)
+    assert sorted(batch) == sorted(step_lib.PACKED_BATCH_KEYS)
+    assert batch["segment_ids"].shape == batch["input_ids"].shape == (16, 32) and batch["text_row"].shape == (16,)
