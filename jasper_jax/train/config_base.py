@@ -5,7 +5,7 @@ The fields, their types and defaults are those of `jasper_jax.train.settings` (a
 from those dataclasses, so a default exists once. Top level: `workdir` (each stage writes `stage{N}/`),
 `seed`, `mesh` (`data`, `fsdp`, `tensor` sizes, -1 = the rest), `sharding_rules` (logical name -> mesh
 axes), `activation_sharding`, `distributed`, `model`, `data`, `optimizer`, `objective`, `checkpoint`,
-`log_every`, `max_consecutive_nonfinite`, `progress`, `debug.nonfinite_steps` (tests: steps whose teacher
+`hardware`, `log_every`, `max_consecutive_nonfinite`, `progress`, `debug.nonfinite_steps` (tests: steps whose teacher
 batch is made infinite), and `stages.stage{N}` blocks from `stage(...)` (fields: `settings.StageSettings`).
 """
 
@@ -48,6 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.optimizer = settings.defaults(settings.OptimizerSettings)
     config.objective = settings.defaults(ObjectiveConfig)
     config.checkpoint = settings.defaults(settings.CheckpointSettings)
+    config.hardware = settings.defaults(settings.HardwareSettings)
     config.log_every = 1
     config.max_consecutive_nonfinite = 10
     config.progress = True

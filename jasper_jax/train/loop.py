@@ -335,36 +335,45 @@ def run_stage(run: RunSettings, number: int, mesh: jax.sharding.Mesh, paths: Dat
     state, frozen = initial_state(run, stage, start, step, checkpointer, iterator, paths, mesh)
     rest = step_lib.place(step.rest, step.shardings.rest)
     metadata = stage_metadata(run, stage, paths, built, step)
-    train_loop(run, stage, checkpointer, step.step_fn, state, frozen, rest, iterator, metadata)
+    throughput = stage_throughput(run, stage, built, step)
+    train_loop(run, stage, checkpointer, step.step_fn, state, frozen, rest, iterator, metadata, throughput)
 
 
 class MetricsWriter:
-    """metrics.jsonl (one JSON per logged step) and TensorBoard events, on process 0 only."""
+    """metrics.jsonl (one JSON per logged step), timing.jsonl (its speed: tokens/s, TFLOP/s, MFU) and
+    TensorBoard events, on process 0 only.
+
+    metrics.jsonl holds what the trajectory determines (losses, lr, tokens, model FLOPs): a resumed run
+    writes the same lines as an uninterrupted one. Wall-clock figures go to timing.jsonl, never there."""
 
     def __init__(self, directory: Path, start_step: int, enabled: bool):
         self.enabled = enabled
         self.path = directory / "metrics.jsonl"
+        self.timing_path = directory / "timing.jsonl"
         self.writer = None
         if not enabled:
             return
         directory.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():  # resumed: drop what was logged after the checkpoint we resume from
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= start_step
-            ]
-            self.path.write_text("".join(line + "\n" for line in kept))
+        for path in (self.path, self.timing_path):
+            if path.exists():  # resumed: drop what was logged after the checkpoint we resume from
+                kept = [
+                    line
+                    for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= start_step
+                ]
+                path.write_text("".join(line + "\n" for line in kept))
         from tensorboardX import SummaryWriter
 
         self.writer = SummaryWriter(str(directory / "tensorboard"), purge_step=start_step + 1)
 
-    def write(self, record: dict[str, Any], extra: dict[str, float]) -> None:
+    def write(self, record: dict[str, Any], timing: dict[str, float]) -> None:
         if not self.enabled:
             return
         with self.path.open("a") as file:
             file.write(json.dumps(record) + "\n")
-        for key, value in {**record, **extra}.items():
+        with self.timing_path.open("a") as file:
+            file.write(json.dumps({"step": record["step"], **timing}) + "\n")
+        for key, value in {**record, **timing}.items():
             if key != "step" and isinstance(value, (int, float)):
                 self.writer.add_scalar(key, value, record["step"])
 
@@ -373,9 +382,15 @@ class MetricsWriter:
             self.writer.close()
 
 
+# step metrics used by the loop that are not written to metrics.jsonl
+_LOOP_ONLY_METRICS = ("nonfinite_consecutive", "token_squares")
+
+
 def _to_record(step: int, metrics: dict[str, Any]) -> dict[str, Any]:
     record: dict[str, Any] = {"step": step}
     for key in sorted(metrics):
+        if key in _LOOP_ONLY_METRICS:
+            continue
         value = np.asarray(metrics[key])
         if value.dtype == bool:
             record[key] = bool(value)
@@ -384,6 +399,57 @@ def _to_record(step: int, metrics: dict[str, Any]) -> dict[str, Any]:
         else:
             record[key] = float(value)
     return record
+
+
+_told_no_mfu = False
+
+
+class Throughput:
+    """Speed between logged steps: tokens/s, model FLOPs (`jasper_jax.train.flops`), TFLOP/s and MFU.
+
+    `flop_model` None (an image stage) logs tokens/s only; `peak_tflops` None (unknown device, no
+    `hardware.peak_tflops`) logs no MFU, said once per process."""
+
+    def __init__(self, flop_model, rows: int, peak_tflops: float | None, devices: int, peak_source: str = ""):
+        global _told_no_mfu
+        self.flop_model, self.rows, self.devices = flop_model, rows, devices
+        self.peak_flops = None if peak_tflops is None else peak_tflops * 1e12 * devices
+        if flop_model is not None and peak_tflops is None and not _told_no_mfu and distributed.is_main_process():
+            print(f"MFU is not reported: {peak_source}; set hardware.peak_tflops (dense TFLOP/s per device)")
+            _told_no_mfu = True
+        self.reset()
+
+    def reset(self) -> None:
+        self.tokens, self.flops, self.clock = 0, 0.0, time.perf_counter()
+
+    def step_flops(self, metrics: dict[str, Any]) -> float | None:
+        if self.flop_model is None or "token_squares" not in metrics:
+            return None
+        return self.flop_model.total(float(metrics["tokens"]), float(metrics["token_squares"]), self.rows)
+
+    def add(self, metrics: dict[str, Any], flops: float | None) -> None:
+        self.tokens += int(metrics["tokens"])
+        self.flops += flops or 0.0
+
+    def timing(self) -> dict[str, float]:
+        """The figures since the last `reset` (then reset)."""
+        elapsed = max(time.perf_counter() - self.clock, 1e-9)
+        timing = {"tokens_per_second": self.tokens / elapsed}
+        if self.flop_model is not None:
+            timing["tflops_per_second"] = self.flops / elapsed / 1e12
+            if self.peak_flops:
+                timing["mfu"] = self.flops / elapsed / self.peak_flops
+        self.reset()
+        return timing
+
+
+def stage_throughput(run: RunSettings, stage: StageSettings, built: StageModel, step: StageStep) -> Throughput:
+    """The stage's `Throughput`: FLOPs from the student config and the trainable parameters."""
+    from jasper_jax.train import flops as flops_lib
+
+    model = flops_lib.step_flop_model(built.config, flops_lib.trainable_paths(step.trainable))
+    peak, source = flops_lib.resolve_peak_tflops(run.hardware.peak_tflops)
+    return Throughput(model, stage.batch_size, peak, jax.device_count(), source)
 
 
 def train_loop(
@@ -396,13 +462,20 @@ def train_loop(
     rest,
     iterator,
     metadata: dict[str, Any],
+    throughput: Throughput | None = None,
 ) -> None:
-    """Steps from the state's step to the stage's last, checkpointing as configured; metrics on process 0."""
+    """Steps from the state's step to the stage's last, checkpointing as configured; metrics on process 0.
+
+    The host never waits for the device between two steps: step N's metrics are fetched after step N+1 is
+    dispatched (one step late), so the device runs N+1 while the host logs N and prepares the next batch.
+    At a checkpoint step (and the last) the metrics are fetched first: the checkpoint copies the state to
+    the host anyway, and a step that ends the run (too many non-finite steps) is never saved."""
     from tqdm import tqdm
 
     number, steps, start = stage.number, stage.steps, int(state.step)
     main = distributed.is_main_process()
     writer = MetricsWriter(run.stage_dir(number), start, main)
+    throughput = throughput or Throughput(None, stage.batch_size, None, jax.device_count())
     log_every = max(1, run.log_every)
     bar = tqdm(
         total=steps,
@@ -413,38 +486,51 @@ def train_loop(
         file=sys.stdout,
     )
     last_saved = checkpointer.latest_step()
-    tokens, clock = 0, time.perf_counter()
     poisoned = set(run.debug_nonfinite_steps)
+
+    def report(step: int, metrics) -> None:
+        """Log step `step`'s metrics (blocks until that step is done); stop after too many bad steps."""
+        metrics = jax.device_get(metrics)
+        flops = throughput.step_flops(metrics)
+        throughput.add(metrics, flops)
+        bad_streak = int(metrics["nonfinite_consecutive"])
+        if step % log_every == 0 or step == steps or bad_streak:
+            record = _to_record(step, metrics)
+            if flops is not None:
+                record["model_flops"] = flops
+            timing = throughput.timing()
+            writer.write(record, timing)
+            speed = timing["tokens_per_second"]
+            bar.set_postfix(loss=f"{record['loss']:.4g}", lr=f"{record['lr']:.2e}", tok_s=f"{speed:,.0f}")
+        bar.update(1)
+        if bad_streak >= run.max_consecutive_nonfinite:
+            checkpointer.wait()
+            raise TrainingError(
+                f"stage {number} stopped at step {step}: {bad_streak} non-finite steps in a row (loss or "
+                f"gradient NaN/inf; those updates were skipped). The last good checkpoint is "
+                f"{'none' if last_saved is None else last_saved} in {checkpointer.directory}, left as it was. "
+                "Check the teacher store (`jasper-jax teachers check`) and the learning rate, then rerun "
+                "the same command to resume from that checkpoint.",
+                EXIT_NONFINITE,
+            )
+
+    pending = None  # (step, metrics on the device) not yet logged
     try:
         for step in range(start + 1, steps + 1):
             batch = next(iterator)
             if step in poisoned:
                 batch = dict(batch, teacher=batch["teacher"] * float("inf"))  # the losses give NaN
             state, metrics = step_fn(state, frozen, rest, batch)
-            metrics = jax.device_get(metrics)
-            tokens += int(metrics["tokens"])
-            bad_streak = int(metrics["nonfinite_consecutive"])
-            if step % log_every == 0 or step == steps or bad_streak:
-                elapsed = max(time.perf_counter() - clock, 1e-9)
-                speed = tokens / elapsed
-                record = _to_record(step, {k: v for k, v in metrics.items() if k != "nonfinite_consecutive"})
-                writer.write(record, {"tokens_per_second": speed})
-                bar.set_postfix(loss=f"{record['loss']:.4g}", lr=f"{record['lr']:.2e}", tok_s=f"{speed:,.0f}")
-                tokens, clock = 0, time.perf_counter()
-            bar.update(1)
-            if bad_streak >= run.max_consecutive_nonfinite:
-                checkpointer.wait()
-                raise TrainingError(
-                    f"stage {number} stopped at step {step}: {bad_streak} non-finite steps in a row (loss or "
-                    f"gradient NaN/inf; those updates were skipped). The last good checkpoint is "
-                    f"{'none' if last_saved is None else last_saved} in {checkpointer.directory}, left as it was. "
-                    "Check the teacher store (`jasper-jax teachers check`) and the learning rate, then rerun "
-                    "the same command to resume from that checkpoint.",
-                    EXIT_NONFINITE,
-                )
+            if pending is not None:
+                report(*pending)  # the previous step's, while this one runs
+            pending = (step, metrics)
             if checkpointer.should_save(step) or step == steps:
+                report(*pending)
+                pending = None
                 checkpointer.save(step, state, frozen, iterator, metadata)
                 last_saved = step
+        if pending is not None:
+            report(*pending)
         checkpointer.wait()
     finally:
         bar.close()

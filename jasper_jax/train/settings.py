@@ -78,6 +78,9 @@ class DataSettings:
     prefetch: int = 4
     # text stages: pack the step's texts into rows of max_length (jasper_jax.data.packing), same losses
     packing: bool = False
+    # Grain multiprocessing prefetch: batches are made in this many worker processes (0 = in-process
+    # threads only, `worker_threads`); same batches and exact resume either way
+    worker_processes: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +101,16 @@ class CheckpointSettings:
     every: int = 500
     keep: int = 3
     async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class HardwareSettings:
+    """What MFU is measured against: the device's dense bf16 peak in TFLOP/s per device (`train.flops`).
+
+    0 = detect from `jax.devices()[0].device_kind` (H100/H200 989, TPU v5p 459, v6e 918); an unknown
+    device then logs no MFU (said once)."""
+
+    peak_tflops: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +195,7 @@ class RunSettings:
     progress: bool
     debug_nonfinite_steps: tuple[int, ...]
     stages: dict[int, StageSettings]
+    hardware: HardwareSettings = HardwareSettings()
     config_json: dict[str, Any] = dataclasses.field(repr=False, compare=False, default_factory=dict)
 
     def stage(self, number: int) -> StageSettings:

@@ -209,6 +209,7 @@ def build_stage_step(run: RunSettings, stage: StageSettings, built: StageModel, 
             deterministic=built.config.vector_dropout == 0,
             activation_sharding=sharding_lib.activation_sharding(mesh, run.activation_sharding),
             forward=forward,
+            objective_sharding=sharding_lib.replicated(mesh),  # the losses run locally on every device
         ),
         shardings,
         mesh,
@@ -256,6 +257,7 @@ def text_iterator(
         worker_threads=data.worker_threads,
         prefetch=data.prefetch,
         packing=packing,
+        worker_processes=data.worker_processes,
     )
 
 

@@ -125,10 +125,15 @@ def train_step_fn(
     deterministic: bool = True,
     activation_sharding: NamedSharding | None = None,
     forward: Forward = text_forward,
+    objective_sharding: NamedSharding | None = None,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """The un-jitted step `(state, frozen, rest, batch) -> (new_state, metrics)`.
 
     `activation_sharding`: if given, each encoder layer's input is constrained to it (batch axes).
+    `objective_sharding`: if given (replicated: `sharding.replicated(mesh)`), the head outputs, teacher
+    and row mask are constrained to it before the objective, so every device gathers the (B, D) vectors
+    once and computes the in-batch losses locally; otherwise XLA's partitioner may split the losses'
+    pair arrays over devices and put collectives inside the relative-similarity merge loop (one per level).
     `forward`: the model's outputs and the teacher the objective compares (default: texts vs the batch's
     teacher vectors; stage 4: `jasper_jax.train.image_stage.image_caption_forward`).
     """
@@ -144,7 +149,12 @@ def train_step_fn(
                 constrain_layer_inputs(model, activation_sharding)
             outputs, teacher = forward(model, batch, deterministic)
             outputs = {name: value.astype(jnp.float32) for name, value in outputs.items()}
-            loss, metrics = objective(outputs, teacher, batch["row_mask"])
+            row_mask = batch["row_mask"]
+            if objective_sharding is not None:
+                outputs, teacher, row_mask = jax.lax.with_sharding_constraint(
+                    (outputs, teacher, row_mask), objective_sharding
+                )
+            loss, metrics = objective(outputs, teacher, row_mask)
             return loss.astype(jnp.float32), metrics
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -170,6 +180,12 @@ def train_step_fn(
             finite=finite,
             tokens=sum(  # text tokens of every attention mask (a pair batch has a query and a document one)
                 jnp.sum(value.astype(jnp.int32)) for key, value in batch.items() if key.endswith("attention_mask")
+            ),
+            # sum of squared real lengths: the attention part of the model FLOPs (`jasper_jax.train.flops`)
+            token_squares=sum(
+                jnp.sum(jnp.square(jnp.sum(value, axis=1).astype(jnp.float32)))
+                for key, value in batch.items()
+                if key.endswith("attention_mask")
             ),
             nonfinite_consecutive=consecutive,
         )
