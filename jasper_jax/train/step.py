@@ -70,6 +70,17 @@ def init_train_state(params: nnx.State, tx: optax.GradientTransformation, step: 
     )
 
 
+def text_lengths(batch: Mapping[str, jax.Array]) -> list[jax.Array]:
+    """The real length of every text, float32, one array per attention mask. A packed batch's rows hold
+    several texts: text i's length is the size of its segment (`text_segment[i]` of row `text_row[i]`)."""
+    if "segment_ids" in batch:
+        rows = batch["segment_ids"][batch["text_row"]]
+        return [jnp.sum(rows == batch["text_segment"][:, None], axis=1).astype(jnp.float32)]
+    return [
+        jnp.sum(value, axis=1).astype(jnp.float32) for key, value in batch.items() if key.endswith("attention_mask")
+    ]
+
+
 def reseed(rest: nnx.State, step: jax.Array) -> nnx.State:
     """Every RNG key in `rest` folded with the step number; counts reset (dropout reproducible per step)."""
 
@@ -182,11 +193,7 @@ def train_step_fn(
                 jnp.sum(value.astype(jnp.int32)) for key, value in batch.items() if key.endswith("attention_mask")
             ),
             # sum of squared real lengths: the attention part of the model FLOPs (`jasper_jax.train.flops`)
-            token_squares=sum(
-                jnp.sum(jnp.square(jnp.sum(value, axis=1).astype(jnp.float32)))
-                for key, value in batch.items()
-                if key.endswith("attention_mask")
-            ),
+            token_squares=sum(jnp.sum(jnp.square(lengths)) for lengths in text_lengths(batch)),
             nonfinite_consecutive=consecutive,
         )
         return new_state, metrics
