@@ -10,7 +10,23 @@ TEST_WORKERS ?= 2
 
 .PHONY: install lint test assets demo bench-losses teachers-env clean
 
-install: $(STAMP)
+# accelerator installs are an explicit opt-in on top of the CPU pins: ACCEL=cuda12|tpu adds
+# requirements-accel/$(ACCEL).txt; TORCH=cuda also swaps the CPU torch for PyPI's CUDA build (teacher encoding)
+ACCEL ?=
+TORCH ?=
+ACCELS := cuda12 tpu
+ifneq ($(ACCEL),)
+ifeq ($(filter $(ACCEL),$(ACCELS)),)
+$(error ACCEL=$(ACCEL) is not one of: $(ACCELS) (leave it unset for the CPU install))
+endif
+endif
+ifneq ($(TORCH),)
+ifneq ($(TORCH),cuda)
+$(error TORCH=$(TORCH): the only choice is TORCH=cuda (leave it unset for the CPU build))
+endif
+endif
+
+install: $(STAMP) $(if $(ACCEL),$(VENV)/.accel-$(ACCEL)) $(if $(TORCH),$(VENV)/.torch-$(TORCH))
 
 $(STAMP): requirements.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; jasper-jax needs Python 3.11 (set PYTHON=...)"; exit 1; }
@@ -18,6 +34,16 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet -r requirements.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+$(VENV)/.accel-%: $(STAMP) requirements-accel/%.txt
+	$(PY) -m pip install --quiet -c requirements.txt -r requirements-accel/$*.txt
+	touch $@
+
+# --force-reinstall: the CPU build of the same version is installed; PIP_FIND_LINKS= keeps a local CPU wheel out
+$(VENV)/.torch-cuda: $(STAMP) requirements-accel/torch-cuda.txt
+	PIP_FIND_LINKS= $(PY) -m pip install --quiet --force-reinstall -c requirements.txt -r requirements-accel/torch-cuda.txt
+	@$(PY) -c "import torch, sys; sys.exit(torch.version.cuda is None)" || { echo "error: TORCH=cuda installed a CPU torch: a local wheel folder or index in pip's configuration (pip config list) serves the CPU build first"; exit 1; }
+	touch $@
 
 # ruff: the rules and line length are in pyproject.toml; `ruff format` writes what --check asks for
 lint: install

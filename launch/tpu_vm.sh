@@ -3,7 +3,7 @@
 # (jasper_jax.train.distributed detects TPU_WORKER_HOSTNAMES / CLOUD_TPU_TASK_ID and calls
 # jax.distributed.initialize() without arguments).
 #   launch/tpu_vm.sh TPU_NAME ZONE configs/jasper_paper.py --stages 1,2,3 [--config.key=value ...]
-# The repository and its venv must exist on every worker at ~/jasper-jax (e.g. via a startup script) and
+# The repository and its venv (`make install ACCEL=tpu`) must exist on every worker at ~/jasper-jax (e.g. via a startup script) and
 # config.workdir must be shared storage (a GCS-fuse or Filestore mount) so that every worker resumes alike.
 set -euo pipefail
 if [ "$#" -lt 3 ]; then
