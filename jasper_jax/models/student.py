@@ -177,6 +177,11 @@ class JasperStudent(nnx.Module):
         packed: PackedLayout | None = None,
     ) -> dict[str, Array]:
         vector = self.pooled(input_ids, attention_mask, token_type_ids, pixel_values, packed)
+        return self.head_outputs(vector, deterministic=deterministic)
+
+    def head_outputs(self, vector: Array, *, deterministic: bool = True) -> dict[str, Array]:
+        """The pooled vectors (B, hidden) through vector dropout and the heads (the tail of `__call__`;
+        GradCache differentiates it over the whole global batch, `jasper_jax.train.grad_cache`)."""
         if not self.heads:
             return {POOLED: l2_normalize(vector)}
         if self.dropout is not None:

@@ -9,6 +9,7 @@ per-device memory of the compiled program (`compiled.memory_analysis()`) and che
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -59,10 +60,12 @@ def compile_stage_step(config, stage_number: int, *, batch_size: int = 0, length
 
     run = settings_from_config(config)
     stage = run.stage(stage_number)
+    if batch_size:  # the global batch override (checked against micro_batch_size like the stage's own)
+        stage = dataclasses.replace(stage, batch_size=batch_size)
     built = abstract_stage_model(run, stage)
     mesh = make_mesh(run.mesh)
     step = build_stage_step(run, stage, built, mesh)
-    batch = batch_size or stage.batch_size
+    batch = stage.batch_size
     length = length or run.data.max_length
 
     def with_sharding(tree, tree_shardings):
@@ -86,6 +89,7 @@ def compile_stage_step(config, stage_number: int, *, batch_size: int = 0, length
         "mesh": dict(mesh.shape),
         "batch": batch,
         "length": length,
+        "micro_batch_size": stage.micro_batch_size or 0,
         "parameters": count(step.trainable) + count(step.frozen),
         "trainable_parameters": count(step.trainable),
         "compute_dtype": built.config.compute_dtype,

@@ -138,8 +138,10 @@ class StageSettings:
     `trainable`: regexes over parameter paths, plus the last `trainable_last_layers` encoder layers;
     `head_init`: "random", "prefix:<head>" (the first d output columns of that head) or "fit" (closed-form
     fit on `head_fit_batches` batches, `jasper_jax.train.head_fit`); `init_from`: "previous" (the previous
-    configured stage's final checkpoint) or "model" (`model.source`); `objective`: the global objective
-    updated by the stage's own fields. An image stage (stage 4) has `vision` and `images`.
+    configured stage's final checkpoint) or "model" (`model.source`); `micro_batch_size`: if set, the
+    step computes the exact global-batch gradient in micro-batches of that many rows (GradCache);
+    `objective`: the global objective updated by the stage's own fields. An image stage (stage 4) has
+    `vision` and `images`.
     """
 
     number: int
@@ -150,6 +152,7 @@ class StageSettings:
     head_fit_batches: int = 32
     init_from: Literal["previous", "model"] = "previous"
     batch_size: int = 128
+    micro_batch_size: int | None = 0  # GradCache (train/grad_cache.py): encode in micro-batches; 0/None = off
     lr: float = 1e-4
     steps: int = 1000
     objective: ObjectiveConfig = ObjectiveConfig()

@@ -191,6 +191,7 @@ def build_stage_step(run: RunSettings, stage: StageSettings, built: StageModel, 
         graphdef, trainable, frozen, rest = optimizer_lib.split_model(built.model, patterns)
     except ValueError as error:
         raise TrainingError(f"stage {stage.number}: {error}") from None
+    check_micro_batch_size(stage, mesh, packing=run.data.packing)
     tx, schedule = optimizer_lib.make_optimizer(run.optimizer, stage.lr, stage.steps)
     abstract_state = jax.eval_shape(lambda p: step_lib.init_train_state(p, tx), trainable)
     abstract_frozen = jax.eval_shape(lambda f: f, frozen)
@@ -210,6 +211,8 @@ def build_stage_step(run: RunSettings, stage: StageSettings, built: StageModel, 
             activation_sharding=sharding_lib.activation_sharding(mesh, run.activation_sharding),
             forward=forward,
             objective_sharding=sharding_lib.replicated(mesh),  # the losses run locally on every device
+            micro_batch_size=stage.micro_batch_size,
+            batch_shards=batch_size_divisor(mesh),
         ),
         shardings,
         mesh,
@@ -234,6 +237,30 @@ def check_batch_size(stage: StageSettings, mesh: jax.sharding.Mesh) -> None:
 def text_batch_keys(run: RunSettings) -> tuple[str, ...]:
     """The arrays of a text stage's batch: padded, or packed rows with their layout (`data.packing`)."""
     return step_lib.PACKED_BATCH_KEYS if run.data.packing else step_lib.BATCH_KEYS
+
+
+def check_micro_batch_size(stage: StageSettings, mesh: jax.sharding.Mesh, packing: bool = False) -> None:
+    """GradCache's micro-batches: m divides the global batch, the data-parallel size divides m, texts only
+    (not yet with `data.packing`, whose rows are packed, not texts)."""
+    micro = stage.micro_batch_size
+    if not micro:
+        return
+    field = f"stages.stage{stage.number}.micro_batch_size"
+    if packing:
+        raise TrainingError(f"stage {stage.number}: {field} (GradCache) does not work with data.packing yet; use one")
+    divisor = batch_size_divisor(mesh)
+    if stage.is_image_stage:
+        raise TrainingError(f"stage {stage.number} trains on images: {field} (GradCache) is for text stages; use 0")
+    if micro < 0 or stage.batch_size % micro:
+        raise TrainingError(
+            f"stage {stage.number}: {field}={micro} does not divide batch_size {stage.batch_size}; "
+            "choose a divisor (0 = off)"
+        )
+    if micro % divisor:
+        raise TrainingError(
+            f"stage {stage.number}: {field}={micro} is not divisible by the {divisor} devices of the mesh's "
+            "batch axes (data x fsdp); every micro-batch is split over them"
+        )
 
 
 def text_iterator(

@@ -137,6 +137,8 @@ def train_step_fn(
     activation_sharding: NamedSharding | None = None,
     forward: Forward = text_forward,
     objective_sharding: NamedSharding | None = None,
+    micro_batch_size: int | None = 0,
+    batch_shards: int = 1,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """The un-jitted step `(state, frozen, rest, batch) -> (new_state, metrics)`.
 
@@ -147,11 +149,11 @@ def train_step_fn(
     pair arrays over devices and put collectives inside the relative-similarity merge loop (one per level).
     `forward`: the model's outputs and the teacher the objective compares (default: texts vs the batch's
     teacher vectors; stage 4: `jasper_jax.train.image_stage.image_caption_forward`).
+    `micro_batch_size`: if set, the gradient is GradCache's (`jasper_jax.train.grad_cache`, text stages;
+    `batch_shards`: the data-parallel size); the rest of the step is shared with the plain path.
     """
 
-    def step_fn(state: TrainState, frozen: nnx.State, rest: nnx.State, batch: Mapping[str, jax.Array]):
-        rest_now = reseed(rest, state.step)
-
+    def plain_gradients(params, frozen, rest_now, batch):
         def loss_fn(params):
             # fresh Variable objects for this trace level: dropout mutates its RNG count
             rest_here = jax.tree.map(lambda x: x, rest_now)
@@ -168,7 +170,26 @@ def train_step_fn(
             loss, metrics = objective(outputs, teacher, row_mask)
             return loss.astype(jnp.float32), metrics
 
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+    gradient_fn = plain_gradients
+    if micro_batch_size:
+        from jasper_jax.train import grad_cache  # imports this module
+
+        if forward is not text_forward:
+            raise ValueError("micro_batch_size (GradCache) is for the text stages' forward only")
+        gradient_fn = grad_cache.gradient_fn(
+            graphdef,
+            objective,
+            micro_batch_size=micro_batch_size,
+            batch_shards=batch_shards,
+            deterministic=deterministic,
+            activation_sharding=activation_sharding,
+        )
+
+    def step_fn(state: TrainState, frozen: nnx.State, rest: nnx.State, batch: Mapping[str, jax.Array]):
+        rest_now = reseed(rest, state.step)
+        (loss, metrics), grads = gradient_fn(state.params, frozen, rest_now, batch)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
