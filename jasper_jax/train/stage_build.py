@@ -249,8 +249,9 @@ def check_micro_batch_size(stage: StageSettings, mesh: jax.sharding.Mesh, packin
     if packing:
         raise TrainingError(f"stage {stage.number}: {field} (GradCache) does not work with data.packing yet; use one")
     divisor = batch_size_divisor(mesh)
-    if stage.is_image_stage:
-        raise TrainingError(f"stage {stage.number} trains on images: {field} (GradCache) is for text stages; use 0")
+    if stage.is_image_stage or stage.is_pair_stage:
+        kind = "images" if stage.is_image_stage else "pairs"
+        raise TrainingError(f"stage {stage.number} trains on {kind}: {field} (GradCache) is for text stages; use 0")
     if micro < 0 or stage.batch_size % micro:
         raise TrainingError(
             f"stage {stage.number}: {field}={micro} does not divide batch_size {stage.batch_size}; "

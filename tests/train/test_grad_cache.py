@@ -95,6 +95,7 @@ def assert_trees_close(a, b, relative_to_leaf=False):
         np.testing.assert_allclose(x, y, rtol=TOL, atol=TOL * scale)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("packing", [False])  # True: once data.packing exists (see global_batch)
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_gradients_equal_plain(stage, packing):
@@ -121,6 +122,7 @@ def optax_norm(tree):
     return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("packing", [False])  # True: once data.packing exists (see global_batch)
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_updated_params_equal_plain_step(stage, packing):
@@ -136,6 +138,7 @@ def test_updated_params_equal_plain_step(stage, packing):
         assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 def test_sharded_micro_batches_equal_plain_single_device():
     """On 8 fake devices (data 4 x fsdp 2, one row per device per micro-batch) against one device, plain."""
     plain, _, plain_metrics = run_steps("stage3_heads", 0, False)
@@ -167,3 +170,5 @@ def test_bad_micro_batch_size_is_refused(micro, match):
     assert "stages.stage3.micro_batch_size" in str(error.value)
     check_micro_batch_size(StageSettings(number=3, batch_size=32, micro_batch_size=16), mesh)  # fine
     check_micro_batch_size(StageSettings(number=3, batch_size=32, micro_batch_size=None), mesh)  # off
+    with pytest.raises(TrainingError, match="stages.stage3.micro_batch_size .GradCache. is for text stages"):
+        check_micro_batch_size(StageSettings(number=3, batch_size=32, micro_batch_size=16, pairs="x"), mesh)
