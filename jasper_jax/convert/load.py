@@ -178,9 +178,10 @@ def load_model_folder(
     rngs: nnx.Rngs | None = None,
     causal: bool | None = None,
     compute_dtype: str | None = None,
-    remat: bool | None = None,
+    remat: bool | str | None = None,
     vector_dropout: float | None = None,
     attention: str | None = None,
+    scan_layers: bool | None = None,
 ) -> LoadedModel:
     """Load a student and its encode settings from a local folder (see the module docstring)."""
     folder = Path(path)
@@ -228,6 +229,7 @@ def load_model_folder(
         compute_dtype=compute_dtype or student.get("compute_dtype", "float32"),
         remat=student.get("remat", False) if remat is None else remat,
         attention=attention or student.get("attention", "auto"),
+        scan_layers=student.get("scan_layers", False) if scan_layers is None else scan_layers,
         **(vision[0] if vision else {}),
     )
     model = JasperStudent(config, rngs=rngs or nnx.Rngs(0))
@@ -247,6 +249,6 @@ def load_model_folder(
 def load_model(path: str | Path, *, heads: dict[str, int] | None = None, rngs: nnx.Rngs | None = None, **overrides):
     """(JasperStudent, StudentConfig) from a HF folder (BERT/Qwen2), a sentence-transformers folder or our
     export; `heads` adds freshly initialised heads (name -> dim). `overrides`: causal, compute_dtype, remat,
-    vector_dropout, attention."""
+    vector_dropout, attention, scan_layers."""
     loaded = load_model_folder(path, heads=heads, rngs=rngs, **overrides)
     return loaded.model, loaded.config

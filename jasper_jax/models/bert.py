@@ -86,12 +86,14 @@ class BertEncoder(nnx.Module):
         config: BertConfig,
         *,
         dtype: str = "float32",
-        remat: bool = False,
+        remat: bool | str = False,
         attention: str = "auto",
+        scan_layers: bool = False,
         rngs: nnx.Rngs,
     ):
         self.config = config
         self.remat = remat
+        self.scan_layers = scan_layers
         self.word_embeddings = layers.Embedding(config.vocab_size, config.hidden_size, "vocab", dtype=dtype, rngs=rngs)
         self.position_embeddings = layers.Embedding(
             config.max_position_embeddings, config.hidden_size, "position", dtype=dtype, rngs=rngs
@@ -134,4 +136,4 @@ class BertEncoder(nnx.Module):
         x = words + self.position_embeddings(where) + self.token_type_embeddings(token_type_ids)
         x = self.embeddings_norm(x)
         packed = () if segment_ids is None else (segment_ids,)
-        return layers.run_layers(self.layers, x, attention_mask, *packed, remat=self.remat)
+        return layers.run_layers(self.layers, x, attention_mask, *packed, remat=self.remat, scan=self.scan_layers)

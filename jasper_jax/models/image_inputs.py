@@ -35,8 +35,9 @@ class ImageInputs(nnx.Module):
         marker_ids: tuple[int, int, int],
         *,
         dtype: str = "float32",
-        remat: bool = False,
+        remat: bool | str = False,
         attention: str = "auto",
+        scan_layers: bool = False,
         rngs: nnx.Rngs,
     ):
         if image_tokens <= 0:
@@ -48,7 +49,9 @@ class ImageInputs(nnx.Module):
         self.marker_ids = tuple(int(i) for i in marker_ids)
         self.dtype = layers.as_dtype(dtype)
         with layers.parameter_context():
-            self.tower = SiglipVisionEncoder(config, dtype=dtype, remat=remat, attention=attention, rngs=rngs)
+            self.tower = SiglipVisionEncoder(
+                config, dtype=dtype, remat=remat, attention=attention, scan_layers=scan_layers, rngs=rngs
+            )
             self.markers = layers.Embedding(3, lm_hidden, "markers", dtype=dtype, rngs=rngs)
 
     def rows(self, pixel_values: Array) -> Array:

@@ -23,6 +23,7 @@ from flax.core import meta as flax_meta
 from flax.core import spmd as flax_spmd
 
 from jasper_jax.models import attention as attention_lib
+from jasper_jax.models import remat as remat_lib
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -292,22 +293,63 @@ class GatedMLP(nnx.Module):
         return self.down(activation(self.act)(self.gate(x)) * self.up(x))
 
 
-def run_layers(layers: nnx.List, x: Array, *args, remat: bool = False) -> Array:
-    """Apply `layers` in order; with `remat`, each layer's activations are recomputed in the backward pass.
+def run_layers(layers: nnx.List, x: Array, *args, remat: bool | str = False, scan: bool = False) -> Array:
+    """Apply `layers` in order, optionally rematerialised (`remat`, a `jasper_jax.models.remat` policy) and
+    scanned (`scan`).
 
     Remat is `jax.checkpoint` over a pure function of the layer's state (split here, merged inside), not
     `nnx.remat`: the latter writes the state back into the layer's Variables afterwards, which fails
     ("Cannot mutate Param from a different trace level") for frozen layers, whose Variables the train step
-    builds outside the gradient trace (stage 2's frozen layers, stage 4's whole text encoder)."""
-    if not remat:
+    builds outside the gradient trace (stage 2's frozen layers, stage 4's whole text encoder).
+
+    `scan`: the layers' states are stacked along a new leading axis here, at trace time, and one
+    `jax.lax.scan` applies the layer body to each slice, so XLA compiles one layer instead of N. The
+    parameters themselves stay per layer (`encoder/layers/3/...`): checkpoints, the Hugging Face key maps
+    and the freezing regexes are unchanged. Consecutive layers are scanned together only when their states
+    have the same structure and the same kind of leaves; under a gradient the frozen layers (constants of
+    the trace) and the trained ones (differentiated) thus form separate scans, and the frozen group, as in
+    the unrolled loop, has no backward pass (stage 2: 25 frozen layers, then 3 trained ones). Layers with
+    non-parameter state (dropout RNGs) are refused: the encoder layers have none.
+    """
+    if not scan:
+        if remat_lib.normalize(remat) == "none":
+            for layer in layers:
+                x = layer(x, *args)
+            return x
         for layer in layers:
-            x = layer(x, *args)
+            graphdef, state = nnx.split(layer)
+            x = remat_lib.checkpointed(_apply_layer, remat, static_argnums=0)(graphdef, state, x, *args)
         return x
+    for graphdef, states in _scan_groups(layers):
+        stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
 
-    def apply(graphdef, state, hidden, *rest):
-        return nnx.merge(graphdef, state)(hidden, *rest)
+        def body(hidden, state, graphdef=graphdef):
+            return _apply_layer(graphdef, state, hidden, *args), None
 
-    for layer in layers:
-        graphdef, state = nnx.split(layer)
-        x = jax.checkpoint(apply, static_argnums=0)(graphdef, state, x, *args)
+        x, _ = jax.lax.scan(remat_lib.checkpointed(body, remat, prevent_cse=False), x, stacked)
     return x
+
+
+def _apply_layer(graphdef: nnx.GraphDef, state: nnx.State, hidden: Array, *rest) -> Array:
+    return nnx.merge(graphdef, state)(hidden, *rest)
+
+
+def _scan_groups(layers: Sequence[nnx.Module]) -> list[tuple[nnx.GraphDef, list[nnx.State]]]:
+    """Consecutive layers with the same graphdef, state structure and leaf kinds: `(graphdef, states)`."""
+    groups: list[tuple[nnx.GraphDef, list[nnx.State]]] = []
+    signature = None
+    for layer in layers:
+        graphdef, state, others = nnx.split(layer, nnx.Param, ...)
+        if jax.tree.leaves(others):
+            raise ValueError(
+                "scan_layers: the encoder layers carry non-parameter state (e.g. dropout RNGs); "
+                "this is not supported, set model.scan_layers=false"
+            )
+        leaves, treedef = jax.tree.flatten(state)
+        current = (graphdef, treedef, tuple(type(leaf) for leaf in leaves))
+        if groups and current == signature:
+            groups[-1][1].append(state)
+        else:
+            groups.append((graphdef, [state]))
+            signature = current
+    return groups

@@ -116,12 +116,14 @@ class Qwen2Encoder(nnx.Module):
         config: Qwen2Config,
         *,
         dtype: str = "float32",
-        remat: bool = False,
+        remat: bool | str = False,
         attention: str = "auto",
+        scan_layers: bool = False,
         rngs: nnx.Rngs,
     ):
         self.config = config
         self.remat = remat
+        self.scan_layers = scan_layers
         self.embed = layers.Embedding(config.vocab_size, config.hidden_size, "vocab", dtype=dtype, rngs=rngs)
         self.layers = nnx.List(
             [Qwen2Layer(config, dtype=dtype, attention=attention, rngs=rngs) for _ in range(config.num_hidden_layers)]
@@ -148,5 +150,7 @@ class Qwen2Encoder(nnx.Module):
             positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.embed.dtype)
         packed = () if segment_ids is None else (segment_ids,)
-        x = layers.run_layers(self.layers, x, attention_mask, positions, *packed, remat=self.remat)
+        x = layers.run_layers(
+            self.layers, x, attention_mask, positions, *packed, remat=self.remat, scan=self.scan_layers
+        )
         return self.final_norm(x)

@@ -130,12 +130,14 @@ class SiglipVisionEncoder(nnx.Module):
         config: SiglipVisionConfig,
         *,
         dtype: str = "float32",
-        remat: bool = False,
+        remat: bool | str = False,
         attention: str = "auto",
+        scan_layers: bool = False,
         rngs: nnx.Rngs,
     ):
         self.config = config
         self.remat = remat
+        self.scan_layers = scan_layers
         self.dtype = layers.as_dtype(dtype)
         with layers.parameter_context():
             patch, channels, hidden = config.patch_size, config.num_channels, config.hidden_size
@@ -172,5 +174,7 @@ class SiglipVisionEncoder(nnx.Module):
         pixels = pixel_values[:, :usable, :usable].reshape(batch, grid, patch, grid, patch, channels)
         x = self.patch_embedding(pixels).reshape(batch, grid * grid, config.hidden_size)
         x = x + self.position_embedding(jnp.arange(config.num_patches))[None]
-        x = layers.run_layers(self.layers, x, None, remat=self.remat)  # every patch attends to every patch
+        x = layers.run_layers(
+            self.layers, x, None, remat=self.remat, scan=self.scan_layers
+        )  # every patch attends to every patch
         return self.post_norm(x)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jasper_jax.models import layers
+from jasper_jax.models import remat as remat_lib
 from jasper_jax.models.attention import check_implementation as check_attention
 from jasper_jax.models.bert import BertConfig, BertEncoder
 from jasper_jax.models.image_inputs import ImageInputs
@@ -40,10 +41,13 @@ class StudentConfig:
     heads: dict[str, int] = dataclasses.field(default_factory=dict)
     vector_dropout: float = 0.0
     compute_dtype: str = "float32"
-    remat: bool = False
+    # rematerialisation policy of the encoder layers (jasper_jax.models.remat; true/false read as full/none)
+    remat: str = "none"
     # attention implementation of every encoder layer, text and vision (jasper_jax.models.attention);
     # configs saved before the field existed load with the default
     attention: str = "auto"
+    # the encoder layers under one jax.lax.scan (one compiled layer; parameters stay per layer)
+    scan_layers: bool = False
     # images (stage 4): a SigLIP tower, n pooled rows per image, the (start, token, end) marker token ids
     vision: SiglipVisionConfig | None = None
     image_tokens: int = 0
@@ -64,6 +68,8 @@ class StudentConfig:
         if self.compute_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"compute_dtype={self.compute_dtype!r}; choose 'float32' or 'bfloat16'")
         check_attention(self.attention, self.compute_dtype)
+        self.remat = remat_lib.normalize(self.remat)
+        self.scan_layers = bool(self.scan_layers)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (the encoder as its Hugging Face config dict)."""
@@ -99,7 +105,12 @@ class JasperStudent(nnx.Module):
                 raise ValueError(f"unsupported encoder model_type {family!r}; supported: {sorted(ENCODER_FAMILIES)}")
             encoder_class = ENCODER_FAMILIES[family][1]
             self.encoder = encoder_class(
-                config.encoder, dtype=config.compute_dtype, remat=config.remat, attention=config.attention, rngs=rngs
+                config.encoder,
+                dtype=config.compute_dtype,
+                remat=config.remat,
+                attention=config.attention,
+                scan_layers=config.scan_layers,
+                rngs=rngs,
             )
             hidden = config.encoder.hidden_size
             self.heads = nnx.Dict(
@@ -120,6 +131,7 @@ class JasperStudent(nnx.Module):
                         dtype=config.compute_dtype,
                         remat=config.remat,
                         attention=config.attention,
+                        scan_layers=config.scan_layers,
                         rngs=rngs,
                     )
                 )

@@ -4,6 +4,9 @@ Lowers and compiles one stage's train step at full scale from abstract shapes on
 created, no data is read) on N fake CPU devices with the config's mesh and sharding rules, then prints the
 per-device memory of the compiled program (`compiled.memory_analysis()`) and checks it against a budget
 (default 80 GB, an H100/A100-80GB). This is how the paper-scale sharding is verified without the hardware.
+`--remat all` compiles once per remat policy and ends with a table of peak memory and compile time (the
+exit code is 0 when at least one fits). The persistent compilation cache (`compilation_cache_dir`) is on
+as in training: a second compile-check of the same step loads it from disk.
 """
 
 from __future__ import annotations
@@ -27,6 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--length", type=int, default=0, help="sequence length (default: data.max_length)")
     parser.add_argument("--budget-gb", type=float, default=80.0, help="per-device memory budget in GB (default 80)")
     parser.add_argument("--platform", default="cpu", help="compile for this platform (default cpu: fake devices)")
+    parser.add_argument(
+        "--remat",
+        default="",
+        help="remat policy to compile with (default: the config's), or 'all': one compile per policy, "
+        "then a table of memory and compile time",
+    )
     from jasper_jax.train.cli import _accept_config_overrides
 
     _accept_config_overrides(parser)
@@ -94,6 +103,7 @@ def compile_stage_step(config, stage_number: int, *, batch_size: int = 0, length
         "trainable_parameters": count(step.trainable),
         "compute_dtype": built.config.compute_dtype,
         "remat": built.config.remat,
+        "scan_layers": built.config.scan_layers,
         "attention": built.config.attention,
         "lower_seconds": lowered_at - started,
         "compile_seconds": finished - lowered_at,
@@ -125,31 +135,71 @@ def memory_report(compiled) -> dict[str, int]:
     return report
 
 
-def run(args: argparse.Namespace) -> int:
-    from jasper_jax.train.config_base import load_config
-
-    config = load_config(args.config, getattr(args, "config_overrides", []))
-    _prepare_devices(args.devices, args.platform)
-    config.model.source = "random"  # shapes only: nothing is loaded
-    print(
-        f"compile-check: {args.config} stage {args.stage} on {args.devices} fake {args.platform} devices ...",
-        flush=True,
-    )
-    compiled, summary = compile_stage_step(config, args.stage, batch_size=args.batch_size, length=args.length)
-    report = memory_report(compiled)
+def _print_compiled(summary: dict, report: dict[str, int], budget_gb: float) -> bool:
+    """Print one compile's summary and memory; whether its peak fits the budget."""
     for key, value in summary.items():
         print(f"  {key:>22}: {value:.1f}" if isinstance(value, float) else f"  {key:>22}: {value}")
     print("  per-device memory of the compiled step:")
     for key, value in report.items():
         print(f"  {key:>30}: {value / GIB:8.2f} GiB")
     peak_gb = report["peak_estimate_bytes"] / 1e9
-    fits = peak_gb <= args.budget_gb
+    fits = peak_gb <= budget_gb
     print(
-        f"  {'peak estimate':>30}: {peak_gb:.2f} GB {'<=' if fits else '>'} budget {args.budget_gb:g} GB: "
+        f"  {'peak estimate':>30}: {peak_gb:.2f} GB {'<=' if fits else '>'} budget {budget_gb:g} GB: "
         f"{'fits' if fits else 'DOES NOT FIT'}",
         flush=True,
     )
-    return 0 if fits else 1
+    return fits
+
+
+def _policies(choice: str, platform: str) -> list[str]:
+    from jasper_jax.models import remat as remat_lib
+
+    if choice != "all":
+        return [remat_lib.normalize(choice)]
+    policies = []
+    for policy in remat_lib.POLICIES:
+        try:
+            remat_lib.check_platform(policy, platform)
+        except ValueError as error:
+            print(f"  remat {policy}: skipped ({error})", flush=True)
+            continue
+        policies.append(policy)
+    return policies
+
+
+def run(args: argparse.Namespace) -> int:
+    from jasper_jax.train import compile_cache
+    from jasper_jax.train.config_base import load_config
+
+    config = load_config(args.config, getattr(args, "config_overrides", []))
+    _prepare_devices(args.devices, args.platform)
+    folder = compile_cache.enable(config.get("compilation_cache_dir", compile_cache.AUTO))
+    config.model.source = "random"  # shapes only: nothing is loaded
+    print(
+        f"compile-check: {args.config} stage {args.stage} on {args.devices} fake {args.platform} devices "
+        f"(compilation cache: {folder or 'off'}) ...",
+        flush=True,
+    )
+    policies = _policies(args.remat, args.platform) if args.remat else [None]
+    results = []
+    for policy in policies:
+        if policy is not None:
+            config.model.remat = policy
+            print(f"compile-check: remat {policy}", flush=True)
+        compiled, summary = compile_stage_step(config, args.stage, batch_size=args.batch_size, length=args.length)
+        report = memory_report(compiled)
+        del compiled
+        results.append((summary, report, _print_compiled(summary, report, args.budget_gb)))
+    if len(results) > 1:
+        print("  remat policy                     peak GB  compile s  fits", flush=True)
+        for summary, report, fits in results:
+            print(
+                f"  {summary['remat']:<32} {report['peak_estimate_bytes'] / 1e9:7.2f}  "
+                f"{summary['compile_seconds']:9.1f}  {'yes' if fits else 'NO'}",
+                flush=True,
+            )
+    return 0 if any(fits for _, _, fits in results) else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -42,6 +42,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.activation_sharding = True  # pin encoder-layer inputs to batch sharding (see step.py)
     config.distributed = settings.defaults(settings.DistributedSettings)
     config.model = settings.defaults(settings.ModelSettings)
+    for name in ("remat", "scan_layers"):  # names, or booleans as configs wrote them before (true: full / on)
+        config.model[name] = config_dict.FieldReference(config.model[name], field_type=object)
     config.data = settings.defaults(settings.DataSettings)
     config.data.shuffle_seed = config_dict.placeholder(int)  # None, typed for --config overrides
     config.data.teachers = config_dict.placeholder(tuple)
@@ -53,6 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.max_consecutive_nonfinite = 10
     config.progress = True
     config.debug = dict(nonfinite_steps=())
+    config.compilation_cache_dir = "auto"  # the persistent XLA cache (train/compile_cache.py); "" disables
     config.stages = ml_collections.ConfigDict()
     return config
 

@@ -33,7 +33,7 @@ from flax import nnx
 from jasper_jax.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_NONFINITE, EXIT_OK  # noqa: F401 (re-exported)
 from jasper_jax.models.params import fill_state, state_to_tree, tree_paths
 from jasper_jax.train import checkpoint as checkpoint_lib
-from jasper_jax.train import distributed, run_settings
+from jasper_jax.train import compile_cache, distributed, run_settings
 from jasper_jax.train import step as step_lib
 from jasper_jax.train.mesh import make_mesh
 from jasper_jax.train.settings import RunSettings, StageSettings, TrainingError, settings_from_config
@@ -549,6 +549,7 @@ def train(config: ml_collections.ConfigDict | RunSettings, stages: list[int] | N
     numbers = stages or sorted(run.stages)
     for number in numbers:
         run.stage(number)  # an unknown stage is refused before anything runs
+    compile_cache.enable(run.compilation_cache_dir)
     distributed.initialize(
         run.distributed.coordinator_address or None,
         run.distributed.num_processes or None,

@@ -35,6 +35,10 @@ class DistributedSettings:
     process_id: int = -1
 
 
+SCAN_LAYERS_NAMES = {"auto": "auto", "true": "true", "1": "true", "yes": "true", "false": "false", "0": "false"}
+SCAN_LAYERS_NAMES["no"] = "false"
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSettings:
     """The student: `source` "random" (from `family` + `encoder`), an alias such as "minilm", or a folder."""
@@ -44,9 +48,30 @@ class ModelSettings:
     encoder: dict[str, Any] = dataclasses.field(default_factory=dict)
     pooling: str = "mean"
     compute_dtype: str = "float32"
-    remat: bool = False
+    # jasper_jax.models.remat: none, full, dots_saveable, dots_with_no_batch_dims_saveable, offload (GPU/TPU);
+    # true/false (configs from before the policies) read as full/none
+    remat: str = "none"
     vector_dropout: float = 0.0
     attention: str = "auto"  # jasper_jax.models.attention: auto, xla, cudnn, splash, einsum
+    # the encoder layers under one jax.lax.scan: auto (on for GPU/TPU, off on CPU), true, false
+    scan_layers: str = "auto"
+
+    def __post_init__(self):
+        from jasper_jax.models import remat as remat_lib
+
+        try:
+            object.__setattr__(self, "remat", remat_lib.normalize(self.remat))
+        except ValueError as error:
+            raise TrainingError(f"config field model.{error}") from None
+        scan = SCAN_LAYERS_NAMES.get(str(self.scan_layers).strip().lower())
+        if scan is None:
+            raise TrainingError(f"config field model.scan_layers={self.scan_layers!r}: choose auto, true or false")
+        object.__setattr__(self, "scan_layers", scan)
+
+    def scan_layers_on(self, platform: str) -> bool:
+        """Whether the layers are scanned on `platform` ("auto": on GPU/TPU, where compile time dominates;
+        off on CPU, where today's unrolled loop is the reference and compiles are small)."""
+        return self.scan_layers == "true" or (self.scan_layers == "auto" and platform.lower() != "cpu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,6 +224,8 @@ class RunSettings:
     debug_nonfinite_steps: tuple[int, ...]
     stages: dict[int, StageSettings]
     hardware: HardwareSettings = HardwareSettings()
+    # persistent XLA compilation cache: "auto" (the user cache folder), a folder, "" off (compile_cache.py)
+    compilation_cache_dir: str = "auto"
     config_json: dict[str, Any] = dataclasses.field(repr=False, compare=False, default_factory=dict)
 
     def stage(self, number: int) -> StageSettings:

@@ -74,12 +74,21 @@ def model_source_path(run: RunSettings) -> str | None:
 
 
 def _training_options(run: RunSettings) -> dict[str, Any]:
+    """The StudentConfig fields the run's `model` block sets; remat and scan_layers for this platform."""
+    from jasper_jax.models import remat as remat_lib
+
     model = run.model
+    platform = jax.default_backend()
+    try:
+        remat_lib.check_platform(model.remat, platform)
+    except ValueError as error:
+        raise TrainingError(f"config field model.{error}") from None
     return dict(
         compute_dtype=model.compute_dtype,
         remat=model.remat,
         vector_dropout=model.vector_dropout,
         attention=model.attention,
+        scan_layers=model.scan_layers_on(platform),
     )
 
 

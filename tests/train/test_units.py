@@ -11,6 +11,7 @@ from jasper_jax.train import distributed
 from jasper_jax.train.cli import add_arguments, parse_stages
 from jasper_jax.train.config_base import apply_override, load_config
 from jasper_jax.train.mesh import make_mesh, mesh_shape
+from jasper_jax.train.settings import settings_from_config
 from jasper_jax.train.sharding import DEFAULT_RULES, logical_to_spec, rules_from_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -67,17 +68,24 @@ def test_config_overrides_are_typed():
             "stages.stage3.lr=1e-5",
             "mesh.fsdp=4",
             "model.remat=false",
+            "activation_sharding=false",
             "stages.stage1.trainable=('a/.*', 'b/.*')",
             "data.shuffle_seed=7",
         ],
     )
-    assert config.stages.stage3.lr == 1e-5 and config.mesh.fsdp == 4 and config.model.remat is False
+    assert config.stages.stage3.lr == 1e-5 and config.mesh.fsdp == 4 and config.activation_sharding is False
     assert config.stages.stage1.trainable == ("a/.*", "b/.*") and config.data.shuffle_seed == 7
     assert config.stages.stage4.vision.image_tokens == 300
     with pytest.raises(KeyError, match="no field 'lrr'"):
         apply_override(config, "stages.stage3.lrr=1")
     with pytest.raises(ValueError, match="true/false"):
-        apply_override(config, "model.remat=maybe")
+        apply_override(config, "activation_sharding=maybe")
+    # model.remat takes a policy name; the booleans of configs from before the policies still read
+    assert settings_from_config(config).model.remat == "none"
+    config.model.remat = True  # as a config file from before the policies sets it
+    assert settings_from_config(config).model.remat == "full"
+    apply_override(config, "model.scan_layers=false")
+    assert settings_from_config(config).model.scan_layers_on("gpu") is False
 
 
 def test_cli_collects_config_overrides_anywhere():
