@@ -27,6 +27,9 @@ GLOBAL_SETTINGS = (
     "data.teacher_transforms",
     "data.generate",
 )
+# how the step is computed, not what: scanned or unrolled layers and the remat policy give the same
+# gradients (to float rounding, tests/models/test_scan_remat.py), so a rerun may change them and resume
+COMPUTATION_SETTINGS = ("model.scan_layers", "model.remat")
 
 
 def _plain(value: Any) -> Any:
@@ -78,6 +81,8 @@ def trajectory_settings(config: dict[str, Any], number: int) -> dict[str, Any]:
         objective = {**(_lookup(config, "objective") or {}), **(block.pop("objective", None) or {})}
         settings.update(_fields(block, f"stages.stage{earlier}"))
         settings.update(_fields(objective, f"stages.stage{earlier}.objective"))
+    for key in COMPUTATION_SETTINGS:
+        settings.pop(key, None)
     return settings
 
 

@@ -36,6 +36,7 @@ def test_where_and_how_it_shows_are_not_changes():
     saved, now = config_dict(), config_dict()
     now.update(workdir="/elsewhere", progress=False)
     now["data"].update(store="/elsewhere/teachers", worker_threads=8)
+    now["model"].update(scan_layers="true", remat="full")  # how the step is computed, not what
     assert run_settings.differences(saved, now, 3) == []
 
 
