@@ -37,7 +37,7 @@ def get_config():
     config.model.encoder = dict(vocab_size=151646)
     config.model.compute_dtype = "bfloat16"
     config.model.remat = "full"  # compile-check --remat all: memory of each policy at 16 rows per device
-    config.model.scan_layers = True  # one compiled layer (compile-check: 17 s instead of 177 s, see RESULTS)
+    config.model.scan_layers = True  # one compiled layer; compile-check peak 9.4 GB vs 58.7 unrolled (RESULTS)
     config.model.vector_dropout = 0.2  # used in training, removed in the released model
     config.data.store = "data/jasper_teachers"
     config.data.max_length = 512
