@@ -6,7 +6,7 @@ budget are reported as skipped). It builds the stage the way `jasper-jax train` 
 3: the 1.5B Qwen2 student, heads fc1 12288 + fc2/fc3/fc4, bf16 compute, remat, vector dropout, AdamW, the
 three losses), with random weights and SYNTHETIC batches built here (not the Grain pipeline): random token
 ids with the paper's length mix (30% chunks of 1-10 sentences of ~25 tokens, 70% documents cut at
-max_length), padded to the batch's power-of-two bucket as the pipeline pads.
+max_length), padded to the batch's power-of-two bucket as the pipeline pads, or packed by its packer.
 
 Variants (each a config switch; one that this checkout lacks is reported "skipped: <the config error>"):
 - `padded`: today's path, `model.attention=einsum`, padded batches;
@@ -69,7 +69,8 @@ def paper_stage3_values(small: bool) -> dict:
             family="qwen2",
             encoder=encoder,
             compute_dtype="bfloat16",
-            remat=True,
+            remat="full",
+            scan_layers="true",
             vector_dropout=0.2,
         ),
         "data": dict(max_length=max_length, prompt=""),
@@ -126,16 +127,20 @@ def bucket(length: int, max_length: int) -> int:
     return min(max(16, 1 << max(0, length - 1).bit_length()), max_length)
 
 
-def padded_batch(rng, rows: int, max_length: int, vocab: int, teacher_dim: int, small: bool) -> dict:
+def synthetic_batch(rng, rows: int, max_length: int, vocab: int, teacher_dim: int, small: bool, packed: bool):
+    """`(batch, lengths)`: random token ids with the paper's length mix, padded to the batch's bucket as the
+    pipeline pads, or (`packed`) laid into rows of max_length by the pipeline's own packer (`data.packing`)."""
     lengths = paper_lengths(rng, rows, max_length, small)
+    vectors = {"teacher": rng.normal(size=(rows, teacher_dim)).astype(np.float32), "row_mask": np.ones(rows, bool)}
+    if packed:
+        from jasper_jax.data.packing import pack_batch
+
+        ids = [rng.integers(1, vocab, size=int(n)).tolist() for n in lengths]
+        return {**pack_batch(ids, max_length, pad_id=0), **vectors}, lengths
     width = bucket(int(lengths.max()), max_length)
     mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int32)
-    return {
-        "input_ids": (rng.integers(1, vocab, size=(rows, width)) * mask).astype(np.int32),
-        "attention_mask": mask,
-        "teacher": rng.normal(size=(rows, teacher_dim)).astype(np.float32),
-        "row_mask": np.ones(rows, bool),
-    }
+    ids = (rng.integers(1, vocab, size=(rows, width)) * mask).astype(np.int32)
+    return {"input_ids": ids, "attention_mask": mask, **vectors}, lengths
 
 
 # ------------------------------------------------------------------------------------------- measuring
@@ -174,14 +179,16 @@ def measure_stage(run, steps: int, peak_tflops: float | None, rng, small: bool) 
     )
     encoder = built.config.encoder
     teacher_dim = stage.heads[stage.objective.full_head]
-    batches = [
-        padded_batch(rng, stage.batch_size, run.data.max_length, encoder.vocab_size, teacher_dim, small)
+    made = [
+        synthetic_batch(
+            rng, stage.batch_size, run.data.max_length, encoder.vocab_size, teacher_dim, small, run.data.packing
+        )
         for _ in range(3)
     ]
+    batches, text_lengths = [batch for batch, _ in made], [lengths.astype(np.float64) for _, lengths in made]
     flop_model = flops_lib.step_flop_model(built.config, flops_lib.trainable_paths(step.trainable))
 
-    def step_flops(batch):
-        lengths = batch["attention_mask"].sum(axis=1).astype(np.float64)
+    def step_flops(lengths):  # per text: a packed row's attention stays inside each of its texts
         return flop_model.total(lengths.sum(), np.square(lengths).sum(), len(lengths))
 
     placed = [step_lib.place(b, shardings.batch) for b in batches]
@@ -192,10 +199,10 @@ def measure_stage(run, steps: int, peak_tflops: float | None, rng, small: bool) 
     tokens = flops = 0.0
     began = time.perf_counter()
     for i in range(steps):  # dispatched back to back, as the trainer does
-        batch = batches[(i + 1) % len(batches)]
-        state, metrics = step.step_fn(state, frozen, rest, placed[(i + 1) % len(placed)])
-        tokens += float(batch["attention_mask"].sum())
-        flops += step_flops(batch)
+        which = (i + 1) % len(batches)
+        state, metrics = step.step_fn(state, frozen, rest, placed[which])
+        tokens += float(text_lengths[which].sum())
+        flops += step_flops(text_lengths[which])
     metrics = jax.device_get(metrics)
     seconds = (time.perf_counter() - began) / steps
     device = jax.devices()[0]
@@ -256,16 +263,6 @@ def variant_overrides(name: str, platform: str, micro_batch: int, gradcache_batc
     }[name]
 
 
-def packing_supported(run) -> str | None:
-    """None when this script can build packed batches for `run`; otherwise why not (the variant is skipped)."""
-    if getattr(run.data, "packing", False):
-        return (
-            "data.packing exists in this checkout, but benchmarks/gpu_step.py does not build packed batches yet "
-            "(wire the packer into padded_batch)"
-        )
-    return None
-
-
 def run_variants(args) -> dict:
     import jax
 
@@ -293,10 +290,6 @@ def run_variants(args) -> dict:
             else:
                 overrides, note = variant_overrides(name, platform, args.micro_batch, args.gradcache_batch)
                 run = run_settings(values, overrides)
-                reason = packing_supported(run) if "packing" in name else None
-                if reason:
-                    results[name] = {"skipped": reason}
-                    continue
                 steps = max(1, args.steps // 4) if name == "gradcache" else args.steps
                 results[name] = {**measure_stage(run, steps, peak, rng, args.small), **({"note": note} if note else {})}
         except TrainingError as error:

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jasper_jax.train import step as step_lib
+from jasper_jax.train import step_parts
 
 ENCODER_INPUTS = ("input_ids", "attention_mask")
 
@@ -67,7 +67,7 @@ def trains_encoder(params: nnx.State) -> bool:
 
 def gradient_fn(
     graphdef: nnx.GraphDef,
-    objective: step_lib.Objective,
+    objective: step_parts.Objective,
     *,
     micro_batch_size: int,
     batch_shards: int = 1,
@@ -89,7 +89,7 @@ def gradient_fn(
         # fresh Variable objects for this trace level: dropout mutates its RNG count
         model = nnx.merge(graphdef, params, frozen, jax.tree.map(lambda x: x, rest))
         if activation_sharding is not None:
-            step_lib.constrain_layer_inputs(model, activation_sharding)
+            step_parts.constrain_layer_inputs(model, activation_sharding)
         return model
 
     def gradients(params: nnx.State, frozen: nnx.State, rest: nnx.State, batch: Mapping[str, jax.Array]):
@@ -98,7 +98,7 @@ def gradient_fn(
         indices = jnp.arange(count, dtype=jnp.int32)
 
         def encode(p, micro, index):
-            model = model_for(p, frozen, step_lib.reseed(rest, index))
+            model = model_for(p, frozen, step_parts.reseed(rest, index))
             return model.pooled(micro["input_ids"], micro["attention_mask"]).astype(jnp.float32)
 
         # pass 1: every vector, one micro-batch at a time, nothing kept for a backward pass

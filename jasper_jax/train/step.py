@@ -29,9 +29,10 @@ from jax.sharding import Mesh, NamedSharding
 from jasper_jax.losses import ObjectiveConfig, distillation_objective
 from jasper_jax.models.packed import FIELDS as PACKED_FIELDS
 from jasper_jax.models.packed import PackedLayout
+from jasper_jax.train import grad_cache
 from jasper_jax.train import sharding as sharding_lib
+from jasper_jax.train.step_parts import Objective, constrain_layer_inputs, reseed
 
-Objective = Callable[[Mapping[str, jax.Array], jax.Array, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
 BATCH_KEYS = ("input_ids", "attention_mask", "teacher", "row_mask")
 PACKED_BATCH_KEYS = BATCH_KEYS + PACKED_FIELDS  # data.packing: rows (R, L) + where each text went (B,)
 # `forward(model, batch, deterministic) -> (student outputs, teacher)`: what the objective compares
@@ -81,19 +82,6 @@ def text_lengths(batch: Mapping[str, jax.Array]) -> list[jax.Array]:
     ]
 
 
-def reseed(rest: nnx.State, step: jax.Array) -> nnx.State:
-    """Every RNG key in `rest` folded with the step number; counts reset (dropout reproducible per step)."""
-
-    def fold(variable: Any) -> Any:
-        if isinstance(variable, nnx.RngKey):
-            return variable.replace(jax.random.fold_in(variable[...], step))
-        if isinstance(variable, nnx.RngCount):
-            return variable.replace(jnp.zeros_like(variable[...]))
-        return variable
-
-    return jax.tree.map(fold, rest, is_leaf=lambda x: isinstance(x, nnx.Variable))
-
-
 def text_objective(config: ObjectiveConfig) -> Objective:
     """The stage objective `(head_outputs, teacher, row_mask) -> (loss, metrics)` of `jasper_jax.losses`."""
 
@@ -101,30 +89,6 @@ def text_objective(config: ObjectiveConfig) -> Objective:
         return distillation_objective(head_outputs, teacher, row_mask, config=config)
 
     return objective
-
-
-class _BatchShardedLayer(nnx.Module):
-    """Wraps an encoder layer: its input is constrained to be sharded over the batch axes."""
-
-    def __init__(self, layer: nnx.Module, sharding: NamedSharding):
-        self.layer = layer
-        self.sharding = sharding
-
-    def __call__(self, hidden, *args, **kwargs):
-        return self.layer(jax.lax.with_sharding_constraint(hidden, self.sharding), *args, **kwargs)
-
-
-def constrain_layer_inputs(model: nnx.Module, sharding: NamedSharding) -> None:
-    """Pin every encoder layer's input (B, L, hidden) to batch sharding (the documented `encoder.layers`).
-
-    Without it XLA's sharding propagation follows the FSDP-sharded embedding table (its hidden dimension
-    is split over `fsdp`) and keeps the activations of the GLOBAL batch on every device: at paper scale
-    (stage 3, batch 128 x 512, 8 devices) 135 GiB per device instead of 55 GiB (see compile-check).
-    """
-    layers = getattr(getattr(model, "encoder", None), "layers", None)
-    if layers is None:
-        return
-    model.encoder.layers = nnx.List([_BatchShardedLayer(layer, sharding) for layer in layers])
 
 
 def train_step_fn(
@@ -174,8 +138,6 @@ def train_step_fn(
 
     gradient_fn = plain_gradients
     if micro_batch_size:
-        from jasper_jax.train import grad_cache  # imports this module
-
         if forward is not text_forward:
             raise ValueError("micro_batch_size (GradCache) is for the text stages' forward only")
         gradient_fn = grad_cache.gradient_fn(
