@@ -30,7 +30,6 @@ def reseed(rest: nnx.State, step: jax.Array) -> nnx.State:
     return jax.tree.map(fold, rest, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-
 class _BatchShardedLayer(nnx.Module):
     """Wraps an encoder layer: its input is constrained to be sharded over the batch axes."""
 
