@@ -20,7 +20,7 @@ class Block(importlib.abc.MetaPathFinder):
         if name.split(".")[0] in ("grain", "ml_collections"):
             raise ImportError(f"{name} is not on the GPU image")
 sys.meta_path.insert(0, Block())
-sys.argv = ["gpu_step.py", "--small"]
+sys.argv = ["gpu_step.py", "--small", "--budget-seconds", "3600"]  # no variant cut on a loaded machine
 runpy.run_path(%r, run_name="__main__")
 """
 
