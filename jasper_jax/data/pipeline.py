@@ -205,6 +205,7 @@ def make_train_iterator(
     worker_processes: int = 0,
     with_row_index: bool = False,
     packing: bool = False,
+    start_row: int = 0,
 ) -> TrainBatchIterator:
     """The training iterator over `store` (see the module docstring for what it yields and how to save it).
 
@@ -218,6 +219,9 @@ def make_train_iterator(
     `with_row_index`: also yield the store row of each local row (numpy mode only; for tests/debugging).
     `packing`: pack the texts into rows of max_length (see the module docstring); the data order is the
     same as without, so a saved state resumes with packing switched either way.
+    `start_row`: the first batch starts at this position of the row stream (the store's order or the
+    shuffle, epoch after epoch): a stage that continues where the previous one stopped reading
+    (`stage.data_start`); a saved state counts batches from there.
     """
     if not isinstance(store, TeacherStore):
         store = TeacherStore(store, teachers, teacher_transforms)
@@ -250,7 +254,12 @@ def make_train_iterator(
     dataset = grain.MapDataset.range(len(store))
     if shuffle_seed is not None:
         dataset = dataset.shuffle(seed=int(shuffle_seed))
-    dataset = dataset.repeat(num_epochs).batch(global_batch_size, drop_remainder=False)
+    dataset = dataset.repeat(num_epochs)
+    if start_row < 0:
+        raise ValueError(f"start_row={start_row} must be >= 0")
+    if start_row:
+        dataset = dataset[start_row:]
+    dataset = dataset.batch(global_batch_size, drop_remainder=False)
     loader = GlobalBatchLoader(
         store,
         tokenizer,
@@ -280,6 +289,8 @@ def make_train_iterator(
         "max_length": tokenizer.max_length,
         "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest()[:16],
     }
+    if start_row:  # only then: states saved before start_row existed still resume
+        fingerprint["start_row"] = int(start_row)
     if store.transforms:  # only then: states saved before transforms existed still resume
         fingerprint["teacher_transforms"] = store.transform_settings
     return TrainBatchIterator(

@@ -28,6 +28,8 @@ def stage(**values) -> ml_collections.ConfigDict:
             "objective": {},
         }
     )
+    # "beginning" / "continue" or a row number: one field of either type
+    block.data_start = config_dict.FieldReference(block.data_start, field_type=object)
     block.update(values)
     return block
 

@@ -156,6 +156,24 @@ class ImagesSettings:
     generate: dict[str, Any] = dataclasses.field(default_factory=lambda: {"enabled": False})
 
 
+DATA_START_NAMES = ("beginning", "continue")
+
+
+def normalize_data_start(value: Any, number: int) -> str | int:
+    """`stage.data_start` as "beginning", "continue" or a row number >= 0 (digit strings from an override
+    become ints); anything else is a TrainingError naming the field."""
+    if isinstance(value, str) and value.strip().lower() in DATA_START_NAMES:
+        return value.strip().lower()
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise TrainingError(
+        f"config field stages.stage{number}.data_start={value!r}: use 'beginning' (row 0), 'continue' (where "
+        "the previous stage stopped reading) or a row number >= 0"
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class StageSettings:
     """One stage (PAPER.md 3.1): what trains, the model's heads, how new heads start, the schedule.
@@ -166,7 +184,9 @@ class StageSettings:
     configured stage's final checkpoint) or "model" (`model.source`); `micro_batch_size`: if set, the
     step computes the exact global-batch gradient in micro-batches of that many rows (GradCache);
     `objective`: the global objective updated by the stage's own fields. An image stage (stage 4) has
-    `vision` and `images`.
+    `vision` and `images`. `data_start` (teacher-store stages): where in the row stream the stage starts
+    reading, "beginning" (row 0), "continue" (the row after the last one the previous configured stage
+    read) or a row number (`stage_build.stage_start_row`).
     """
 
     number: int
@@ -185,6 +205,10 @@ class StageSettings:
     pairs_query_prompt: str = ""  # the student's prompt for the queries of a pair stage
     vision: VisionSettings | None = None
     images: ImagesSettings | None = None
+    data_start: Any = "beginning"  # "beginning" | "continue" | a row number (str digits from --config)
+
+    def __post_init__(self):
+        object.__setattr__(self, "data_start", normalize_data_start(self.data_start, self.number))
 
     @property
     def is_image_stage(self) -> bool:
@@ -336,7 +360,7 @@ def settings_from_config(config) -> RunSettings:
     if unknown:
         raise TrainingError(f"the config has unknown top-level field(s) {unknown}; known: {sorted(known)}")
     debug = dict(_plain(config.get("debug", {})) or {})
-    return build(
+    run = build(
         RunSettings,
         values,
         "config",
@@ -344,3 +368,24 @@ def settings_from_config(config) -> RunSettings:
         debug_nonfinite_steps=tuple(int(step) for step in debug.get("nonfinite_steps", ())),
         config_json=json.loads(config.to_json_best_effort()),
     )
+    check_data_starts(run.stages)
+    return run
+
+
+def check_data_starts(stages: Mapping[int, StageSettings]) -> None:
+    """Refuse, before anything trains, a `data_start` the stages cannot honour: "continue" without an
+    earlier teacher-store stage, or anything but "beginning" on a stage that does not read the store."""
+    for number, stage in sorted(stages.items()):
+        field = f"config field stages.stage{number}.data_start={stage.data_start!r}"
+        if stage.data_start == "beginning":
+            continue
+        if stage.is_image_stage or stage.is_pair_stage:
+            raise TrainingError(f"{field}: stage {number} does not read the teacher store; leave it 'beginning'")
+        earlier = [n for n in sorted(stages) if n < number]
+        if stage.data_start == "continue" and not earlier:
+            raise TrainingError(f"{field}: no earlier stage is configured to continue from; use 'beginning'")
+        if stage.data_start == "continue" and (stages[earlier[-1]].is_image_stage or stages[earlier[-1]].is_pair_stage):
+            raise TrainingError(
+                f"{field}: the previous stage {earlier[-1]} does not read the teacher store; "
+                "use 'beginning' or a row number"
+            )

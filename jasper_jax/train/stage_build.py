@@ -273,11 +273,39 @@ def check_micro_batch_size(stage: StageSettings, mesh: jax.sharding.Mesh, packin
         )
 
 
+def stage_start_row(run: RunSettings, stage: StageSettings, rows: int) -> int:
+    """Where stage `stage` starts reading the store's row stream (`stage.data_start`).
+
+    "beginning": 0. A row number: that row (< `rows`). "continue": the position after the last row the
+    previous configured stage read: its own start plus its steps x batch_size, accumulated over earlier
+    "continue" stages. Positions past the end of an epoch go on into the next one, as the pipeline's repeat
+    does (in the store's order that is the position modulo `rows`; with `data.shuffle_seed`, the next
+    epoch's shuffle)."""
+    start = stage.data_start  # its combination with the other stages: settings.check_data_starts
+    if start == "beginning":
+        return 0
+    if isinstance(start, int):
+        if start >= rows:
+            raise TrainingError(
+                f"config field stages.stage{stage.number}.data_start={start}: the teacher store has {rows} rows; "
+                f"choose 0-{rows - 1}"
+            )
+        return start
+    previous = run.stages[max(number for number in run.stages if number < stage.number)]
+    return stage_start_row(run, previous, rows) + previous.steps * previous.batch_size
+
+
 def text_iterator(
-    run: RunSettings, paths: DataPaths, batch_size: int, mesh, shuffle_seed: int | None, packing: bool = False
+    run: RunSettings,
+    paths: DataPaths,
+    batch_size: int,
+    mesh,
+    shuffle_seed: int | None,
+    packing: bool = False,
+    start_row: int = 0,
 ):
     """The Grain iterator of global text batches over the teacher store, as `data` says (`packing` for the
-    training batches of a text stage; the head fit reads padded batches)."""
+    training batches of a text stage; the head fit reads padded batches); `start_row` as `stage_start_row`."""
     from jasper_jax.data.pipeline import make_train_iterator
 
     data = run.data
@@ -295,6 +323,7 @@ def text_iterator(
         prefetch=data.prefetch,
         packing=packing,
         worker_processes=data.worker_processes,
+        start_row=start_row,
     )
 
 
@@ -306,7 +335,12 @@ def stage_input(run: RunSettings, stage: StageSettings, paths: DataPaths, mesh, 
 
         return pair_iterator(run, stage, paths, mesh)
     if not stage.is_image_stage:
-        return text_iterator(run, paths, stage.batch_size, mesh, run.data.shuffle_seed, packing=run.data.packing)
+        from jasper_jax.data.store import TeacherStore
+
+        start_row = stage_start_row(run, stage, len(TeacherStore(paths.store)))
+        return text_iterator(
+            run, paths, stage.batch_size, mesh, run.data.shuffle_seed, packing=run.data.packing, start_row=start_row
+        )
     from jasper_jax.data.images import make_image_caption_iterator
 
     return make_image_caption_iterator(
