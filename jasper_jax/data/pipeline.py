@@ -21,9 +21,11 @@ rows only, but tokenises the texts of the whole global batch, so that every host
 communicating.
 
 Exact resume: the iterator is a `grain.DatasetIterator`. `get_state()` / `set_state()` give a JSON-able
-dict (`set_state` refuses one from other data or settings); the trainer's checkpoints save it beside the
-model with Grain's Orbax handler (`jasper_jax.train.checkpoint`; one file per process, so restoring needs
-the same process count). Save after taking the batch of the step being saved: the state counts batches taken.
+dict (`set_state` refuses one from other data or settings) holding the global position: the global
+batches taken (the Grain state over the one global dataset, and `global_batches`), the same on every
+host. The trainer's checkpoints save it once, beside the model (`jasper_jax.train.checkpoint`), and a run
+resumes from it on any process count. Save after taking the batch of the step being saved: the state
+counts batches taken.
 """
 
 from __future__ import annotations
@@ -147,9 +149,11 @@ class TrainBatchIterator(grain.DatasetIterator):
         super().__init__(parent)
         self.mesh, self.global_batch_size, self.to_global = mesh, global_batch_size, to_global
         self.fingerprint = fingerprint
+        self.global_batches = 0  # taken since the start (`start_row`): the position, readable
 
     def __next__(self) -> dict[str, Any]:
         local = next(self._parent)
+        self.global_batches += 1
         if not self.to_global:
             return local
         batch = {}
@@ -165,7 +169,11 @@ class TrainBatchIterator(grain.DatasetIterator):
         return batch
 
     def get_state(self) -> dict[str, Any]:
-        return {"pipeline": dict(self.fingerprint), "grain": self._parent.get_state()}
+        return {
+            "pipeline": dict(self.fingerprint),
+            "global_batches": self.global_batches,
+            "grain": self._parent.get_state(),
+        }
 
     def set_state(self, state: dict[str, Any]) -> None:
         saved = state.get("pipeline", {})
@@ -181,6 +189,7 @@ class TrainBatchIterator(grain.DatasetIterator):
                 f"{differing}. Resume with the store and data settings of the saved run, or start afresh."
             )
         self._parent.set_state(state["grain"])
+        self.global_batches = int(state.get("global_batches", state["grain"].get("next_index", 0)))
 
     def start_prefetch(self) -> None:
         self._parent.start_prefetch()

@@ -5,21 +5,26 @@ Items of a checkpoint (directory `workdir/stage{N}/checkpoints/<step>/`):
   (`jasper_jax.models.params.state_to_tree`), so a later stage with another trainable split or more heads
   can read it;
 - `optimizer`: the optimizer state of the trainable params and the step / non-finite counters;
-- `data_iter`: the data iterator's state (Grain's handler, one JSON per process);
+- `data_iter`: ONE JSON record of the global input position (`data_position_record`), written by process
+  0: the iterators yield global batches, so their state is the same on every process, and a run resumes
+  on another process count with the same sequence of global batches. Checkpoints written before this
+  (Grain's handler, `process_{i}-of-{n}.json` per process, all identical for the same reason) are read
+  from process 0's file on any process count;
 - `meta`: JSON with the config, the step, the stage and the package version.
 Orbax writes each checkpoint under a temporary name and renames it when complete, so a checkpoint a crash
 interrupted is never listed and the latest complete one is resumed. Restoring passes abstract arrays with
-the shardings of the current mesh: a checkpoint saved on 8 devices restores onto 4.
+the shardings of the current mesh: a checkpoint saved on 8 devices restores onto 4, and on 2 processes
+restores onto 1.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -29,6 +34,7 @@ from jasper_jax.models.params import fill_state, flatten_tree, state_to_tree, un
 from jasper_jax.train.step import TrainState
 
 FORMAT_VERSION = 1
+DATA_POSITION_FORMAT = "global-position/1"
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:
@@ -36,26 +42,35 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-class _IteratorState:
-    """Adapts any iterator with `get_state()` / `set_state()` (dict or bytes) to Grain's handler."""
+def _state_json(state: Any) -> Any:
+    """An iterator state as JSON-able data (states given as JSON bytes are decoded)."""
+    if isinstance(state, (bytes, bytearray)):
+        return json.loads(bytes(state).decode())
+    return state
 
-    def __init__(self, iterator: Any):
-        self.iterator = iterator
 
-    def get_state(self) -> bytes:
-        state = self.iterator.get_state()
-        return state if isinstance(state, bytes) else json.dumps(state).encode()
+def data_position_record(iterator: Any) -> dict[str, Any]:
+    """The checkpoint's one record of the input position: the iterator's state (global batches taken, its
+    pipeline's fingerprint) and the process count that wrote it (for information; it does not bind).
 
-    def set_state(self, state: bytes) -> None:
-        try:
-            self.iterator.set_state(json.loads(state.decode()))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            self.iterator.set_state(state)
+    With several processes, each checks that every process holds the same state (one small collective):
+    a pipeline whose position depended on the process would not resume elsewhere."""
+    state = _state_json(iterator.get_state())
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
 
-    def start_prefetch(self) -> None:
-        start = getattr(self.iterator, "start_prefetch", None)
-        if start is not None:
-            start()
+        digest = hashlib.sha256(json.dumps(state, sort_keys=True).encode()).digest()[:8]
+        multihost_utils.assert_equal(
+            np.frombuffer(digest, np.uint8).astype(np.int32), "the data position differs between processes"
+        )
+    return {"format": DATA_POSITION_FORMAT, "process_count": jax.process_count(), "state": state}
+
+
+def _set_iterator_state(iterator: Any, state: Any) -> None:
+    iterator.set_state(state)
+    start = getattr(iterator, "start_prefetch", None)
+    if start is not None:
+        start()
 
 
 class StageCheckpointer:
@@ -75,7 +90,7 @@ class StageCheckpointer:
             item_handlers={
                 "params": ocp.StandardCheckpointHandler(),
                 "optimizer": ocp.StandardCheckpointHandler(),
-                "data_iter": grain.checkpoint.CheckpointHandler(),
+                "data_iter": ocp.JsonCheckpointHandler(),
                 "meta": ocp.JsonCheckpointHandler(),
             },
         )
@@ -113,7 +128,7 @@ class StageCheckpointer:
             meta=ocp.args.JsonSave(meta),
         )
         if data_iterator is not None:
-            items["data_iter"] = grain.checkpoint.CheckpointSave(_IteratorState(data_iterator))
+            items["data_iter"] = ocp.args.JsonSave(data_position_record(data_iterator))
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     def restore(
@@ -145,9 +160,18 @@ class StageCheckpointer:
             optimizer=ocp.args.StandardRestore(optimizer_target),
             meta=ocp.args.JsonRestore(),
         )
-        if data_iterator is not None:
-            items["data_iter"] = grain.checkpoint.CheckpointRestore(_IteratorState(data_iterator))
+        legacy = self._legacy_data_position(step) if data_iterator is not None else None
+        if data_iterator is not None and legacy is None:
+            items["data_iter"] = ocp.args.JsonRestore()
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        if data_iterator is not None:
+            record = legacy if legacy is not None else dict(restored["data_iter"])
+            if record.get("format") != DATA_POSITION_FORMAT:
+                raise ValueError(
+                    f"{self.directory}/{step}/data_iter holds a data position of format {record.get('format')!r}; "
+                    f"this version reads {DATA_POSITION_FORMAT!r}. Resume with the version that wrote it."
+                )
+            _set_iterator_state(data_iterator, record["state"])
         params = restored["params"]
         optimizer = restored["optimizer"]
         state = TrainState(
@@ -159,6 +183,15 @@ class StageCheckpointer:
         )
         frozen = fill_state(abstract_frozen, params)
         return state, frozen, dict(restored["meta"])
+
+    def _legacy_data_position(self, step: int) -> dict[str, Any] | None:
+        """The data position of a checkpoint written with Grain's handler (one identical JSON per process:
+        process 0's is read, whatever the process count now), as a record; None for a newer checkpoint."""
+        folder = self.directory / str(step) / "data_iter"
+        files = sorted(folder.glob("process_0-of-*.json")) if folder.is_dir() else []
+        if not files:
+            return None
+        return {"format": DATA_POSITION_FORMAT, "state": json.loads(files[0].read_text())}
 
     def restore_params(self, step: int, abstract_params: nnx.State, params_shardings: nnx.State) -> dict[str, Any]:
         """The saved params that `abstract_params` also has (a nested dict), on the given shardings.
