@@ -6,12 +6,22 @@ naming the float16/float32 mix-up when the size is exactly half or twice the exp
 all-zero rows; empty or undecodable texts; checksums that no longer match; teachers other than the ones
 the training config expects. It opens every file read-only and never writes: the store is byte-identical
 afterwards, whatever it finds.
+
+`check_store_once` is what a training start runs: the full check (every value and, if asked, every
+checksum) once per store version, then a marker (`marker_dir/store-check-<key>.json`, the key a hash of
+the manifest, which holds the files' checksums, rows and dims) says it passed, and later starts check only
+the manifest, file sizes and row counts (seconds, where the full check of a paper-scale store reads about
+200 GB). A store rewritten in place gets a new manifest, hence a new key and a full check. A value
+corrupted afterwards without touching the manifest or the sizes is not seen by a restart: run
+`jasper-jax teachers check` for that.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +32,7 @@ from jasper_jax.data import store as store_lib
 
 MAX_ROWS_NAMED = 5  # per problem kind and file; the count of the rest is given
 SCAN_ROWS = 8192
+MARKER_FORMAT = "store-check/1"
 
 
 def _rows_text(rows: list[int], total: int) -> str:
@@ -29,7 +40,16 @@ def _rows_text(rows: list[int], total: int) -> str:
     return named + (f" and {total - MAX_ROWS_NAMED} more" if total > MAX_ROWS_NAMED else "")
 
 
-def _check_texts(path: Path, manifest: dict[str, Any], verify_checksums: bool) -> list[str]:
+def _count_lines(file: Path) -> int:
+    count = 0
+    with open(file, "rb") as handle:
+        while chunk := handle.read(1 << 24):
+            count += chunk.count(b"\n")
+    return count
+
+
+def _check_texts(path: Path, manifest: dict[str, Any], verify_checksums: bool, read_texts: bool = True) -> list[str]:
+    """The texts file against the manifest and its index; `read_texts` False: sizes and row counts only."""
     problems: list[str] = []
     rows = int(manifest["rows"])
     texts_file = path / manifest["texts"].get("file", store_lib.TEXTS)
@@ -46,6 +66,14 @@ def _check_texts(path: Path, manifest: dict[str, Any], verify_checksums: bool) -
                 f"but the manifest says {rows} rows and {texts_file.name} has {size} bytes: the texts file was "
                 "changed after the store was written. Restore it, or rebuild the store."
             )
+    if not read_texts:
+        counted = rows if index_file.exists() else _count_lines(texts_file)  # the index was checked above
+        if counted != rows:
+            problems.append(
+                f"{texts_file}: {counted} texts but the manifest says {rows} rows: texts and teacher vectors are "
+                "misaligned. Rebuild the store from the corpus with `jasper-jax teachers encode`."
+            )
+        return problems
     empty, bad, counted = [], [], 0
     bad_reasons: dict[int, str] = {}
     digest = hashlib.sha256()
@@ -170,6 +198,8 @@ def check_store(
 
     `expected_teachers`: names (or dicts with `name` and optionally `dim`) that the training config expects,
     in order. `verify_checksums` re-hashes every file against the manifest (reads the whole store).
+    `check_values` False (with `verify_checksums` False): no file is read beyond the manifest and the text
+    index: sizes and row counts only (`check_store_once` after a full check passed).
     """
     path = Path(path)
     try:
@@ -184,7 +214,7 @@ def check_store(
             "`jasper-jax teachers encode` command again to finish it."
         )
     rows = int(manifest["rows"])
-    problems += _check_texts(path, manifest, verify_checksums)
+    problems += _check_texts(path, manifest, verify_checksums, read_texts=verify_checksums or check_values)
     for teacher in manifest["teachers"]:
         name, dim, dtype = teacher["name"], int(teacher.get("dim") or 0), teacher["dtype"]
         if dtype not in store_lib.DTYPES:
@@ -244,3 +274,66 @@ def check_store(
                 "made with those teachers, or change the config's teachers to these."
             )
     return problems
+
+
+# ------------------------------------------------------------------------------- once per store version
+
+
+def store_version_key(path: str | Path) -> str:
+    """sha256 of the store's manifest (canonical JSON): its checksums, rows, dims and files."""
+    manifest = store_lib.read_manifest(Path(path))
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
+def marker_file(marker_dir: str | Path, key: str) -> Path:
+    return Path(marker_dir) / f"store-check-{key[:32]}.json"
+
+
+def passed_marker(path: str | Path, marker_dir: str | Path, verify_checksums: bool) -> dict[str, Any] | None:
+    """The marker of a full check of this store version that covered `verify_checksums`, or None."""
+    try:
+        key = store_version_key(path)
+        marker = json.loads(marker_file(marker_dir, key).read_text())
+    except (FileNotFoundError, ValueError, json.JSONDecodeError, OSError):
+        return None
+    if marker.get("format") != MARKER_FORMAT or marker.get("key") != key:
+        return None
+    if verify_checksums and not marker.get("verify_checksums"):
+        return None
+    return marker
+
+
+def check_store_once(
+    path: str | Path,
+    expected_teachers: Sequence[str] | Sequence[dict] | None = None,
+    *,
+    marker_dir: str | Path,
+    verify_checksums: bool = True,
+    write_marker: bool = True,
+) -> tuple[list[str], bool]:
+    """`(problems, full)`: the full check of the store at `path` if no marker says this store version passed
+    one (then, if clean and `write_marker`, the marker is written to `marker_dir`); otherwise the sizes
+    and row counts only (`full` False). The store itself is only read.
+
+    In a multi-process run process 0 calls it with `write_marker`, the others after a barrier with
+    `write_marker=False`: they find the marker and check sizes only."""
+    if passed_marker(path, marker_dir, verify_checksums) is not None:
+        return check_store(path, expected_teachers, verify_checksums=False, check_values=False), False
+    began = time.perf_counter()
+    problems = check_store(path, expected_teachers, verify_checksums=verify_checksums)
+    if not problems and write_marker:
+        key = store_version_key(path)
+        record = {
+            "format": MARKER_FORMAT,
+            "key": key,
+            "store": str(Path(path).absolute()),
+            "verify_checksums": bool(verify_checksums),
+            "seconds": round(time.perf_counter() - began, 3),
+            "checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        target = marker_file(marker_dir, key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(temporary, target)  # other processes see the whole marker or none
+    return problems, True

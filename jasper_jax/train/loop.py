@@ -78,11 +78,32 @@ def prepare_data(run: RunSettings) -> DataPaths:
 
 
 def check_teacher_store(run: RunSettings, paths: DataPaths) -> None:
-    """Refuse to start on a broken store (misaligned texts/vectors, wrong dtype or size, NaN rows)."""
-    from jasper_jax.data.check import check_store
+    """Refuse to start on a broken store (misaligned texts/vectors, wrong dtype or size, NaN rows).
+
+    The full check runs once per store version (`check.check_store_once`, marker under
+    `workdir/store_checks/`), on process 0; the other processes then check sizes and row counts only,
+    or learn from the missing marker that process 0's check failed."""
+    from jasper_jax.data.check import check_store_once, passed_marker
 
     teachers = list(run.data.teachers) if run.data.teachers else None
-    problems = check_store(paths.store, teachers, verify_checksums=run.data.verify_checksums)
+    marker_dir, verify = run.workdir.absolute() / "store_checks", run.data.verify_checksums
+    main = distributed.is_main_process()
+    problems: list[str] = []
+    if main:
+        began = time.perf_counter()
+        problems, full = check_store_once(paths.store, teachers, marker_dir=marker_dir, verify_checksums=verify)
+        what = "full check" if full else "sizes and row counts (a full check of this store version passed)"
+        print(f"teacher store {paths.store}: {what} in {time.perf_counter() - began:.1f} s", flush=True)
+    distributed.barrier("jasper_store_check")
+    if not main:
+        if passed_marker(paths.store, marker_dir, verify) is None:
+            raise TrainingError(
+                f"the teacher store {paths.store} did not pass process 0's check (its log lists the problems; "
+                f"or {marker_dir} is not on storage every host sees); nothing was trained"
+            )
+        problems, _ = check_store_once(
+            paths.store, teachers, marker_dir=marker_dir, verify_checksums=verify, write_marker=False
+        )
     if problems:
         listing = "\n  - ".join(problems)
         raise TrainingError(
