@@ -9,7 +9,13 @@ and reduced fc2 256 / fc3 128 / fc4 64 added in stage 3 (similarity + relative s
 fc1's principal directions. Stage 2 trains fc1 and the last 2 of MiniLM's 6 layers. Texts are cut at 64
 tokens, so that the whole run fits in about 25 minutes on 2 CPU cores. The runs that chose these settings,
 with their scores, are in benchmarks/RESULTS.md ("make demo").
-Stage 4 adds a small random SigLIP tower (64 x 64 images, 8 x 8 patches, 4 layers of 128) and 16 image
+Stage 4 is the contrastive stage of the successor recipe (arXiv 2511.14405): the training NewsArticles
+titles as queries, their articles as positives and 3 hard negatives each mined by teacher similarity
+(`jasper-jax pairs mine`; the demo's `pair_negatives`), every text already in the store. `pairs` is
+relative to the workdir: the demo writes `OUT/train/pairs/news_mined`; without the demo, build it as the
+README says under "Pair data". InfoNCE weighs 4 at lr 5e-5 (score KL and the Jasper terms at their
+defaults; the reduced heads at 0.1 as in stage 3).
+Stage 5 adds a small random SigLIP tower (64 x 64 images, 8 x 8 patches, 4 layers of 128) and 16 image
 tokens, and trains only the tower on generated coloured-shape scenes (`workdir/images`, held-out captions
 for `jasper-jax eval --images`): the image of each pair learns the student's own caption vector per head.
 """
@@ -18,6 +24,7 @@ from jasper_jax.train.config_base import base_config, stage
 from jasper_jax.train.image_stage import image_stage_config
 
 TEACHER_DIM = 384 + 768
+PAIRS = "pairs/news_mined"  # relative to the workdir (a moved run folder still resumes)
 
 
 def get_config():
@@ -69,7 +76,18 @@ def get_config():
         steps=150,
         objective={"reduced_head_weight": 0.1},
     )
-    config.stages.stage4 = image_stage_config(
+    # the contrastive stage: InfoNCE of each title against every article of the global batch (its own, the
+    # mined negatives and the other titles' articles), the score KL to the teacher and the Jasper terms
+    config.stages.stage4 = stage(
+        trainable=(".*",),
+        heads={"fc1": TEACHER_DIM, "fc2": 256, "fc3": 128, "fc4": 64},
+        batch_size=32,
+        lr=5e-5,
+        steps=60,
+        pairs=PAIRS,
+        objective={"infonce_weight": 4.0, "reduced_head_weight": 0.1},
+    )
+    config.stages.stage5 = image_stage_config(
         image_tokens=16,
         vision_encoder=dict(
             hidden_size=128,

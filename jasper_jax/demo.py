@@ -14,13 +14,17 @@ skips finished stages; export and each evaluation are redone only when their che
               from; a rerun with other settings is refused.
 3. `teachers` `OUT/teachers/`: the teacher store, MiniLM (384, JAX) + MPNet (768, PyTorch) = 1152-d
               (`jasper_jax.data.teacher_encoding.encode_store`, itself resumable shard by shard).
-4. `train`    `OUT/train/stage{1,2,3}/`: `jasper-jax train` with `configs/minilm_demo.py` (workdir and store
+4. `pairs`    each contrastive stage's pairs folder (`OUT/train/pairs/news_mined`, the config's `pairs`
+              relative to the workdir): the training titles as queries, their articles as positives,
+              `pair_negatives` hard negatives mined by teacher similarity (`jasper_jax.demo_pairs`); every
+              text is a store row already, no teacher runs again.
+5. `train`    `OUT/train/stage{1,...,5}/`: `jasper-jax train` with `configs/minilm_demo.py` (workdir and store
               set here, fc1 set to the store's width); the trainer resumes and skips finished stages.
-5. `export`   `OUT/export/`: the last stage's final checkpoint as a sentence-transformers folder.
-6. `eval`     `OUT/eval/<model>.json`: every model on both tasks through `mteb.evaluate`, every head:
+6. `export`   `OUT/export/`: the last stage's final checkpoint as a sentence-transformers folder.
+7. `eval`     `OUT/eval/<model>.json`: every model on both tasks through `mteb.evaluate`, every head:
               the teachers (each and concatenated), the undistilled student (its initial encoder, pooled),
               the student after each stage (JAX) and the export (PyTorch), plus held-out agreement.
-7. `report`   `OUT/report/REPORT.md`, `OUT/report/losses_stage{N}.png`, `OUT/report/score_vs_dim.png`.
+8. `report`   `OUT/report/REPORT.md`, `OUT/report/losses_stage{N}.png`, `OUT/report/score_vs_dim.png`.
 
     jasper-jax demo [--out artifacts/demo] [--corpus-size 2400] [--max-length 64] [--config configs/minilm_demo.py]
                     [--data-from RUN] [--config.FIELD=VALUE ...]
@@ -72,6 +76,8 @@ class DemoSettings:
     max_length: int = 64  # tokens per text everywhere (corpus texts are news passages; 64 keeps the run in budget)
     batch_size: int = 32
     stages: list[int] | None = None  # default: every stage of the config
+    pair_negatives: int = 3  # hard negatives mined per title for a contrastive stage
+    pair_threshold: float = 0.95  # the false-negative guard: no negative above this fraction of the positive's score
     progress: bool = True
     data_from: Path | None = None  # another run folder made with the same data settings: start from its data
 
@@ -324,6 +330,34 @@ def training_run(settings: DemoSettings) -> DemoTraining:
     return DemoTraining(config, run, settings.stages or sorted(run.stages))
 
 
+def build_pairs(settings: DemoSettings, training: DemoTraining) -> None:
+    """Each contrastive stage's pairs folder over the demo's store (`jasper_jax.demo_pairs`)."""
+    from jasper_jax.demo_pairs import build_pair_folder
+    from jasper_jax.train.pair_stage import pairs_folder
+
+    for number in training.stages:
+        stage = training.run.stages[number]
+        if not stage.is_pair_stage:
+            continue
+        folder = pairs_folder(training.run, stage)
+        made = build_pair_folder(
+            settings.news,
+            settings.heldout_size,
+            settings.out / "teachers",
+            folder,
+            negatives=settings.pair_negatives,
+            threshold=settings.pair_threshold,
+        )
+        if made is None:
+            log(f"pairs: {folder} made before; kept")
+        else:
+            log(
+                f"pairs: {made['pairs']} title -> article examples ({made['training_articles']} training articles; "
+                f"the others are not in the corpus), {settings.pair_negatives} mined negatives each "
+                f"({made['examples_short']} short of them) in {folder}"
+            )
+
+
 def train_student(settings: DemoSettings, training: DemoTraining) -> None:
     from jasper_jax.train.loop import train
     from jasper_jax.train.settings import TrainingError
@@ -388,6 +422,7 @@ class EvaluatedModel:
     backend: str
     stage: int | None = None
     image_stage: bool = False
+    pair_stage: bool = False
     made_from: str | None = None
 
 
@@ -410,6 +445,7 @@ def evaluated_models(settings: DemoSettings, training: DemoTraining) -> list[Eva
                 "jax",
                 stage=number,
                 image_stage=training.run.stages[number].is_image_stage,
+                pair_stage=training.run.stages[number].is_pair_stage,
             )
         )
     models.append(EvaluatedModel("export_pytorch", "export", str(settings.out / "export"), "torch"))
@@ -509,7 +545,7 @@ def evaluate_model(evaluation: _Evaluation, model: EvaluatedModel) -> dict[str, 
         jax_result = evaluation.folder / f"stage{evaluation.training.stages[-1]}.json"
         if jax_result.exists():
             result["max_backend_difference"] = _max_score_difference(jax_result, result)
-    if model.image_stage:  # stage 4: image -> caption retrieval on the held-out pairs
+    if model.image_stage:  # image -> caption retrieval on the held-out pairs
         result["image_retrieval"] = _image_retrieval(evaluation, model)
     if model.kind == "export" and (Path(model.path) / "vision").is_dir():
         _export_image_results(evaluation, model, result)
@@ -646,6 +682,7 @@ def run_demo(settings: DemoSettings) -> Path:
     # the trainer skips finished stages (and refuses ones trained with other settings), export and eval skip what was
     # made from the same checkpoint: always entered, so that a config gaining a stage continues where the last run
     # stopped
+    steps.run("pairs", build_pairs, settings, training, always=True)
     steps.run("train", train_student, settings, training, always=True)
     steps.run("export", export_student, settings, training, always=True)
     steps.run("eval", evaluate_all, settings, training, always=True)

@@ -1,8 +1,9 @@
-"""The whole demo pipeline on tiny inputs: corpus -> teacher store -> stages 1-3 -> export -> eval -> report.
+"""The whole demo pipeline on tiny inputs: corpus -> teacher store -> pairs -> stages 1-5 -> export -> eval -> report.
 
 Teachers: MiniLM (JAX, from the pip package) and a tiny random BERT (PyTorch); the student starts from the
 tiny random BERT; Lee / NewsArticles are tiny self-made files. Every artifact must exist and load, and a
-rerun must skip every finished step.
+rerun must skip every finished step, also in a moved copy of the run folder. Stage 4 is the contrastive
+stage (training titles -> their articles, mined negatives), stage 5 the image stage.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 
 from tests.eval.eval_inputs import tiny_bert_export, write_lee_files, write_news_csv
 
-pytestmark = pytest.mark.slow  # about 2 minutes: three training stages and eight evaluated models
+pytestmark = pytest.mark.slow  # about 3 minutes: five training stages and ten evaluated models
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +26,11 @@ def demo_run(tmp_path_factory, minilm_folder):
     root = tmp_path_factory.mktemp("demo")
     tiny_plain_folder = tiny_bert_export(root / "tiny_bert", {}, seed=1, tokenizer_folder=minilm_folder)
     overrides = [f"model.source={tiny_plain_folder}", "checkpoint.every=2", "data.worker_threads=1"]
-    for stage in (1, 2, 3, 4):
+    for stage in (1, 2, 3, 4, 5):
         overrides += [f"stages.stage{stage}.steps=3", f"stages.stage{stage}.batch_size=8"]
     overrides += [
-        "stages.stage4.images.generate.train=24",
-        "stages.stage4.images.generate.heldout=12",
+        "stages.stage5.images.generate.train=24",
+        "stages.stage5.images.generate.heldout=12",
         "stages.stage1.head_fit_batches=2",
         "stages.stage3.head_fit_batches=2",
     ]
@@ -77,12 +78,13 @@ def test_every_artifact_exists_and_loads(demo_run):
     assert check_store(out / "teachers", ["minilm", "tiny"]) == []
     assert TeacherStore(out / "teachers").dim == 384 + 32
 
-    for stage in (1, 2, 3):
+    for stage in (1, 2, 3, 4):
         metrics = (out / "train" / f"stage{stage}" / "metrics.jsonl").read_text().splitlines()
         assert [json.loads(line)["step"] for line in metrics] == [1, 2, 3]
         loaded = load_any(out / "train" / f"stage{stage}")
         assert loaded.config.heads["fc1"] == 416
-    assert set(load_any(out / "train" / "stage3").config.heads) == {"fc1", "fc2", "fc3", "fc4"}
+    for stage in (3, 4):
+        assert set(load_any(out / "train" / f"stage{stage}").config.heads) == {"fc1", "fc2", "fc3", "fc4"}
 
     model = SentenceTransformer(str(out / "export"), device="cpu", trust_remote_code=True)
     vectors = model.encode(["a football match"], normalize_embeddings=False)
@@ -96,48 +98,110 @@ def test_every_artifact_exists_and_loads(demo_run):
         "stage1",
         "stage2",
         "stage3",
+        "stage4",
         "export_pytorch",
     ]
     for name in names:
         result = json.loads((out / "eval" / f"{name}.json").read_text())
         for head, values in result["scores"].items():
             assert -1 <= values["lee_spearman"] <= 1 and 0 <= values["news_ndcg_at_10"] <= 1, (name, head, values)
-    for name in ("stage1", "stage2", "stage3", "export_pytorch"):
+    for name in ("stage1", "stage2", "stage3", "stage4", "export_pytorch"):
         agreement = json.loads((out / "eval" / f"{name}.json").read_text())["agreement"]
         assert -1 <= agreement["mean_cosine"] <= 1 and agreement["similarity_mse"] >= 0, (name, agreement)
     export = json.loads((out / "eval" / "export_pytorch.json").read_text())
     assert export["max_backend_difference"] <= 1e-3
 
 
-def test_stage4_images_are_trained_exported_and_evaluated(demo_run):
+def test_stage5_images_are_trained_exported_and_evaluated(demo_run):
     settings, report = demo_run
     out = settings.out
     assert [
-        json.loads(line)["step"] for line in (out / "train" / "stage4" / "metrics.jsonl").read_text().splitlines()
+        json.loads(line)["step"] for line in (out / "train" / "stage5" / "metrics.jsonl").read_text().splitlines()
     ] == [1, 2, 3]
     assert (out / "export" / "vision" / "jasper_image.json").exists() and (out / "export" / "jasper_vision.py").exists()
-    stage4, stage3 = (json.loads((out / "eval" / f"stage{n}.json").read_text()) for n in (4, 3))
-    # stage 4 trains only the vision tower: its text scores are stage 3's, and say so
-    assert stage4["text_scores_from"] == "stage3" and stage4["scores"] == stage3["scores"]
-    assert "stage4 trained only its vision tower" in report.read_text()
-    retrieval = stage4["image_retrieval"]
+    stage5, stage4 = (json.loads((out / "eval" / f"stage{n}.json").read_text()) for n in (5, 4))
+    # stage 5 trains only the vision tower: its text scores are stage 4's, and say so
+    assert stage5["text_scores_from"] == "stage4" and stage5["scores"] == stage4["scores"]
+    assert "stage5 trained only its vision tower" in report.read_text()
+    retrieval = stage5["image_retrieval"]
     assert set(retrieval) == {"fc1", "fc2", "fc3", "fc4"}
     assert retrieval["fc1"]["pairs"] == 12 and retrieval["fc1"]["chance_r_at_1"] == 1 / 12
     export = json.loads((out / "eval" / "export_pytorch.json").read_text())
     assert set(export["image_retrieval"]) == {"fc1", "fc2", "fc3", "fc4"}
     assert min(export["image_agreement"].values()) >= 0.9999, export["image_agreement"]
     text = report.read_text()
-    assert "Image -> caption retrieval (stage 4)" in text and "image -> caption retrieval (fc1) above chance" in text
+    assert "Image -> caption retrieval (image stage)" in text
+    assert "image -> caption retrieval (fc1) above chance" in text
 
     text = report.read_text()
-    for section in ("## Scores", "## Held-out agreement", "## Quality targets", "losses_stage3.png"):
+    for section in ("## Scores", "## Held-out agreement", "## Quality targets", "losses_stage4.png"):
         assert section in text, section
-    for png in ("losses_stage1.png", "losses_stage2.png", "losses_stage3.png", "score_vs_dim.png"):
+    for png in ("losses_stage1.png", "losses_stage2.png", "losses_stage4.png", "score_vs_dim.png"):
         assert (out / "report" / png).read_bytes()[:4] == b"\x89PNG", png
     targets = json.loads((out / "report" / "targets.json").read_text())
     assert any("agree within 1e-3" in t["target"] and t["met"] for t in targets)
     missed = sum(not t["met"] for t in targets)
     assert missed and f"{missed} target(s) MISSED. What was tried" in text  # a tiny random student misses some
+
+
+def test_stage4_is_contrastive_on_training_titles_and_their_articles(demo_run):
+    """Every example: a training title, its own article, mined negatives that are other training articles;
+    nothing held out; the stage's settings hold no absolute path; the contrastive terms were trained."""
+    import dataclasses
+    from pathlib import Path
+
+    from jasper_jax.data.pairs import PairsIndex
+    from jasper_jax.demo import training_run
+    from jasper_jax.eval.tasks import news_split
+
+    settings, report = demo_run
+    out = settings.out
+    stage = training_run(settings).run.stages[4]
+    assert stage.is_pair_stage and stage.pairs == "pairs/news_mined"
+    strings = [v for v in dataclasses.asdict(stage).values() if isinstance(v, str) and v]
+    assert strings and not [v for v in strings if Path(v).is_absolute()], strings
+
+    held_out, train = news_split(settings.news, settings.heldout_size)
+    article_of = {a.title.strip(): a.text.strip() for a in train}
+    excluded = {json.loads(line)["text"] for line in (out / "data" / "excluded.jsonl").read_text().splitlines()}
+    index = PairsIndex(out / "train" / "pairs" / "news_mined")
+    store_texts = set(index.store.texts(range(len(index.store))))
+    in_store = [t for t in article_of if t in store_texts and article_of[t] in store_texts]
+    assert len(index) == len(in_store) >= 8 and index.negatives == settings.pair_negatives
+    for row in np.asarray(index.rows):
+        query, positive, *negatives = index.store.texts([int(r) for r in row if r >= 0])
+        assert article_of[query] == positive, query
+        assert negatives and positive not in negatives and set(negatives) <= set(article_of.values())
+        assert not {query, positive, *negatives} & excluded
+    metrics = [json.loads(line) for line in (out / "train" / "stage4" / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(m["infonce"]) and np.isfinite(m["score_kl"]) for m in metrics), metrics
+
+
+def test_report_targets_are_judged_from_the_numbers(demo_run):
+    """MET / MISSED of the retrieval, Lee and time targets follow from eval/*.json and done/*.json."""
+    settings, report = demo_run
+    out = settings.out
+    targets = {t["target"]: t for t in json.loads((out / "report" / "targets.json").read_text())}
+    final, base, top = (
+        json.loads((out / "eval" / f"{name}.json").read_text())
+        for name in ("stage4", "undistilled", "teachers_concatenated")
+    )
+    student, undistilled = final["scores"]["fc1"], base["scores"]["pooled"]
+    lee = targets["Lee Spearman: distilled fc1 >= undistilled"]
+    assert lee["met"] == (student["lee_spearman"] >= undistilled["lee_spearman"])
+    news = targets["News nDCG@10: closes >= half the gap to the concatenated teacher"]
+    gap = top["scores"]["pooled"]["news_ndcg_at_10"] - undistilled["news_ndcg_at_10"]
+    if gap > 0:
+        closed = (student["news_ndcg_at_10"] - undistilled["news_ndcg_at_10"]) / gap
+        assert news["met"] == (closed >= 0.5) and f"closed {closed:.0%}" in news["detail"], news
+    assert news["detail"].startswith("stage4 ") and f"cosine {final['agreement']['mean_cosine']:.4f}" in news["detail"]
+    seconds = sum(json.loads(p.read_text())["seconds"] for p in (out / "done").glob("*.json"))
+    budget = targets["the demo finishes within 25 minutes (sum of its steps)"]
+    assert budget["met"] == (seconds <= 25 * 60) and f"({seconds:.0f} s)" in budget["detail"]
+    text = report.read_text()
+    for target in targets.values():
+        assert f"| {target['target']} | {'MET' if target['met'] else '**MISSED**'} |" in text, target
+    assert "stage 4 (contrastive): pairs `pairs/news_mined`" in text
 
 
 def test_rerun_skips_finished_steps(demo_run, capsys):
@@ -150,10 +214,11 @@ def test_rerun_skips_finished_steps(demo_run, capsys):
     printed = capsys.readouterr().out
     for step in ("corpus", "teachers"):
         assert f"{step}: done before; skipped" in printed, printed
-    for stage in (1, 2, 3, 4):
+    for stage in (1, 2, 3, 4, 5):
         assert f"stage {stage}: complete" in printed, printed
-    assert re.search(r"export: stage4/checkpoints/3@\d+ exported before; skipped", printed), printed
-    assert printed.count("done before; skipped") == 2 + 9, printed  # corpus, teachers, nine evaluations
+    assert re.search(r"export: stage5/checkpoints/3@\d+ exported before; skipped", printed), printed
+    assert printed.count("done before; skipped") == 2 + 10, printed  # corpus, teachers, ten evaluations
+    assert "made before; kept" in printed, printed  # the pairs folder
     assert {p: p.stat().st_mtime_ns for p in (settings.out / "eval").glob("*.json")} == before
 
 
@@ -287,3 +352,22 @@ def test_eval_redoes_what_a_missing_teacher_vector_file_left_incomplete(demo_run
     for key, value in stage3["agreement"].items():
         assert redone[key] == pytest.approx(value, abs=1e-6), key
     assert {p: p.stat().st_mtime_ns for p in untouched} == untouched
+
+
+def test_a_moved_run_folder_still_resumes(demo_run, tmp_path, capsys):
+    """The settings name the pairs folder relative to the workdir: a copy of the run elsewhere skips every
+    finished stage instead of refusing them as trained with other settings."""
+    import dataclasses
+    import shutil
+
+    from jasper_jax.demo import run_demo
+
+    settings, report = demo_run
+    moved = tmp_path / "moved"
+    shutil.copytree(settings.out, moved)
+    capsys.readouterr()
+    assert run_demo(dataclasses.replace(settings, out=moved)).exists()
+    printed = capsys.readouterr().out
+    for stage in (1, 2, 3, 4, 5):
+        assert f"stage {stage}: complete" in printed, printed
+    assert f"pairs: {moved / 'train' / 'pairs' / 'news_mined'} made before; kept" in printed, printed

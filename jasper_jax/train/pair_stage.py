@@ -4,7 +4,9 @@ The successor recipe (arXiv 2511.14405) adds InfoNCE and the teacher-student sco
 distillation losses; a stage with `pairs` set (`settings.StageSettings`) trains on the pair pipeline
 (`jasper_jax.data.pair_pipeline`) with the objective's `infonce_*`, `score_kl_*` and `pair_distill_texts`
 fields. The student encodes the queries (prompt `pairs_query_prompt`) and the B x G documents (prompt
-`data.prompt`) in one step; every loss sees the whole global batch.
+`data.prompt`) in one step; every loss sees the whole global batch. A relative `pairs` is read from the
+run's workdir (`pairs_folder`), so a run folder that holds its pairs can be moved and still resumes (the
+path is a trajectory setting, compared on resume).
 """
 
 from __future__ import annotations
@@ -65,6 +67,12 @@ def pair_stage_objective(config: ObjectiveConfig):
     return objective
 
 
+def pairs_folder(run, stage) -> Path:
+    """The stage's pairs folder: `stage.pairs` itself if absolute, else relative to the run's workdir."""
+    folder = Path(stage.pairs)
+    return folder if folder.is_absolute() else run.workdir.absolute() / folder
+
+
 def pair_iterator(run, stage, paths, mesh):
     """The Grain iterator of the stage's pair batches (over the run's store, as `data` says)."""
     from jasper_jax.data.pair_pipeline import make_pair_iterator
@@ -72,7 +80,7 @@ def pair_iterator(run, stage, paths, mesh):
 
     data = run.data
     pairs = PairsIndex(
-        stage.pairs,
+        pairs_folder(run, stage),
         store=paths.store,
         teachers=list(data.teachers) if data.teachers else None,
         transforms=data.teacher_transforms,
@@ -91,9 +99,9 @@ def pair_iterator(run, stage, paths, mesh):
     )
 
 
-def abstract_pair_batch(stage, batch_size: int, length: int) -> dict[str, tuple[tuple[int, ...], jnp.dtype]]:
+def abstract_pair_batch(run, stage, batch_size: int, length: int) -> dict[str, tuple[tuple[int, ...], jnp.dtype]]:
     """Shapes and dtypes of a pair batch (compile-check); G = 1 + the pairs folder's negatives."""
-    manifest = Path(stage.pairs) / "manifest.json"
+    manifest = pairs_folder(run, stage) / "manifest.json"
     group = 1 + (json.loads(manifest.read_text())["negatives"] if manifest.exists() else 7)
     dim = stage.heads[stage.objective.full_head]
     return {

@@ -368,7 +368,7 @@ def abstract_stage_batch(
     elif stage.is_pair_stage:
         from jasper_jax.train.pair_stage import abstract_pair_batch
 
-        shapes = abstract_pair_batch(stage, batch_size, length)
+        shapes = abstract_pair_batch(run, stage, batch_size, length)
     elif run.data.packing:
         rows = (batch_size, length)
         shapes = {key: (rows, jnp.int32) for key in ("input_ids", "attention_mask", "segment_ids", "positions")}

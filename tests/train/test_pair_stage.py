@@ -90,3 +90,15 @@ def test_a_pair_stage_trains_after_a_distillation_stage(tmp_path):
         assert all(np.isfinite(row[key]) for key in ("loss", "infonce", "score_kl", "cosine/fc1", "similarity/fc1"))
         assert row["valid_rows"] == 8 and row["distill/valid_rows"] == 16
     train(config, [1, 2])  # complete: skipped
+
+
+def test_a_relative_pairs_folder_is_read_from_the_workdir(tmp_path, monkeypatch):
+    """So that a run folder holding its pairs can move: the path must not depend on the current folder."""
+    from types import SimpleNamespace
+
+    from jasper_jax.train.pair_stage import pairs_folder
+
+    monkeypatch.chdir(tmp_path)
+    run = SimpleNamespace(workdir=Path("runs/x"))
+    assert pairs_folder(run, SimpleNamespace(pairs="pairs/mined")) == tmp_path / "runs" / "x" / "pairs" / "mined"
+    assert pairs_folder(run, SimpleNamespace(pairs="/data/mined")) == Path("/data/mined")
