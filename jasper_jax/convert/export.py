@@ -1,8 +1,9 @@
 """Write a student as a Hugging Face + sentence-transformers folder (the PyTorch side of `jasper-jax export`).
 
 The folder holds `config.json` + `model.safetensors` for transformers' AutoModel (a BERT loads as
-`BertModel`; a bidirectional Qwen2 loads as `BidirectionalQwen2Model` from the shipped
-`modeling_jasper_qwen2.py`, a causal one as `Qwen2Model`), the tokenizer files, and the
+`BertModel`; a bidirectional Qwen2 / Qwen3 loads as `BidirectionalQwen2Model` / `BidirectionalQwen3Model`
+from the shipped `modeling_jasper_qwen2.py` / `modeling_jasper_qwen3.py`, a causal one as `Qwen2Model` /
+`Qwen3Model`), the tokenizer files, and the
 sentence-transformers modules: Transformer, Pooling, `JasperHeads` (every head, one active; shipped
 `jasper_heads.py`), Normalize. `config_sentence_transformers.json` carries the prompts; `jasper_jax.json`
 the student's exact config so that import -> export -> import is lossless (bit-identical weights).
@@ -42,6 +43,11 @@ SHIPPED = Path(__file__).parent / "pytorch"
 ST_TRANSFORMER = "sentence_transformers.base.modules.transformer.Transformer"
 ST_POOLING = "sentence_transformers.sentence_transformer.modules.pooling.Pooling"
 ST_NORMALIZE = "sentence_transformers.base.modules.normalize.Normalize"
+# family -> (shipped module, class) of its bidirectional PyTorch encoder
+BIDIRECTIONAL_MODELING = {
+    "qwen2": ("modeling_jasper_qwen2", "BidirectionalQwen2Model"),
+    "qwen3": ("modeling_jasper_qwen3", "BidirectionalQwen3Model"),
+}
 
 
 def _write_json(path: Path, value) -> None:
@@ -51,11 +57,13 @@ def _write_json(path: Path, value) -> None:
 def _encoder_config_json(config: StudentConfig) -> dict:
     hf = config.encoder.to_hf()
     hf["dtype"] = "float32"
-    if config.encoder.model_type == "qwen2":
+    family = config.encoder.model_type
+    if family in BIDIRECTIONAL_MODELING:
         hf["use_cache"] = False
         if not config.encoder.causal:
-            hf["architectures"] = ["BidirectionalQwen2Model"]
-            hf["auto_map"] = {"AutoModel": "modeling_jasper_qwen2.BidirectionalQwen2Model"}
+            module, name = BIDIRECTIONAL_MODELING[family]
+            hf["architectures"] = [name]
+            hf["auto_map"] = {"AutoModel": f"{module}.{name}"}
     return hf
 
 
@@ -87,8 +95,9 @@ def export_model(
     encoder = {key[len("encoder/") :]: value for key, value in params.items() if key.startswith("encoder/")}
     write_weights(encoder_params_to_hf(encoder, config.encoder), out / "model.safetensors")
     _write_json(out / "config.json", _encoder_config_json(config))
-    if config.encoder.model_type == "qwen2" and not config.encoder.causal:
-        shutil.copyfile(SHIPPED / "modeling_jasper_qwen2.py", out / "modeling_jasper_qwen2.py")
+    if config.encoder.model_type in BIDIRECTIONAL_MODELING and not config.encoder.causal:
+        module = BIDIRECTIONAL_MODELING[config.encoder.model_type][0]
+        shutil.copyfile(SHIPPED / f"{module}.py", out / f"{module}.py")
     for name in TOKENIZER_FILES:
         if (tokenizer_folder / name).exists() and (tokenizer_folder / name).resolve() != (out / name).resolve():
             shutil.copyfile(tokenizer_folder / name, out / name)

@@ -16,8 +16,10 @@ from jasper_jax.convert import keymaps
 from jasper_jax.errors import UserError
 from jasper_jax.models.bert import BertConfig
 from jasper_jax.models.qwen2 import Qwen2Config
+from jasper_jax.models.qwen3 import Qwen3Config
 
-SUPPORTED_MODEL_TYPES = ("bert", "qwen2")
+SUPPORTED_MODEL_TYPES = ("bert", "qwen2", "qwen3")
+QWEN_CONFIGS = {"qwen2": Qwen2Config, "qwen3": Qwen3Config}
 
 
 class ConversionError(UserError, ValueError):
@@ -33,14 +35,19 @@ def read_json(path: Path) -> dict:
 
 
 def encoder_config_from_hf(hf: dict, *, source: str = "config.json", causal: bool | None = None):
-    """A `BertConfig` or `Qwen2Config` from a Hugging Face config dict; other model types are refused."""
+    """A `BertConfig`, `Qwen2Config` or `Qwen3Config` from a Hugging Face config dict; other model types are
+    refused. `causal` overrides the attention of a Qwen (default: the file's, else the family's)."""
     model_type = hf.get("model_type")
     if model_type == "bert":
         return BertConfig.from_hf(hf)
-    if model_type == "qwen2":
-        config = Qwen2Config.from_hf(hf)
+    if model_type in QWEN_CONFIGS:
+        family = QWEN_CONFIGS[model_type]
+        try:
+            config = family.from_hf(hf)
+        except ValueError as error:
+            raise ConversionError(f"{source}: {error}") from None
         if causal is not None:
-            config = Qwen2Config(**{**config.__dict__, "causal": causal})
+            config = family(**{**config.__dict__, "causal": causal})
         return config
     raise ConversionError(
         f"{source}: unsupported model_type {model_type!r}; supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}"
@@ -69,7 +76,7 @@ def read_weights(folder: Path) -> dict[str, np.ndarray]:
 
 def encoder_params_from_hf(
     tensors: dict[str, np.ndarray],
-    config: BertConfig | Qwen2Config,
+    config: BertConfig | Qwen2Config | Qwen3Config,
     expected_shapes: dict[str, tuple[int, ...]],
     *,
     source: str = "checkpoint",
@@ -113,7 +120,9 @@ def encoder_params_from_hf(
     return params
 
 
-def encoder_params_to_hf(params: dict[str, np.ndarray], config: BertConfig | Qwen2Config) -> dict[str, np.ndarray]:
+def encoder_params_to_hf(
+    params: dict[str, np.ndarray], config: BertConfig | Qwen2Config | Qwen3Config
+) -> dict[str, np.ndarray]:
     """Hugging Face tensors (key -> contiguous array, no prefix) from our encoder parameters."""
     rules = keymaps.expand_rules(config.model_type, config)
     missing = [rule.ours for rule in rules if rule.ours not in params]

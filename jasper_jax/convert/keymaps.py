@@ -122,6 +122,23 @@ QWEN2_RULES: list[KeyRule] = [
     _copy("final_norm/scale", "norm.weight"),
 ]
 
+# Qwen3: Qwen2 without q/k/v bias, plus per-head RMSNorm weights (head_dim,) on queries and keys
+QWEN3_RULES: list[KeyRule] = [
+    _copy("embed/embedding", "embed_tokens.weight"),
+    _copy("layers/{i}/input_norm/scale", "layers.{i}.input_layernorm.weight"),
+    *_rules_for_projection("layers/{i}/attention/query", "layers.{i}.self_attn.q_proj", "q", False),
+    *_rules_for_projection("layers/{i}/attention/key", "layers.{i}.self_attn.k_proj", "kv", False),
+    *_rules_for_projection("layers/{i}/attention/value", "layers.{i}.self_attn.v_proj", "kv", False),
+    _copy("layers/{i}/attention/query_norm/scale", "layers.{i}.self_attn.q_norm.weight"),
+    _copy("layers/{i}/attention/key_norm/scale", "layers.{i}.self_attn.k_norm.weight"),
+    *_rules_for_output("layers/{i}/attention/output", "layers.{i}.self_attn.o_proj", False),
+    _copy("layers/{i}/post_attention_norm/scale", "layers.{i}.post_attention_layernorm.weight"),
+    *_linear("layers/{i}/mlp/gate", "layers.{i}.mlp.gate_proj", bias=False),
+    *_linear("layers/{i}/mlp/up", "layers.{i}.mlp.up_proj", bias=False),
+    *_linear("layers/{i}/mlp/down", "layers.{i}.mlp.down_proj", bias=False),
+    _copy("final_norm/scale", "norm.weight"),
+]
+
 
 def _patch_kernel_to_ours(w, config):
     """HF Conv2d weight (hidden, channels, patch_h, patch_w) -> ours (patch_h, patch_w, channels, hidden)."""
@@ -156,6 +173,11 @@ FAMILIES: dict[str, dict] = {
     },
     "qwen2": {
         "rules": QWEN2_RULES,
+        "prefixes": ("model.",),
+        "ignored": (r"^lm_head\.", r"rotary_emb\.inv_freq$", r"^score\."),
+    },
+    "qwen3": {
+        "rules": QWEN3_RULES,
         "prefixes": ("model.",),
         "ignored": (r"^lm_head\.", r"rotary_emb\.inv_freq$", r"^score\."),
     },

@@ -132,12 +132,14 @@ class LayerNorm(nnx.Module):
 
 
 class RMSNorm(nnx.Module):
-    """RMSNorm as in Qwen2/Llama: normalise in float32, cast back, then scale."""
+    """RMSNorm as in Qwen2/Llama: normalise in float32, cast back, then scale.
 
-    def __init__(self, features: int, eps: float, *, dtype: str = "float32", rngs: nnx.Rngs):
+    `axis_name`: the logical name of the normalised axis ('embed'; 'head_dim' for Qwen3's per-head q/k norm)."""
+
+    def __init__(self, features: int, eps: float, *, dtype: str = "float32", axis_name: str = "embed", rngs: nnx.Rngs):
         self.eps = eps
         self.dtype = as_dtype(dtype)
-        self.scale = make_param(rngs, nnx.initializers.ones, (features,), ("embed",))
+        self.scale = make_param(rngs, nnx.initializers.ones, (features,), (axis_name,))
 
     def __call__(self, x: Array) -> Array:
         x32 = x.astype(jnp.float32)
@@ -168,7 +170,8 @@ class Attention(nnx.Module):
     `num_kv_heads` < `num_heads` gives GQA: query head h uses key/value head h // (num_heads // num_kv_heads),
     as Hugging Face's `repeat_kv`. With `rope_theta` set, rotary embeddings are applied to queries and keys.
     `attention` names the implementation of the attention itself (`attention.IMPLEMENTATIONS`; "auto" picks
-    one per platform and dtype, see `jasper_jax/models/attention.py`).
+    one per platform and dtype, see `jasper_jax/models/attention.py`). `qk_norm_eps` set: queries and keys
+    are RMS-normalised per head over head_dim before RoPE (Qwen3's `q_norm` / `k_norm`).
     """
 
     def __init__(
@@ -182,6 +185,7 @@ class Attention(nnx.Module):
         output_bias: bool,
         causal: bool = False,
         rope_theta: float | None = None,
+        qk_norm_eps: float | None = None,
         dtype: str = "float32",
         attention: str = "auto",
         rngs: nnx.Rngs,
@@ -220,6 +224,11 @@ class Attention(nnx.Module):
             dtype=dtype,
             rngs=rngs,
         )
+        if qk_norm_eps is not None:
+            self.query_norm = RMSNorm(head_dim, qk_norm_eps, dtype=dtype, axis_name="head_dim", rngs=rngs)
+            self.key_norm = RMSNorm(head_dim, qk_norm_eps, dtype=dtype, axis_name="head_dim", rngs=rngs)
+        else:
+            self.query_norm = self.key_norm = None
 
     def __call__(
         self,
@@ -232,6 +241,8 @@ class Attention(nnx.Module):
         within their own segment only (see `attention.dot_product_attention`)."""
         batch, length, _ = x.shape
         query, key, value = self.query(x), self.key(x), self.value(x)
+        if self.query_norm is not None:
+            query, key = self.query_norm(query), self.key_norm(key)
         if self.rope_theta is not None:
             if positions is None:
                 positions = jnp.broadcast_to(jnp.arange(length), (batch, length))

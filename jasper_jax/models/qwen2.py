@@ -7,7 +7,7 @@ mask); `causal=True` gives Hugging Face's `Qwen2Model` behaviour.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +22,12 @@ Array = jax.Array
 class Qwen2Config:
     """Hyper-parameters of a Qwen2 encoder; field names follow Hugging Face's `Qwen2Config`.
 
-    The defaults are stella_en_1.5B_v5's text tower."""
+    The defaults are stella_en_1.5B_v5's text tower. The class variables describe the family's layer (Qwen3
+    subclasses this config: no q/k/v bias, per-head q/k RMSNorm)."""
+
+    QKV_BIAS: ClassVar[bool] = True
+    QK_NORM: ClassVar[bool] = False
+    ARCHITECTURE: ClassVar[str] = "Qwen2Model"
 
     vocab_size: int = 151646
     hidden_size: int = 1536
@@ -44,29 +49,34 @@ class Qwen2Config:
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
 
     @classmethod
-    def from_hf(cls, hf: dict[str, Any], *, causal: bool = False) -> Qwen2Config:
+    def from_hf(cls, hf: dict[str, Any], *, causal: bool | None = None):
         """From a Hugging Face config.json dict; RoPE theta from `rope_parameters` (transformers 5) or
-        `rope_theta` (older files). Only the default RoPE type is supported."""
+        `rope_theta` (older files). Only the default RoPE type is supported. `causal`: the attention when the
+        file does not say (`jasper_causal`); default the family's (Qwen2 bidirectional, Qwen3 causal)."""
+        name = cls.ARCHITECTURE.removesuffix("Model")
         rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type != "default":
-            raise ValueError(f"Qwen2 rope_type={rope_type!r} is not supported; only 'default'")
+            raise ValueError(f"{name} rope_type={rope_type!r} is not supported; only 'default'")
         if hf.get("use_sliding_window"):
-            raise ValueError("Qwen2 use_sliding_window=true is not supported (encoders attend over the whole text)")
+            raise ValueError(f"{name} use_sliding_window=true is not supported (encoders attend over the whole text)")
+        if cls.QK_NORM and hf.get("attention_bias"):  # Qwen3's switch (biases on q, k, v and o)
+            raise ValueError(f"{name} attention_bias=true is not supported (Qwen3 models have none)")
         values = dict(hf)
         values["rope_theta"] = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
-        values["causal"] = bool(hf.get("jasper_causal", causal))
+        default_causal = next(field.default for field in dataclasses.fields(cls) if field.name == "causal")
+        values["causal"] = bool(hf.get("jasper_causal", default_causal if causal is None else causal))
         names = {field.name for field in dataclasses.fields(cls)} - {"model_type"}
         return cls(**{key: values[key] for key in names if key in values and values[key] is not None})
 
     def to_hf(self) -> dict[str, Any]:
-        """A Hugging Face config.json dict for `Qwen2Model` (transformers 5 style rope_parameters)."""
+        """A Hugging Face config.json dict for `Qwen2Model` / `Qwen3Model` (transformers 5 style rope_parameters)."""
         hf = dataclasses.asdict(self)
         theta = hf.pop("rope_theta")
         causal = hf.pop("causal")
         hf.update(
-            architectures=["Qwen2Model"],
-            model_type="qwen2",
+            architectures=[self.ARCHITECTURE],
+            model_type=self.model_type,
             rope_parameters={"rope_type": "default", "rope_theta": theta},
             rope_theta=theta,
             jasper_causal=causal,
@@ -74,11 +84,14 @@ class Qwen2Config:
             use_sliding_window=False,
             attention_dropout=0.0,
         )
+        if self.QK_NORM:  # Qwen3 names the bias switch
+            hf["attention_bias"] = self.QKV_BIAS
         return hf
 
 
 class Qwen2Layer(nnx.Module):
-    """Pre-norm block: x = x + attention(norm(x)); x = x + mlp(norm(x))."""
+    """Pre-norm block: x = x + attention(norm(x)); x = x + mlp(norm(x)). The config's class says whether
+    q/k/v have biases (Qwen2) or queries and keys a per-head RMSNorm (Qwen3)."""
 
     def __init__(self, config: Qwen2Config, *, dtype: str, attention: str = "auto", rngs: nnx.Rngs):
         self.input_norm = layers.RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, rngs=rngs)
@@ -87,10 +100,11 @@ class Qwen2Layer(nnx.Module):
             config.num_attention_heads,
             config.num_key_value_heads,
             config.head_dim,
-            qkv_bias=True,
+            qkv_bias=config.QKV_BIAS,
             output_bias=False,
             causal=config.causal,
             rope_theta=config.rope_theta,
+            qk_norm_eps=config.rms_norm_eps if config.QK_NORM else None,
             dtype=dtype,
             attention=attention,
             rngs=rngs,

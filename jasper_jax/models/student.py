@@ -25,18 +25,23 @@ from jasper_jax.models.image_inputs import ImageInputs
 from jasper_jax.models.packed import PackedLayout, pool_packed
 from jasper_jax.models.pooling import POOLING_MODES, l2_normalize, pool
 from jasper_jax.models.qwen2 import Qwen2Config, Qwen2Encoder
+from jasper_jax.models.qwen3 import Qwen3Config, Qwen3Encoder
 from jasper_jax.models.siglip import SiglipVisionConfig
 
 Array = jax.Array
 POOLED = "pooled"
-ENCODER_FAMILIES = {"bert": (BertConfig, BertEncoder), "qwen2": (Qwen2Config, Qwen2Encoder)}
+ENCODER_FAMILIES = {
+    "bert": (BertConfig, BertEncoder),
+    "qwen2": (Qwen2Config, Qwen2Encoder),
+    "qwen3": (Qwen3Config, Qwen3Encoder),
+}
 
 
 @dataclasses.dataclass
 class StudentConfig:
     """What a `JasperStudent` is made of (see docs/INTERFACES.md)."""
 
-    encoder: BertConfig | Qwen2Config
+    encoder: BertConfig | Qwen2Config | Qwen3Config
     pooling: str = "mean"
     heads: dict[str, int] = dataclasses.field(default_factory=dict)
     vector_dropout: float = 0.0

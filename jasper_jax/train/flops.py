@@ -96,11 +96,13 @@ def _layer_positions(config: StudentConfig, index: int) -> list[Position]:
     out = Op(f"{p}/attention/output", per_token=2 * heads * head_dim * d)
     down = Op(f"{p}/mlp/down", per_token=2 * inter * d)
     up = Op(f"{p}/mlp/up", per_token=2 * d * inter)
-    if encoder.model_type == "qwen2":  # pre-norm, gated MLP
+    if encoder.model_type in ("qwen2", "qwen3"):  # pre-norm, gated MLP (Qwen3: q/k norms, not counted)
         gate = Op(f"{p}/mlp/gate", per_token=2 * d * inter)
+        qk_norms = (f"{p}/attention/query_norm", f"{p}/attention/key_norm") if encoder.QK_NORM else ()
         return [
             ((), (f"{p}/input_norm",)),
             ((q, k, v), ()),
+            ((), qk_norms),
             ((core,), ()),
             ((out,), ()),
             ((), (f"{p}/post_attention_norm",)),
@@ -121,7 +123,7 @@ def _layer_positions(config: StudentConfig, index: int) -> list[Position]:
 def forward_positions(config: StudentConfig) -> list[Position]:
     """The student's products and parameter groups in forward order (embeddings, layers, final norm, heads)."""
     encoder = config.encoder
-    if encoder.model_type == "qwen2":
+    if encoder.model_type in ("qwen2", "qwen3"):
         first, last = ("encoder/embed",), ("encoder/final_norm",)
     else:
         first = tuple(

@@ -1,4 +1,4 @@
-"""Helpers of the convert tests: tiny random PyTorch Qwen2 models saved as Hugging Face folders with a
+"""Helpers of the convert tests: tiny random PyTorch Qwen2 / Qwen3 models saved as Hugging Face folders with a
 Qwen2-style tokenizer, the bidirectional reference and sample texts."""
 
 from pathlib import Path
@@ -41,14 +41,18 @@ def save_qwen2_tokenizer(folder: Path) -> int:
     return tokenizer.get_vocab_size()
 
 
-def save_random_qwen2(folder: Path, *, hidden=32, heads=4, kv_heads=2, layers=2, seed=0) -> torch.nn.Module:
-    """A random Qwen2Model with a Qwen2-style BPE tokenizer, saved to `folder`."""
-    from transformers import Qwen2Config, Qwen2Model
+def save_random_qwen2(
+    folder: Path, *, hidden=32, heads=4, kv_heads=2, layers=2, seed=0, family="qwen2", **extra
+) -> torch.nn.Module:
+    """A random Qwen2Model (`family="qwen3"`: Qwen3Model; `extra`: more config fields such as head_dim) with a
+    Qwen2-style BPE tokenizer, saved to `folder`."""
+    import transformers
 
+    name = {"qwen2": "Qwen2", "qwen3": "Qwen3"}[family]
     folder.mkdir(parents=True, exist_ok=True)
     vocab_size = save_qwen2_tokenizer(folder)
     torch.manual_seed(seed)
-    config = Qwen2Config(
+    config = getattr(transformers, f"{name}Config")(
         vocab_size=vocab_size,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
@@ -58,8 +62,9 @@ def save_random_qwen2(folder: Path, *, hidden=32, heads=4, kv_heads=2, layers=2,
         pad_token_id=0,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
         attn_implementation="eager",
+        **extra,
     )
-    model = Qwen2Model(config).eval()
+    model = getattr(transformers, f"{name}Model")(config).eval()
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             parameter.copy_((1.0 if "norm" in name else 0.0) + 0.1 * torch.randn_like(parameter))

@@ -1,5 +1,6 @@
 """Export: the folder loads offline in sentence-transformers and transformers, reproduces `encode` for every
-head, and import -> export -> import is bit-identical; for a BERT (MiniLM) and a bidirectional Qwen2 student."""
+head, and import -> export -> import is bit-identical; for a BERT (MiniLM) and bidirectional Qwen2 and Qwen3
+students (a causal Qwen2 / Qwen3 exports as transformers' own model)."""
 
 import json
 
@@ -17,10 +18,14 @@ from tests.convert.convert_helpers import TEXTS
 HEADS = {"fc1": 48, "fc2": 16, "fc3": 8}
 
 
-@pytest.fixture(scope="module", params=["bert", "qwen2"])
-def exported(request, tmp_path_factory, qwen2_folder, minilm_folder):
-    source = minilm_folder if request.param == "bert" else qwen2_folder[0]
-    loaded = load_model_folder(source, heads=HEADS, rngs=nnx.Rngs(7))
+BIDIRECTIONAL = {"qwen2": "BidirectionalQwen2Model", "qwen3": "BidirectionalQwen3Model"}
+
+
+@pytest.fixture(scope="module", params=["bert", "qwen2", "qwen3"])
+def exported(request, tmp_path_factory, qwen2_folder, qwen3_folder, minilm_folder):
+    source = {"bert": minilm_folder, "qwen2": qwen2_folder[0], "qwen3": qwen3_folder[0]}[request.param]
+    causal = False if request.param == "qwen3" else None  # a Qwen3 folder loads causal by default
+    loaded = load_model_folder(source, heads=HEADS, rngs=nnx.Rngs(7), causal=causal)
     out = tmp_path_factory.mktemp(f"export_{request.param}")
     export_model(loaded.model, loaded.config, loaded.tokenizer_folder, out, active_head="fc2", max_seq_length=128)
     return request.param, loaded, out
@@ -66,7 +71,7 @@ def test_automodel_reproduces_encode_for_every_head(exported):
 
     family, _, out = exported
     model = AutoModel.from_pretrained(str(out), trust_remote_code=True, local_files_only=True).eval()
-    expected_class = "BertModel" if family == "bert" else "BidirectionalQwen2Model"
+    expected_class = BIDIRECTIONAL.get(family, "BertModel")
     assert type(model).__name__ == expected_class
     tokenizer = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
     batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
@@ -87,9 +92,10 @@ def test_export_files(exported):
     config = json.loads((out / "config.json").read_text())
     modules = json.loads((out / "modules.json").read_text())
     assert [m["path"] for m in modules] == ["", "1_Pooling", "2_JasperHeads", "3_Normalize"]
-    assert (out / "modeling_jasper_qwen2.py").exists() == (family == "qwen2")
-    if family == "qwen2":
-        assert config["auto_map"]["AutoModel"] == "modeling_jasper_qwen2.BidirectionalQwen2Model"
+    for qwen in BIDIRECTIONAL:
+        assert (out / f"modeling_jasper_{qwen}.py").exists() == (family == qwen)
+    if family in BIDIRECTIONAL:
+        assert config["auto_map"]["AutoModel"] == f"modeling_jasper_{family}.{BIDIRECTIONAL[family]}"
     assert json.loads((out / "2_JasperHeads" / "config.json").read_text())["heads"] == HEADS
 
 
@@ -160,16 +166,17 @@ def test_export_command_from_a_training_checkpoint(tmp_path, minilm_folder):
     np.testing.assert_allclose(encode_texts(workdir, TEXTS, head="fc2", progress=False), expected, atol=1e-6)
 
 
-def test_causal_qwen2_exports_as_plain_qwen2model(qwen2_folder, tmp_path):
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+def test_causal_qwen_exports_as_plain_transformers_model(family, qwen2_folder, qwen3_folder, tmp_path):
     from transformers import AutoModel, AutoTokenizer
 
-    source, reference = qwen2_folder
+    source, reference = {"qwen2": qwen2_folder, "qwen3": qwen3_folder}[family]
     loaded = load_model_folder(source, heads={"fc1": 8}, causal=True)
     export_model(loaded.model, loaded.config, loaded.tokenizer_folder, tmp_path)
-    assert not (tmp_path / "modeling_jasper_qwen2.py").exists()
+    assert not (tmp_path / f"modeling_jasper_{family}.py").exists()
     assert load_model_folder(tmp_path).config.encoder.causal
     model = AutoModel.from_pretrained(str(tmp_path), local_files_only=True).eval()
-    assert type(model).__name__ == "Qwen2Model"
+    assert type(model).__name__ == {"qwen2": "Qwen2Model", "qwen3": "Qwen3Model"}[family]
     batch = AutoTokenizer.from_pretrained(str(tmp_path), local_files_only=True)(
         TEXTS, padding=True, return_tensors="pt"
     )

@@ -1,5 +1,5 @@
-"""The conversion key maps both ways, on tiny random models of every family (BERT, Qwen2 bidirectional and
-causal, SigLIP vision): ours -> Hugging Face -> ours and Hugging Face -> ours -> Hugging Face are the
+"""The conversion key maps both ways, on tiny random models of every family (BERT, Qwen2 and Qwen3
+bidirectional and causal, SigLIP vision): ours -> Hugging Face -> ours and Hugging Face -> ours -> Hugging Face are the
 identity, bit for bit, and the Hugging Face side has exactly the keys and shapes of transformers' own model."""
 
 from __future__ import annotations
@@ -15,11 +15,17 @@ from jasper_jax.convert.siglip import siglip_params_from_tensors, siglip_tensors
 from jasper_jax.models.bert import BertConfig, BertEncoder
 from jasper_jax.models.params import param_shapes
 from jasper_jax.models.qwen2 import Qwen2Config, Qwen2Encoder
+from jasper_jax.models.qwen3 import Qwen3Config, Qwen3Encoder
 from jasper_jax.models.siglip import SiglipVisionConfig, SiglipVisionEncoder
 
 transformers = pytest.importorskip("transformers")  # its PyTorch models are the reference key sets
 
-ENCODERS = {BertConfig: BertEncoder, Qwen2Config: Qwen2Encoder, SiglipVisionConfig: SiglipVisionEncoder}
+ENCODERS = {
+    BertConfig: BertEncoder,
+    Qwen2Config: Qwen2Encoder,
+    Qwen3Config: Qwen3Encoder,
+    SiglipVisionConfig: SiglipVisionEncoder,
+}
 EXAMPLES = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SEEDS = st.integers(0, 2**32 - 1)
 
@@ -39,12 +45,12 @@ def bert_configs(draw) -> BertConfig:
 
 
 @st.composite
-def qwen2_configs(draw) -> Qwen2Config:
+def qwen2_configs(draw, family=Qwen2Config) -> Qwen2Config:
     kv_heads = draw(st.integers(1, 3))
     heads = kv_heads * draw(st.integers(1, 3))
     explicit_head_dim = draw(st.booleans())  # head_dim given apart from hidden_size / heads, as Qwen2 allows
     head_dim = draw(st.sampled_from([2, 4, 8]))
-    return Qwen2Config(
+    return family(
         vocab_size=draw(st.integers(8, 40)),
         hidden_size=draw(st.sampled_from([8, 12, 16, 24])) if explicit_head_dim else heads * head_dim,
         num_hidden_layers=draw(st.integers(1, 3)),
@@ -86,6 +92,8 @@ def hf_shapes(config) -> dict[str, tuple[int, ...]]:
     hf = config.to_hf()
     if isinstance(config, BertConfig):
         model = transformers.BertModel(transformers.BertConfig(**hf), add_pooling_layer=False)
+    elif isinstance(config, Qwen3Config):
+        model = transformers.Qwen3Model(transformers.Qwen3Config(**hf))
     elif isinstance(config, Qwen2Config):
         model = transformers.Qwen2Model(transformers.Qwen2Config(**hf))
     else:
@@ -141,6 +149,13 @@ def test_bert_key_map_round_trips(config, seed):
 @EXAMPLES
 @given(config=qwen2_configs(), seed=SEEDS)
 def test_qwen2_key_map_round_trips_bidirectional_and_causal(config, seed):
+    check_both_ways(config, seed)
+    assert encoder_config_from_hf(config.to_hf()) == config
+
+
+@EXAMPLES
+@given(config=qwen2_configs(Qwen3Config), seed=SEEDS)
+def test_qwen3_key_map_round_trips_bidirectional_and_causal(config, seed):
     check_both_ways(config, seed)
     assert encoder_config_from_hf(config.to_hf()) == config
 

@@ -20,6 +20,7 @@ from jasper_jax.models import BertConfig, JasperStudent, Qwen2Config, StudentCon
 from jasper_jax.models import attention as attention_lib
 from jasper_jax.models.bert import BertEncoder
 from jasper_jax.models.qwen2 import Qwen2Encoder
+from jasper_jax.models.qwen3 import Qwen3Config, Qwen3Encoder
 from jasper_jax.models.siglip import SiglipVisionEncoder, tiny_siglip_config
 
 TOLERANCE = 1e-5
@@ -47,6 +48,7 @@ TEXT_ENCODERS = {
     "bert": (BertEncoder, TINY_BERT),
     "qwen2": (Qwen2Encoder, TINY_QWEN2),
     "qwen2_causal": (Qwen2Encoder, Qwen2Config(**{**TINY_QWEN2.__dict__, "causal": True})),
+    "qwen3": (Qwen3Encoder, Qwen3Config(**{**TINY_QWEN2.__dict__, "model_type": "qwen3", "head_dim": 16})),
 }
 
 

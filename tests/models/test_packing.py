@@ -11,7 +11,7 @@ from flax import nnx
 
 from jasper_jax.data.packing import pack_batch
 from jasper_jax.data.tokenization import pad_batch
-from jasper_jax.models import BertConfig, JasperStudent, Qwen2Config, StudentConfig
+from jasper_jax.models import BertConfig, JasperStudent, Qwen2Config, Qwen3Config, StudentConfig
 from jasper_jax.models.packed import PackedLayout, pool_packed
 
 MAX_LENGTH = 16
@@ -38,7 +38,12 @@ def tiny_qwen2(causal):
     )
 
 
-ENCODERS = {"bert": TINY_BERT, "qwen2": tiny_qwen2(False), "qwen2-causal": tiny_qwen2(True)}
+ENCODERS = {
+    "bert": TINY_BERT,
+    "qwen2": tiny_qwen2(False),
+    "qwen2-causal": tiny_qwen2(True),
+    "qwen3": Qwen3Config(**{**tiny_qwen2(True).__dict__, "model_type": "qwen3", "head_dim": 16}),
+}
 
 
 def token_lists(seed=0):

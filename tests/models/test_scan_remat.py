@@ -11,6 +11,7 @@ from jasper_jax.models import JasperStudent, StudentConfig
 from jasper_jax.models import remat as remat_lib
 from jasper_jax.models.params import flat_params
 from jasper_jax.models.qwen2 import Qwen2Config
+from jasper_jax.models.qwen3 import Qwen3Config
 from jasper_jax.train import optimizer as optimizer_lib
 from tests.models.test_student import TINY_BERT, TINY_QWEN2, inputs
 
@@ -19,6 +20,7 @@ ENCODERS = {
     "bert": TINY_BERT,
     "qwen2": TINY_QWEN2,
     "qwen2_causal": Qwen2Config(**{**TINY_QWEN2.__dict__, "causal": True}),
+    "qwen3": Qwen3Config(**{**TINY_QWEN2.__dict__, "model_type": "qwen3", "head_dim": 8}),
 }
 
 
