@@ -3,10 +3,11 @@
 The fields, their types and defaults are those of `jasper_jax.train.settings` (and the objective's of
 `jasper_jax.losses.ObjectiveConfig`), which `train()` builds from the ConfigDict; the blocks here are made
 from those dataclasses, so a default exists once. Top level: `workdir` (each stage writes `stage{N}/`),
-`seed`, `mesh` (`data`, `fsdp`, `tensor` sizes, -1 = the rest), `sharding_rules` (logical name -> mesh
-axes), `activation_sharding`, `distributed`, `model`, `data`, `optimizer`, `objective`, `checkpoint`,
-`hardware`, `log_every`, `max_consecutive_nonfinite`, `progress`, `debug.nonfinite_steps` (tests: steps whose teacher
-batch is made infinite), and `stages.stage{N}` blocks from `stage(...)` (fields: `settings.StageSettings`).
+`seed`, `mesh` (`data`, `fsdp`, `tensor` sizes, -1 = the rest; `mesh.dcn`: the across-host part),
+`sharding_rules` (logical name -> mesh axes), `activation_sharding`, `distributed`, `model`, `data`,
+`optimizer`, `objective`, `checkpoint`, `hardware`, `log_every`, `max_consecutive_nonfinite`, `progress`,
+`debug.nonfinite_steps` (tests: steps whose teacher batch is made infinite), and `stages.stage{N}` blocks from
+`stage(...)` (fields: `settings.StageSettings`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.workdir = "runs/default"
     config.seed = 666
-    config.mesh = dict(data=-1, fsdp=1, tensor=1)
+    # `dcn`: the part of each axis that spans hosts or slices (train/mesh.py); all 1: a single-level mesh
+    config.mesh = dict(data=-1, fsdp=1, tensor=1, dcn=dict(data=1, fsdp=1, tensor=1))
     config.sharding_rules = tuple((name, axes) for name, axes in DEFAULT_RULES)
     config.activation_sharding = True  # pin encoder-layer inputs to batch sharding (see step.py)
     config.distributed = settings.defaults(settings.DistributedSettings)

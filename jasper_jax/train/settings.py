@@ -233,7 +233,7 @@ class RunSettings:
 
     workdir: Path
     seed: int
-    mesh: dict[str, int]
+    mesh: dict[str, Any]  # axis -> size (inside a host), and `dcn`: axis -> size across hosts (train/mesh.py)
     sharding_rules: tuple[tuple[str, Any], ...]
     activation_sharding: bool
     distributed: DistributedSettings
