@@ -65,9 +65,10 @@ def get_config():
         batch_size=128,
         lr=8e-5,
         steps=7000,
-        # "continue" (stages 2, 3): at batch 128 (the paper's global batch; the official code's per-device
-        # batch) stages 1-3 read 4000/7000/2200 x 128 = 0.51M/0.90M/0.28M rows; each from row 0 they would
-        # all see the same first 11% of the 8M-row store. Continuing shows the student new texts in every
+        # "continue" (stages 2, 3): at a global batch of 128 (the paper's table; PAPER.md does not say
+        # whether the official runs' 128 was per device, which on N devices would read N times more rows)
+        # stages 1-3 read 4000/7000/2200 x 128 = 0.51M/0.90M/0.28M rows; each from row 0 they would all
+        # see the same first 11% of the 8M-row store. Continuing shows the student new texts in every
         # stage: 21% of the store in all, no text twice (README, "Data across stages").
         data_start="continue",
     )
