@@ -43,6 +43,7 @@ from jasper_jax.errors import UserError
 from jasper_jax.loader import load_any
 from jasper_jax.models.pooling import l2_normalize
 from jasper_jax.models.student import POOLED, JasperStudent
+from jasper_jax.models.token_compression import check_ratio
 from jasper_jax.prompts import PAPER_PROMPTS
 
 
@@ -69,23 +70,32 @@ def resolve_prompt(prompt: str | None, prompts: dict[str, str]) -> str:
 
 class JittedEncoder:
     """The model split once into (graphdef, state) and one jitted forward (the head static): one compile per
-    head and input shape. `pixel_values` is None for texts, (B, H, W, 3) images for image inputs."""
+    head, compression ratio and input shape. `pixel_values` is None for texts, (B, H, W, 3) images for image
+    inputs; `compression_ratio` (static) for a student with a token compressor (None: its default)."""
 
     def __init__(self, model: JasperStudent):
         self.graphdef, self.state = nnx.split(model)
 
-        def run(state, input_ids, attention_mask, pixel_values, head):
+        def run(state, input_ids, attention_mask, pixel_values, head, compression_ratio):
             model = nnx.merge(self.graphdef, state)
-            pooled = model.pooled(input_ids, attention_mask, pixel_values=pixel_values)
+            pooled = model.pooled(
+                input_ids, attention_mask, pixel_values=pixel_values, compression_ratio=compression_ratio
+            )
             return l2_normalize(pooled if head == POOLED else model.heads[head](pooled))
 
-        self.run = jax.jit(run, static_argnums=4)
+        self.run = jax.jit(run, static_argnums=(4, 5))
 
     def __call__(
-        self, input_ids: np.ndarray, attention_mask: np.ndarray, head: str, pixel_values: np.ndarray | None = None
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        head: str,
+        pixel_values: np.ndarray | None = None,
+        compression_ratio: float | None = None,
     ) -> np.ndarray:
         pixels = None if pixel_values is None else jnp.asarray(pixel_values)
-        return np.asarray(self.run(self.state, jnp.asarray(input_ids), jnp.asarray(attention_mask), pixels, head))
+        ids, mask = jnp.asarray(input_ids), jnp.asarray(attention_mask)
+        return np.asarray(self.run(self.state, ids, mask, pixels, head, compression_ratio))
 
 
 def _loaded(model_path_or_model, tokenizer) -> LoadedModel:
@@ -125,13 +135,19 @@ def encode_texts(
     batch_size: int = 64,
     progress: bool = True,
     tokenizer: str | Path | TextTokenizer | None = None,
+    compression_ratio: float | None = None,
 ) -> np.ndarray:
     """Embed `texts`: float32 (N, d), rows L2-normalised, in input order.
 
     `model_path_or_model`: a model alias, folder or trainer checkpoint (`jasper_jax.loader.load_any`), a
     `LoadedModel`, or a `JasperStudent` together with `tokenizer`. `max_length` is capped by the model's own
-    max_seq_length."""
+    max_seq_length. `compression_ratio`: for a student with token compression, the share of the tokens past
+    its threshold that are kept (default: the model's)."""
     loaded = _loaded(model_path_or_model, tokenizer)
+    if compression_ratio is not None:
+        if loaded.config.token_compression is None:
+            raise ValueError("compression_ratio given but this model has no token compression (token_compression)")
+        compression_ratio = check_ratio(compression_ratio)
     name, truncate_dim = parse_head(head, loaded.model, loaded.default_head)
     length_cap = min(max_length, loaded.max_seq_length or max_length)
     if isinstance(tokenizer, TextTokenizer):
@@ -152,7 +168,9 @@ def encode_texts(
         chunk += [chunk[-1][:1]] * (batch_size - len(chunk))  # fixed batch shape: pad with 1-token rows
         length = bucket_length(max(len(row) for row in chunk), text_tokenizer.max_length)
         batch = pad_batch(chunk, length, text_tokenizer.pad_id)
-        vectors = encoder(batch["input_ids"], batch["attention_mask"], name)[: len(rows)]
+        vectors = encoder(batch["input_ids"], batch["attention_mask"], name, compression_ratio=compression_ratio)[
+            : len(rows)
+        ]
         out[rows] = _truncate(vectors, truncate_dim)
         bar.update(len(rows))
     bar.close()
@@ -230,6 +248,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=512, help="maximum tokens per text (prompt included)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
+    parser.add_argument(
+        "--compression-ratio",
+        type=float,
+        default=None,
+        help="a model with token compression: share of the tokens past its threshold kept, in (0, 1] "
+        "(default: the model's; the released Jasper-Token-Compression-600M: 0.5)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -237,6 +262,13 @@ def run(args: argparse.Namespace) -> int:
     if (args.input is None) == (args.images is None):
         raise SystemExit("jasper-jax encode: give exactly one of --input (texts) and --images (image paths)")
     loaded = load_any(args.model, compute_dtype=args.dtype)
+    if args.compression_ratio is not None:
+        if loaded.config.token_compression is None:
+            raise SystemExit(
+                f"jasper-jax encode: --compression-ratio needs a model with token compression; {args.model} has none"
+            )
+        if not 0.0 < args.compression_ratio <= 1.0:
+            raise SystemExit(f"jasper-jax encode: --compression-ratio {args.compression_ratio} must be in (0, 1]")
     if args.images is not None:
         listing = Path(args.images)
         paths = [line.strip() for line in listing.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -258,6 +290,7 @@ def run(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         batch_size=args.batch_size,
         progress=not args.no_progress,
+        compression_ratio=args.compression_ratio,
     )
     np.save(args.out, vectors)
     print(f"encoded {len(texts)} texts -> {args.out} {vectors.shape}", file=sys.stderr)

@@ -85,6 +85,11 @@ def export_model(
             f"no tokenizer to export: {tokenizer_folder / 'tokenizer.json'} does not exist; pass the folder of "
             "the model the student was initialised from"
         )
+    if config.token_compression is not None:
+        raise ValueError(
+            "export of a student with token_compression is not supported yet; encode it with "
+            "`jasper-jax encode --model DIR --compression-ratio R` instead"
+        )
     heads = dict(config.heads)
     if active_head is not None and active_head not in heads:
         raise ValueError(f"active head {active_head!r} is not one of the model's heads {sorted(heads)}")

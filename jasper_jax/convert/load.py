@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
+from jasper_jax.convert import jasper_v2
 from jasper_jax.convert.hf import (
     ConversionError,
     ModelNotFoundError,
@@ -131,7 +132,7 @@ def read_sentence_transformers(folder: Path) -> dict:
     for module in modules:
         kind = module["type"].rsplit(".", 1)[-1]
         sub = folder / module.get("path", "")
-        if kind == "Transformer":
+        if kind in ("Transformer", "JasperTransformer"):  # the latter: the released JasperV2Encoder's
             transformer = sub
         elif kind == "Pooling":
             pooling = _pooling_mode(sub)
@@ -203,9 +204,16 @@ def load_model_folder(
     transformer = parts["transformer"]
     if not (transformer / "config.json").exists():
         raise ModelNotFoundError(f"{transformer}: no config.json; not a Hugging Face model folder")
-    encoder_config = encoder_config_from_hf(
-        read_json(transformer / "config.json"), source=str(transformer / "config.json"), causal=causal
-    )
+    hf_config = read_json(transformer / "config.json")
+    encoder_config = encoder_config_from_hf(hf_config, source=str(transformer / "config.json"), causal=causal)
+    tensors = read_weights(transformer)
+    compression, compressor_params = None, {}
+    if jasper_v2.is_jasper_v2(hf_config):
+        tensors, compressor_params, (kernel, bias), compression = jasper_v2.split_tensors(
+            tensors, hf_config, str(transformer)
+        )
+        parts["heads"] = [_Head(jasper_v2.HEAD, np.asarray(kernel, np.float32), np.asarray(bias, np.float32))]
+        parts["active"] = jasper_v2.HEAD
     saved = read_json(folder / JASPER_CONFIG) if (folder / JASPER_CONFIG).exists() else {}
     loaded_heads = {head.name: head for head in parts["heads"]}
     head_dims = {name: int(head.kernel.shape[1]) for name, head in loaded_heads.items()}
@@ -230,13 +238,13 @@ def load_model_folder(
         remat=student.get("remat", False) if remat is None else remat,
         attention=attention or student.get("attention", "auto"),
         scan_layers=student.get("scan_layers", False) if scan_layers is None else scan_layers,
+        token_compression=compression,
         **(vision[0] if vision else {}),
     )
     model = JasperStudent(config, rngs=rngs or nnx.Rngs(0))
-    params = encoder_params_from_hf(
-        read_weights(transformer), encoder_config, param_shapes(model.encoder), source=str(transformer)
-    )
+    params = encoder_params_from_hf(tensors, encoder_config, param_shapes(model.encoder), source=str(transformer))
     values = {f"encoder/{key}": value for key, value in params.items()}
+    values.update({key: np.asarray(value, np.float32) for key, value in compressor_params.items()})
     for name, head in loaded_heads.items():
         values[f"heads/{name}/kernel"], values[f"heads/{name}/bias"] = head.kernel, head.bias
     if vision:

@@ -159,7 +159,7 @@ class Qwen2Encoder(nnx.Module):
         Packed rows (`jasper_jax.models.packed`): `positions` (B, L) are the RoPE positions (default 0..L-1)
         and `segment_ids` (B, L) keep attention (bidirectional or causal) inside each text."""
         del token_type_ids  # Qwen2 has none
-        batch, length = input_ids.shape
+        batch, length = (input_ids if inputs_embeds is None else inputs_embeds).shape[:2]
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.embed.dtype)

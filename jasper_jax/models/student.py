@@ -27,6 +27,7 @@ from jasper_jax.models.pooling import POOLING_MODES, l2_normalize, pool
 from jasper_jax.models.qwen2 import Qwen2Config, Qwen2Encoder
 from jasper_jax.models.qwen3 import Qwen3Config, Qwen3Encoder
 from jasper_jax.models.siglip import SiglipVisionConfig
+from jasper_jax.models.token_compression import CompressionConfig, TokenCompressor
 
 Array = jax.Array
 POOLED = "pooled"
@@ -57,6 +58,8 @@ class StudentConfig:
     vision: SiglipVisionConfig | None = None
     image_tokens: int = 0
     image_token_ids: tuple[int, int, int] | None = None
+    # dynamic token compression before the encoder (jasper_jax.models.token_compression); None: off
+    token_compression: CompressionConfig | None = None
 
     def __post_init__(self):
         if self.vision is not None and (self.image_tokens <= 0 or self.image_token_ids is None):
@@ -73,6 +76,10 @@ class StudentConfig:
         if self.compute_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"compute_dtype={self.compute_dtype!r}; choose 'float32' or 'bfloat16'")
         check_attention(self.attention, self.compute_dtype)
+        if isinstance(self.token_compression, dict):
+            self.token_compression = CompressionConfig.from_dict(self.token_compression)
+        if self.token_compression is not None and self.vision is not None:
+            raise ValueError("token_compression and a vision tower cannot be combined (text students only)")
         self.remat = remat_lib.normalize(self.remat)
         self.scan_layers = bool(self.scan_layers)
 
@@ -81,6 +88,7 @@ class StudentConfig:
         values = dataclasses.asdict(self)
         values["encoder"] = self.encoder.to_hf()
         values["vision"] = self.vision.to_hf() if self.vision is not None else None
+        values["token_compression"] = self.token_compression.to_dict() if self.token_compression else None
         return values
 
     @classmethod
@@ -125,6 +133,11 @@ class JasperStudent(nnx.Module):
                 }
             )
             self.dropout = nnx.Dropout(config.vector_dropout, rngs=rngs) if config.vector_dropout > 0 else None
+            self.compressor = None
+            if config.token_compression is not None:
+                self.compressor = nnx.data(
+                    TokenCompressor(config.token_compression, hidden, dtype=config.compute_dtype, rngs=rngs)
+                )
             self.vision = None
             if config.vision is not None:
                 self.vision = nnx.data(
@@ -153,13 +166,29 @@ class JasperStudent(nnx.Module):
         token_type_ids: Array | None = None,
         pixel_values: Array | None = None,
         packed: PackedLayout | None = None,
+        compression_ratio: float | None = None,
+        compressed_mask: Array | None = None,
     ) -> Array:
         """The pooled (not normalised) float32 vector (B, hidden).
 
         `pixel_values` (B, H, W, C): one image per row, whose pooled rows replace the embeddings at that
         row's image-token positions (see `image_inputs.py`); rows without image tokens ignore theirs.
         `packed`: the inputs are packed rows (R, L) holding B texts (`jasper_jax.models.packed`); the result
-        is then the B texts' vectors in their input order (text students only)."""
+        is then the B texts' vectors in their input order (text students only).
+        A student with a token compressor compresses the token embeddings first: by `compression_ratio`
+        (a Python float, default the config's) or to the host-built `compressed_mask` (B, T); pooling then
+        runs over the compressed tokens (see `token_compression.py`)."""
+        if self.compressor is not None:
+            if packed is not None:
+                raise ValueError("packed inputs are not supported with token compression (set data packing off)")
+            embeddings, mask = self.compressor(
+                self.token_embeddings(input_ids), attention_mask, ratio=compression_ratio, new_mask=compressed_mask
+            )
+            # compressed positions are no tokens: ids of the compressed shape (unused beside the embeddings)
+            hidden = self.encoder(jnp.zeros(mask.shape, input_ids.dtype), mask, None, inputs_embeds=embeddings)
+            return pool(hidden, mask, self.config.pooling)
+        if compression_ratio is not None or compressed_mask is not None:
+            raise ValueError("compression_ratio given but this student has no token compressor (token_compression)")
         if packed is not None:
             if self.vision is not None or pixel_values is not None:
                 raise ValueError("packed inputs are for text-only students (no vision tower, no pixel_values)")
@@ -192,8 +221,12 @@ class JasperStudent(nnx.Module):
         token_type_ids: Array | None = None,
         pixel_values: Array | None = None,
         packed: PackedLayout | None = None,
+        compression_ratio: float | None = None,
+        compressed_mask: Array | None = None,
     ) -> dict[str, Array]:
-        vector = self.pooled(input_ids, attention_mask, token_type_ids, pixel_values, packed)
+        vector = self.pooled(
+            input_ids, attention_mask, token_type_ids, pixel_values, packed, compression_ratio, compressed_mask
+        )
         return self.head_outputs(vector, deterministic=deterministic)
 
     def head_outputs(self, vector: Array, *, deterministic: bool = True) -> dict[str, Array]:
