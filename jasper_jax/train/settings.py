@@ -39,6 +39,9 @@ SCAN_LAYERS_NAMES = {"auto": "auto", "true": "true", "1": "true", "yes": "true",
 SCAN_LAYERS_NAMES["no"] = "false"
 
 
+TOKEN_COMPRESSION_KEYS = ("threshold", "ratio", "intermediate_size")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSettings:
     """The student: `source` "random" (from `family` + `encoder`), an alias such as "minilm", or a folder."""
@@ -55,9 +58,22 @@ class ModelSettings:
     attention: str = "auto"  # jasper_jax.models.attention: auto, xla, cudnn, splash, einsum
     # the encoder layers under one jax.lax.scan: auto (on for GPU/TPU, off on CPU), true, false
     scan_layers: str = "auto"
+    # dynamic token compression (jasper_jax.models.token_compression): {} off; keys threshold (80), ratio
+    # (0.5, the ratio training and encode use), intermediate_size (default the encoder's)
+    token_compression: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         from jasper_jax.models import remat as remat_lib
+
+        unknown = sorted(set(self.token_compression) - set(TOKEN_COMPRESSION_KEYS))
+        if unknown:
+            raise TrainingError(
+                f"config field model.token_compression: unknown keys {unknown}; known: {list(TOKEN_COMPRESSION_KEYS)}"
+            )
+        try:
+            self.compression_config(1)
+        except (TypeError, ValueError) as error:
+            raise TrainingError(f"config field model.{error}") from None
 
         try:
             object.__setattr__(self, "remat", remat_lib.normalize(self.remat))
@@ -67,6 +83,16 @@ class ModelSettings:
         if scan is None:
             raise TrainingError(f"config field model.scan_layers={self.scan_layers!r}: choose auto, true or false")
         object.__setattr__(self, "scan_layers", scan)
+
+    def compression_config(self, encoder_intermediate_size: int):
+        """The `CompressionConfig` of `token_compression` (None when off)."""
+        if not self.token_compression:
+            return None
+        from jasper_jax.models.token_compression import CompressionConfig
+
+        values = dict(self.token_compression)
+        values.setdefault("intermediate_size", encoder_intermediate_size)
+        return CompressionConfig(**values)
 
     def scan_layers_on(self, platform: str) -> bool:
         """Whether the layers are scanned on `platform` ("auto": on GPU/TPU, where compile time dominates;

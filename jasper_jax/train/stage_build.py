@@ -100,7 +100,13 @@ def student_config_for(run: RunSettings, heads: dict[str, int], saved: dict[str,
     if family not in ENCODER_FAMILIES:
         raise TrainingError(f"config.model.family={family!r}; choose from {sorted(ENCODER_FAMILIES)}")
     encoder = ENCODER_FAMILIES[family][0](**run.model.encoder)
-    return StudentConfig(encoder=encoder, heads=dict(heads), pooling=run.model.pooling, **_training_options(run))
+    return StudentConfig(
+        encoder=encoder,
+        heads=dict(heads),
+        pooling=run.model.pooling,
+        token_compression=run.model.compression_config(encoder.intermediate_size),
+        **_training_options(run),
+    )
 
 
 def build_student(run: RunSettings, heads: dict[str, int], seed: int, saved: dict[str, Any] | None):
@@ -118,13 +124,21 @@ def build_student(run: RunSettings, heads: dict[str, int], seed: int, saved: dic
     from jasper_jax.models.params import assign_params, flat_params
 
     loaded, loaded_config = load_model(path, heads=dict(heads), rngs=rngs, **_training_options(run))
-    if set(loaded_config.heads) == set(heads):
+    compression = run.model.compression_config(loaded_config.encoder.intermediate_size)
+    if compression is not None and loaded_config.token_compression is not None:  # keep the folder's MLP width
+        compression = dataclasses.replace(
+            compression, intermediate_size=loaded_config.token_compression.intermediate_size
+        )
+    if compression is None or compression == loaded_config.token_compression:
+        compression = loaded_config.token_compression
+    if set(loaded_config.heads) == set(heads) and compression == loaded_config.token_compression:
         return loaded, loaded_config
-    # the folder carries heads this stage does not train (e.g. Stella's 2_Dense_*): rebuild without them
-    log.info(
-        "model %s carries heads %s not used by this stage; dropped", path, sorted(set(loaded_config.heads) - set(heads))
-    )
-    student_config = dataclasses.replace(loaded_config, heads=dict(heads))
+    # the folder carries heads this stage does not train (e.g. Stella's 2_Dense_*): rebuild without them;
+    # or model.token_compression adds a (fresh) compressor / sets the folder's threshold and ratio
+    dropped = sorted(set(loaded_config.heads) - set(heads))
+    if dropped:
+        log.info("model %s carries heads %s not used by this stage; dropped", path, dropped)
+    student_config = dataclasses.replace(loaded_config, heads=dict(heads), token_compression=compression)
     model = JasperStudent(student_config, rngs=rngs)
     assign_params(model, flat_params(loaded))
     return model, student_config
@@ -137,6 +151,11 @@ def build_stage_model(
     seed = run.seed + stage.number
     with nnx.use_eager_sharding(False):
         model, student_config = build_student(run, stage.heads, seed, saved)
+        if student_config.token_compression is not None and run.data.packing:
+            raise TrainingError(
+                "config fields data.packing=true and a student with token compression (model.token_compression "
+                "or a JasperV2Encoder folder) cannot be combined yet; set data.packing=false"
+            )
         if not stage.is_image_stage:
             return StageModel(model, student_config)
         tokenizer_folder = run.stage_dir(stage.number) / "tokenizer"
