@@ -4,16 +4,16 @@ token embeddings, then, per text, adaptive average pooling of its n real tokens 
     t(n) = n                                          if n <= threshold
     t(n) = int(threshold + (n - threshold) * ratio)   otherwise
 
-tokens (`torch.nn.functional.adaptive_avg_pool1d`: output i averages inputs floor(i n / t) .. ceil((i+1) n / t)
-- 1), so the encoder then runs over far fewer positions. The released model uses threshold 80, ratio 0.5 by
-default, and takes the ratio as a call argument.
+tokens (`torch.nn.functional.adaptive_avg_pool1d`: output i averages the inputs from floor(i n / t) up to,
+not including, ceil((i+1) n / t)), so the encoder then runs over far fewer positions. The released model
+uses threshold 80, ratio 0.5 by default, and takes the ratio as a call argument.
 
 Static shapes for jit: the ratio is a Python float (one compilation per ratio), t(n) is read from a table
 computed on the host in float64 exactly as the released code does, and the output length is the largest
 t(n) over n <= L for the input length L (the compressed bucket); rows shorter than it are right-padded and
 masked. Alternatively the caller passes the compressed mask (B, T) it built on the host
-(`compressed_mask`), which fixes both the output length T and each row's t (training: a ratio sampled per
-step without recompiling). Inputs are right-padded, as everywhere in this package.
+(`compressed_mask`), which fixes both the output length T and each row's t (a way to vary the ratio
+without recompiling; the trainer does not sample it yet). Inputs are right-padded, as everywhere in this package.
 """
 
 from __future__ import annotations
