@@ -15,10 +15,11 @@ from safetensors.numpy import load_file, save_file
 from jasper_jax.convert import keymaps
 from jasper_jax.errors import UserError
 from jasper_jax.models.bert import BertConfig
+from jasper_jax.models.mpnet import MPNetConfig
 from jasper_jax.models.qwen2 import Qwen2Config
 from jasper_jax.models.qwen3 import Qwen3Config
 
-SUPPORTED_MODEL_TYPES = ("bert", "qwen2", "qwen3")
+SUPPORTED_MODEL_TYPES = ("bert", "mpnet", "qwen2", "qwen3")
 QWEN_CONFIGS = {"qwen2": Qwen2Config, "qwen3": Qwen3Config}
 
 
@@ -35,11 +36,16 @@ def read_json(path: Path) -> dict:
 
 
 def encoder_config_from_hf(hf: dict, *, source: str = "config.json", causal: bool | None = None):
-    """A `BertConfig`, `Qwen2Config` or `Qwen3Config` from a Hugging Face config dict; other model types are
+    """A `BertConfig`, `MPNetConfig`, `Qwen2Config` or `Qwen3Config` from a Hugging Face config dict; others are
     refused. `causal` overrides the attention of a Qwen (default: the file's, else the family's)."""
     model_type = hf.get("model_type")
     if model_type == "bert":
         return BertConfig.from_hf(hf)
+    if model_type == "mpnet":
+        try:
+            return MPNetConfig.from_hf(hf)
+        except ValueError as error:
+            raise ConversionError(f"{source}: {error}") from None
     if model_type in QWEN_CONFIGS:
         family = QWEN_CONFIGS[model_type]
         try:

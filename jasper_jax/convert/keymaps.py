@@ -108,6 +108,22 @@ BERT_RULES: list[KeyRule] = [
     *_layer_norm("layers/{i}/mlp_norm", "encoder.layer.{i}.output.LayerNorm"),
 ]
 
+# MPNet: BERT's layer under other names, no token types, one relative position bias table for all layers
+MPNET_RULES: list[KeyRule] = [
+    _copy("word_embeddings/embedding", "embeddings.word_embeddings.weight"),
+    _copy("position_embeddings/embedding", "embeddings.position_embeddings.weight"),
+    *_layer_norm("embeddings_norm", "embeddings.LayerNorm"),
+    _copy("relative_attention_bias", "encoder.relative_attention_bias.weight"),
+    *_rules_for_projection("layers/{i}/attention/query", "encoder.layer.{i}.attention.attn.q", "q", True),
+    *_rules_for_projection("layers/{i}/attention/key", "encoder.layer.{i}.attention.attn.k", "kv", True),
+    *_rules_for_projection("layers/{i}/attention/value", "encoder.layer.{i}.attention.attn.v", "kv", True),
+    *_rules_for_output("layers/{i}/attention/output", "encoder.layer.{i}.attention.attn.o", True),
+    *_layer_norm("layers/{i}/attention_norm", "encoder.layer.{i}.attention.LayerNorm"),
+    *_linear("layers/{i}/mlp/up", "encoder.layer.{i}.intermediate.dense"),
+    *_linear("layers/{i}/mlp/down", "encoder.layer.{i}.output.dense"),
+    *_layer_norm("layers/{i}/mlp_norm", "encoder.layer.{i}.output.LayerNorm"),
+]
+
 QWEN2_RULES: list[KeyRule] = [
     _copy("embed/embedding", "embed_tokens.weight"),
     _copy("layers/{i}/input_norm/scale", "layers.{i}.input_layernorm.weight"),
@@ -170,6 +186,11 @@ FAMILIES: dict[str, dict] = {
         "rules": BERT_RULES,
         "prefixes": ("bert.", "model."),
         "ignored": (r"^pooler\.", r"^cls\.", r"position_ids$"),
+    },
+    "mpnet": {
+        "rules": MPNET_RULES,
+        "prefixes": ("mpnet.", "model."),
+        "ignored": (r"^pooler\.", r"^lm_head\.", r"position_ids$"),
     },
     "qwen2": {
         "rules": QWEN2_RULES,

@@ -6,6 +6,8 @@ head h uses key/value head h // (N // K), as Hugging Face's `repeat_kv`; the key
 repeated), and returns (B, L, N, H) in the query's dtype. A query attends to the keys that are real tokens
 (`attention_mask` nonzero; None = all), earlier or equal positions only with `causal`, and, with
 `segment_ids` (B, L) int (sequence packing), the keys of its own segment only. The softmax is float32.
+`bias` (B or 1, N, L, L), if given, is added to the scaled scores before masking (MPNet's relative position
+bias); only "einsum" and "xla" take one ("cudnn" and "splash" refuse it with a ValueError).
 
 Implementations (`StudentConfig.attention`, the `attention` argument of the encoders):
 - "einsum": the scores as a float32 (B, N, L, L) array from two einsums; the reference the others are
@@ -74,6 +76,7 @@ def dot_product_attention(
     segment_ids: Array | None = None,
     implementation: str = "auto",
     interpret: bool = False,
+    bias: Array | None = None,
 ) -> Array:
     """softmax(q k^T / sqrt(H) masked) v per head (see the module docstring for shapes and masking).
 
@@ -87,14 +90,17 @@ def dot_product_attention(
             f"segment_ids of shape {tuple(segment_ids.shape)}; expected (batch, length) = {(batch, length)}"
         )
     name = resolve_implementation(implementation, query.dtype, head_dim)
+    if bias is not None and name not in ("einsum", "xla"):
+        raise ValueError(f"attention={name!r} takes no additive score bias; use attention='xla' or 'einsum'")
     platform = jax.default_backend()
     if name == "einsum":
-        return _einsum_attention(query, key, value, attention_mask, causal, segment_ids)
+        return _einsum_attention(query, key, value, attention_mask, causal, segment_ids, bias)
     if name == "xla":
         return jax.nn.dot_product_attention(
             query,
             key,
             value,
+            bias=None if bias is None else bias.astype(query.dtype),
             mask=_boolean_mask(attention_mask, segment_ids),
             is_causal=causal,
             implementation="xla",
@@ -133,13 +139,21 @@ def _boolean_mask(attention_mask: Array | None, segment_ids: Array | None) -> Ar
 
 
 def _einsum_attention(
-    query: Array, key: Array, value: Array, attention_mask: Array | None, causal: bool, segment_ids: Array | None
+    query: Array,
+    key: Array,
+    value: Array,
+    attention_mask: Array | None,
+    causal: bool,
+    segment_ids: Array | None,
+    bias: Array | None = None,
 ) -> Array:
     batch, length, heads, head_dim = query.shape
     kv_heads = key.shape[2]
     groups = heads // kv_heads
     grouped = query.reshape(batch, length, kv_heads, groups, head_dim)
     scores = jnp.einsum("bqkgd,bskd->bkgqs", grouped, key).astype(jnp.float32) / jnp.sqrt(jnp.float32(head_dim))
+    if bias is not None:  # (B or 1, N, L, L) -> (B or 1, K, G, L, L), heads grouped as the queries
+        scores = scores + bias.astype(jnp.float32).reshape(bias.shape[0], kv_heads, groups, length, length)
     allowed = jnp.ones((batch, 1, 1, 1, length), bool)
     if attention_mask is not None:
         allowed = attention_mask.astype(bool)[:, None, None, None, :]

@@ -236,9 +236,11 @@ class Attention(nnx.Module):
         attention_mask: Array | None,
         positions: Array | None = None,
         segment_ids: Array | None = None,
+        bias: Array | None = None,
     ) -> Array:
         """`attention_mask` (B, L): 1 for real tokens (None: all); `segment_ids` (B, L): packed texts attend
-        within their own segment only (see `attention.dot_product_attention`)."""
+        within their own segment only; `bias` (B or 1, heads, L, L): added to the scores (MPNet's relative
+        positions); see `attention.dot_product_attention`."""
         batch, length, _ = x.shape
         query, key, value = self.query(x), self.key(x), self.value(x)
         if self.query_norm is not None:
@@ -256,6 +258,7 @@ class Attention(nnx.Module):
             causal=self.causal,
             segment_ids=segment_ids,
             implementation=self.implementation,
+            bias=bias,
         )
         return self.output(context)
 

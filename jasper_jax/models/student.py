@@ -22,6 +22,7 @@ from jasper_jax.models import remat as remat_lib
 from jasper_jax.models.attention import check_implementation as check_attention
 from jasper_jax.models.bert import BertConfig, BertEncoder
 from jasper_jax.models.image_inputs import ImageInputs
+from jasper_jax.models.mpnet import MPNetConfig, MPNetEncoder
 from jasper_jax.models.packed import PackedLayout, pool_packed
 from jasper_jax.models.pooling import POOLING_MODES, l2_normalize, pool
 from jasper_jax.models.qwen2 import Qwen2Config, Qwen2Encoder
@@ -33,6 +34,7 @@ Array = jax.Array
 POOLED = "pooled"
 ENCODER_FAMILIES = {
     "bert": (BertConfig, BertEncoder),
+    "mpnet": (MPNetConfig, MPNetEncoder),
     "qwen2": (Qwen2Config, Qwen2Encoder),
     "qwen3": (Qwen3Config, Qwen3Encoder),
 }
@@ -42,7 +44,7 @@ ENCODER_FAMILIES = {
 class StudentConfig:
     """What a `JasperStudent` is made of (see docs/INTERFACES.md)."""
 
-    encoder: BertConfig | Qwen2Config | Qwen3Config
+    encoder: BertConfig | MPNetConfig | Qwen2Config | Qwen3Config
     pooling: str = "mean"
     heads: dict[str, int] = dataclasses.field(default_factory=dict)
     vector_dropout: float = 0.0
