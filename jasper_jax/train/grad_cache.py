@@ -19,6 +19,13 @@ in both passes (no encoder draws today; any later encoder dropout gets equal dra
 
 Micro-batch i takes m / shards rows from each shard's block of the batch (shards = the data-parallel
 size), so every micro-batch stays spread over all devices and no rows move between them.
+
+Packed batches (`data.packing`, `jasper_jax.models.packed`): m counts packed ROWS, not texts. The R rows
+(R a multiple of m: the pipeline's row buckets are, `stage_build.text_iterator`) form R / m micro-batches
+as above; pass 1 on micro-batch k pools every text whose row lies in it and gives 0 for the others, and
+the B pooled vectors are the sum over micro-batches (each text is in exactly one, so the sum is exact);
+pass 2 re-runs micro-batch k under `jax.vjp` with the whole (B, hidden) cotangent (the texts outside it
+have zero derivative). Memory is that of m packed rows, as on padded batches of m rows at max_length.
 """
 
 from __future__ import annotations
@@ -30,9 +37,11 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from jasper_jax.models.packed import PackedLayout
 from jasper_jax.train import step_parts
 
 ENCODER_INPUTS = ("input_ids", "attention_mask")
+PACKED_ROW_INPUTS = ("input_ids", "attention_mask", "segment_ids", "positions")  # (R, L) packed rows
 
 
 def micro_batch_count(batch_size: int, micro_batch_size: int, shards: int) -> int:
@@ -58,6 +67,15 @@ def from_micro(y: jax.Array, shards: int) -> jax.Array:
     count, micro = y.shape[:2]
     rest = y.shape[2:]
     return y.reshape(count, shards, micro // shards, *rest).swapaxes(0, 1).reshape(count * micro, *rest)
+
+
+def packed_text_blocks(text_row: jax.Array, rows: int, count: int, shards: int) -> tuple[jax.Array, jax.Array]:
+    """`(block, local)` (B,) int32: packed text i lies in micro-batch `block[i]` at its row `local[i]`, for
+    the `to_micro` layout of R = `rows` rows in `count` micro-batches."""
+    per_shard, per_micro = rows // shards, rows // (count * shards)
+    row = text_row.astype(jnp.int32)
+    shard, within = row // per_shard, row % per_shard
+    return within // per_micro, shard * per_micro + within % per_micro
 
 
 def trains_encoder(params: nnx.State) -> bool:
@@ -93,17 +111,48 @@ def gradient_fn(
         return model
 
     def gradients(params: nnx.State, frozen: nnx.State, rest: nnx.State, batch: Mapping[str, jax.Array]):
-        count = micro_batch_count(batch["input_ids"].shape[0], micro_batch_size, batch_shards)
-        inputs = {key: constrain(to_micro(batch[key], count, batch_shards)) for key in ENCODER_INPUTS}
+        packed = "segment_ids" in batch
+        keys = PACKED_ROW_INPUTS if packed else ENCODER_INPUTS
+        rows = batch["input_ids"].shape[0]  # texts, or packed rows
+        try:
+            count = micro_batch_count(rows, micro_batch_size, batch_shards)
+        except ValueError as error:
+            if packed:
+                raise ValueError(f"{error} (packed: {rows} rows; the row buckets must be multiples of it)") from None
+            raise
+        inputs = {key: constrain(to_micro(batch[key], count, batch_shards)) for key in keys}
         indices = jnp.arange(count, dtype=jnp.int32)
+        if packed:
+            text_block, text_local = packed_text_blocks(batch["text_row"], rows, count, batch_shards)
 
         def encode(p, micro, index):
             model = model_for(p, frozen, step_parts.reseed(rest, index))
-            return model.pooled(micro["input_ids"], micro["attention_mask"]).astype(jnp.float32)
+            if not packed:
+                return model.pooled(micro["input_ids"], micro["attention_mask"]).astype(jnp.float32)
+            # every text of the batch: those in this micro-batch point at its local row, the others past
+            # its last row (their scatter into the token table is dropped) and are zeroed
+            in_block = text_block == index
+            layout = PackedLayout(
+                segment_ids=micro["segment_ids"],
+                positions=micro["positions"],
+                text_row=jnp.where(in_block, text_local, micro["input_ids"].shape[0]),
+                text_segment=batch["text_segment"],
+            )
+            vectors = model.pooled(micro["input_ids"], micro["attention_mask"], packed=layout).astype(jnp.float32)
+            return jnp.where(in_block[:, None], vectors, 0.0)
 
         # pass 1: every vector, one micro-batch at a time, nothing kept for a backward pass
-        pooled = jax.lax.map(lambda xs: encode(params, *xs), (inputs, indices))
-        pooled = from_micro(constrain(pooled), batch_shards)
+        if packed:  # (B, hidden) per micro-batch, zero outside it: summed as they come
+
+            def add_block(total, xs):
+                return total + encode(params, *xs), None
+
+            first = jax.tree.map(lambda x: x[0], (inputs, indices))
+            zeros = jnp.zeros(jax.eval_shape(lambda xs: encode(params, *xs), first).shape, jnp.float32)
+            pooled, _ = jax.lax.scan(add_block, zeros, (inputs, indices))
+        else:
+            pooled = jax.lax.map(lambda xs: encode(params, *xs), (inputs, indices))
+            pooled = from_micro(constrain(pooled), batch_shards)
 
         def tail(p, vectors):
             outputs = model_for(p, frozen, rest).head_outputs(vectors, deterministic=deterministic)
@@ -115,11 +164,13 @@ def gradient_fn(
         (loss, metrics), (grads, vector_grads) = jax.value_and_grad(tail, argnums=(0, 1), has_aux=True)(params, pooled)
         if not trains_encoder(params):
             return (loss, metrics), grads
-        cotangents = constrain(to_micro(vector_grads, count, batch_shards))
+        # packed: every micro-batch pulls back the whole (B, hidden) cotangent (None: nothing to slice)
+        cotangents = None if packed else constrain(to_micro(vector_grads, count, batch_shards))
 
         # pass 2: each micro-batch again, its vector gradients pulled back to the parameters, summed
         def accumulate(total, xs):
             micro, index, cotangent = xs
+            cotangent = vector_grads if cotangent is None else cotangent
             _, pullback = jax.vjp(lambda p: encode(p, micro, index), params)
             (micro_grads,) = pullback(cotangent)
             return jax.tree.map(jnp.add, total, micro_grads), None

@@ -4,6 +4,8 @@ Reference: today's plain step (`train_step_fn` without micro-batches) and `jax.v
 same loss over the whole batch. B=32 in micro-batches of 8, a tiny random BERT student, vector dropout
 on (the same draws in both paths), float32; tolerance 1e-5. The optimizer's eps is 1e-3 so that Adam's
 first steps (about g / |g|) do not amplify float rounding of near-zero gradient entries into the params.
+Packed (`data.packing`): the same 32 texts in rows of 12 tokens (24 row bucket: micro-batches of 8 rows,
+texts spread over all three), against the plain packed step and the plain padded step.
 """
 
 import jax
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jasper_jax.data.packing import pack_batch
 from jasper_jax.losses import ObjectiveConfig
 from jasper_jax.models import BertConfig, JasperStudent, StudentConfig
 from jasper_jax.train import grad_cache
@@ -22,7 +25,7 @@ from jasper_jax.train.mesh import batch_size_divisor, make_mesh
 from jasper_jax.train.settings import OptimizerSettings, StageSettings, TrainingError
 from tests.train.train_helpers import make_batch
 
-BATCH, MICRO, TOL = 32, 8, 1e-5
+BATCH, MICRO, LENGTH, TOL = 32, 8, 12, 1e-5
 OPT = OptimizerSettings(warmup_fraction=0.0, eps=1e-3)
 ENCODER = dict(
     vocab_size=64,
@@ -42,14 +45,18 @@ STAGES = {
 
 
 def global_batch(packing: bool, seed: int):
-    """The step's global batch. `packing` is the place for data.packing (sequence packing, issue 21 item 2):
-    when it lands, add True to the parametrisation below and build the packed batch here."""
-    if packing:
-        raise NotImplementedError("data.packing is not built yet")
-    return make_batch(batch_size=BATCH, length=12, teacher_dim=24, seed=seed)
+    """The step's global batch of B texts: padded to LENGTH, or the same texts packed (data.packing) into
+    rows of LENGTH, the row count a multiple of MICRO (as the pipeline's row buckets are with GradCache)."""
+    padded = make_batch(batch_size=BATCH, length=LENGTH, teacher_dim=24, seed=seed)
+    if not packing:
+        return padded
+    ids = [row[mask.astype(bool)].tolist() for row, mask in zip(padded["input_ids"], padded["attention_mask"])]
+    packed = pack_batch(ids, LENGTH, 0, row_multiple=MICRO)
+    assert packed["input_ids"].shape[0] > MICRO  # several micro-batches of rows
+    return {**packed, "teacher": padded["teacher"], "row_mask": padded["row_mask"]}
 
 
-def build(stage: str, micro: int, mesh_sizes, devices, dropout=0.2):
+def build(stage: str, micro: int, mesh_sizes, devices, dropout=0.2, packing=False):
     patterns, heads, objective_config = STAGES[stage]
     config = StudentConfig(encoder=BertConfig(**ENCODER), heads=heads, vector_dropout=dropout)
     with nnx.use_eager_sharding(False):
@@ -58,7 +65,10 @@ def build(stage: str, micro: int, mesh_sizes, devices, dropout=0.2):
     tx, schedule = optimizer_lib.make_optimizer(OPT, 1e-2, 10)
     state = step_lib.init_train_state(trainable, tx)
     mesh = make_mesh(mesh_sizes, devices)
-    shardings = step_lib.step_shardings(mesh, sharding_lib.rules_from_config(None), state, frozen, rest)
+    keys = step_lib.PACKED_BATCH_KEYS if packing else step_lib.BATCH_KEYS
+    shardings = step_lib.step_shardings(
+        mesh, sharding_lib.rules_from_config(None), state, frozen, rest, batch_keys=keys
+    )
     objective = step_lib.text_objective(objective_config)
     fn = step_lib.train_step_fn(
         graphdef,
@@ -77,7 +87,7 @@ def build(stage: str, micro: int, mesh_sizes, devices, dropout=0.2):
 
 def run_steps(stage, micro, packing, mesh_sizes=None, devices=None, n_steps=2):
     devices = devices or jax.devices()[:1]
-    step, (state, frozen, rest), shardings, _ = build(stage, micro, mesh_sizes or {"data": 1}, devices)
+    step, (state, frozen, rest), shardings, _ = build(stage, micro, mesh_sizes or {"data": 1}, devices, packing=packing)
     metrics_seen = []
     for i in range(n_steps):
         state, metrics = step(state, frozen, rest, step_lib.place(global_batch(packing, i), shardings.batch))
@@ -96,7 +106,7 @@ def assert_trees_close(a, b, relative_to_leaf=False):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("packing", [False])  # True: once data.packing exists (see global_batch)
+@pytest.mark.parametrize("packing", [False, True])
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_gradients_equal_plain(stage, packing):
     """d loss / d params of GradCache's three passes vs `jax.value_and_grad` over the whole batch."""
@@ -106,8 +116,8 @@ def test_gradients_equal_plain(stage, packing):
 
     def plain_loss(params):
         model = nnx.merge(graphdef, params, frozen, jax.tree.map(lambda x: x, rest_now))
-        outputs = model(batch["input_ids"], batch["attention_mask"], deterministic=False)
-        return objective(outputs, batch["teacher"], batch["row_mask"])
+        outputs, teacher = step_lib.text_forward(model, batch, False)  # packed or padded, as the plain step
+        return objective(outputs, teacher, batch["row_mask"])
 
     (loss, metrics), grads = jax.jit(jax.value_and_grad(plain_loss, has_aux=True))(state.params)
     cached = grad_cache.gradient_fn(graphdef, objective, micro_batch_size=MICRO, deterministic=False)
@@ -123,7 +133,7 @@ def optax_norm(tree):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("packing", [False])  # True: once data.packing exists (see global_batch)
+@pytest.mark.parametrize("packing", [False, True])
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_updated_params_equal_plain_step(stage, packing):
     """Two steps (dropout on): losses, gradient norms and updated params equal; frozen params untouched."""
@@ -139,12 +149,42 @@ def test_updated_params_equal_plain_step(stage, packing):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stage", ["stage2", "stage3_heads"])
+def test_packed_micro_batches_equal_plain_padded_step(stage):
+    """GradCache on packed rows (8 rows per micro-batch) against the plain step on the padded batch of the
+    same texts: losses, gradient norms and updated params after two steps."""
+    padded, _, padded_metrics = run_steps(stage, 0, False)
+    cached, _, cached_metrics = run_steps(stage, MICRO, True)
+    for p, c in zip(padded_metrics, cached_metrics):
+        for key in ("loss", "grad_norm"):
+            np.testing.assert_allclose(c[key], p[key], rtol=TOL)
+    assert_trees_close(cached.params, padded.params)
+
+
+@pytest.mark.slow
 def test_sharded_micro_batches_equal_plain_single_device():
     """On 8 fake devices (data 4 x fsdp 2, one row per device per micro-batch) against one device, plain."""
     plain, _, plain_metrics = run_steps("stage3_heads", 0, False)
     cached, _, cached_metrics = run_steps("stage3_heads", MICRO, False, {"data": 4, "fsdp": 2}, jax.devices())
     np.testing.assert_allclose([m["loss"] for m in cached_metrics], [m["loss"] for m in plain_metrics], rtol=TOL)
     assert_trees_close(cached.params, plain.params)
+
+
+@pytest.mark.slow
+def test_sharded_packed_micro_batches_equal_plain_padded_single_device():
+    """Packed rows on 8 fake devices (one row per device per micro-batch) against one device, plain, padded."""
+    plain, _, plain_metrics = run_steps("stage3_heads", 0, False)
+    cached, _, cached_metrics = run_steps("stage3_heads", MICRO, True, {"data": 4, "fsdp": 2}, jax.devices())
+    np.testing.assert_allclose([m["loss"] for m in cached_metrics], [m["loss"] for m in plain_metrics], rtol=TOL)
+    assert_trees_close(cached.params, plain.params)
+
+
+def test_packed_text_blocks_follow_the_micro_layout():
+    """Each text's (micro-batch, local row) is where `to_micro` puts its row (R=32, 4 micro-batches, 2 shards)."""
+    text_row = jnp.asarray([0, 5, 31, 20, 4, 16, 15, 7], jnp.int32)
+    block, local = grad_cache.packed_text_blocks(text_row, 32, 4, 2)
+    rows = grad_cache.to_micro(jnp.arange(32), 4, 2)
+    np.testing.assert_array_equal(rows[block, local], text_row)
 
 
 def test_micro_layout_round_trip():
