@@ -215,6 +215,7 @@ def make_train_iterator(
     with_row_index: bool = False,
     packing: bool = False,
     start_row: int = 0,
+    micro_batch_rows: int | None = None,
 ) -> TrainBatchIterator:
     """The training iterator over `store` (see the module docstring for what it yields and how to save it).
 
@@ -228,6 +229,8 @@ def make_train_iterator(
     `with_row_index`: also yield the store row of each local row (numpy mode only; for tests/debugging).
     `packing`: pack the texts into rows of max_length (see the module docstring); the data order is the
     same as without, so a saved state resumes with packing switched either way.
+    `micro_batch_rows`: with `packing`, GradCache's packed rows per micro-batch (`stage.micro_batch_size`):
+    the row buckets are multiples of it too, so that the rows split into whole micro-batches.
     `start_row`: the first batch starts at this position of the row stream (the store's order or the
     shuffle, epoch after epoch): a stage that continues where the previous one stopped reading
     (`stage.data_start`); a saved state counts batches from there.
@@ -260,6 +263,8 @@ def make_train_iterator(
                 "devices of the mesh's batch axes ('data', 'fsdp')"
             )
         row_multiple = math.lcm(batch_devices, jax.process_count())
+    if packing and micro_batch_rows:
+        row_multiple = math.lcm(row_multiple, int(micro_batch_rows))
     dataset = grain.MapDataset.range(len(store))
     if shuffle_seed is not None:
         dataset = dataset.shuffle(seed=int(shuffle_seed))

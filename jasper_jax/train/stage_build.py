@@ -219,7 +219,7 @@ def build_stage_step(run: RunSettings, stage: StageSettings, built: StageModel, 
         graphdef, trainable, frozen, rest = optimizer_lib.split_model(built.model, patterns)
     except ValueError as error:
         raise TrainingError(f"stage {stage.number}: {error}") from None
-    check_micro_batch_size(stage, mesh, packing=run.data.packing)
+    check_micro_batch_size(stage, mesh)
     tx, schedule = optimizer_lib.make_optimizer(run.optimizer, stage.lr, stage.steps)
     abstract_state = jax.eval_shape(lambda p: step_lib.init_train_state(p, tx), trainable)
     abstract_frozen = jax.eval_shape(lambda f: f, frozen)
@@ -267,15 +267,14 @@ def text_batch_keys(run: RunSettings) -> tuple[str, ...]:
     return step_lib.PACKED_BATCH_KEYS if run.data.packing else step_lib.BATCH_KEYS
 
 
-def check_micro_batch_size(stage: StageSettings, mesh: jax.sharding.Mesh, packing: bool = False) -> None:
-    """GradCache's micro-batches: m divides the global batch, the data-parallel size divides m, texts only
-    (not yet with `data.packing`, whose rows are packed, not texts)."""
+def check_micro_batch_size(stage: StageSettings, mesh: jax.sharding.Mesh) -> None:
+    """GradCache's micro-batches: m divides the global batch, the data-parallel size divides m, texts only.
+    With `data.packing` m counts packed rows; the same checks hold (the pipeline makes the row buckets
+    multiples of m, `text_iterator`)."""
     micro = stage.micro_batch_size
     if not micro:
         return
     field = f"stages.stage{stage.number}.micro_batch_size"
-    if packing:
-        raise TrainingError(f"stage {stage.number}: {field} (GradCache) does not work with data.packing yet; use one")
     divisor = batch_size_divisor(mesh)
     if stage.is_image_stage or stage.is_pair_stage:
         kind = "images" if stage.is_image_stage else "pairs"
@@ -322,9 +321,11 @@ def text_iterator(
     shuffle_seed: int | None,
     packing: bool = False,
     start_row: int = 0,
+    micro_batch_size: int | None = None,
 ):
     """The Grain iterator of global text batches over the teacher store, as `data` says (`packing` for the
-    training batches of a text stage; the head fit reads padded batches); `start_row` as `stage_start_row`."""
+    training batches of a text stage; the head fit reads padded batches); `start_row` as `stage_start_row`;
+    `micro_batch_size` (GradCache, packed): the packed row counts are multiples of it."""
     from jasper_jax.data.pipeline import make_train_iterator
 
     data = run.data
@@ -343,6 +344,7 @@ def text_iterator(
         packing=packing,
         worker_processes=data.worker_processes,
         start_row=start_row,
+        micro_batch_rows=micro_batch_size,
     )
 
 
@@ -358,7 +360,14 @@ def stage_input(run: RunSettings, stage: StageSettings, paths: DataPaths, mesh, 
 
         start_row = stage_start_row(run, stage, len(TeacherStore(paths.store)))
         return text_iterator(
-            run, paths, stage.batch_size, mesh, run.data.shuffle_seed, packing=run.data.packing, start_row=start_row
+            run,
+            paths,
+            stage.batch_size,
+            mesh,
+            run.data.shuffle_seed,
+            packing=run.data.packing,
+            start_row=start_row,
+            micro_batch_size=stage.micro_batch_size,
         )
     from jasper_jax.data.images import make_image_caption_iterator
 

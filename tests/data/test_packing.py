@@ -158,3 +158,13 @@ def test_host_shares_of_a_packed_batch_make_the_whole(store_path, minilm_folder,
         assert len({part["input_ids"].shape[0] for part in parts}) == 1
         for key, value in whole.items():
             np.testing.assert_array_equal(np.concatenate([part[key] for part in parts]), value, err_msg=key)
+
+
+def test_packed_row_counts_are_whole_grad_cache_micro_batches(store_path, minilm_folder):
+    """`micro_batch_rows` (GradCache on packed batches): every batch's row count is a multiple of it."""
+    tokenizer = load_tokenizer(minilm_folder, 64)
+    common = dict(global_batch_size=24, mesh=None, packing=True, shuffle_seed=3)
+    iterator = make_train_iterator(store_path, tokenizer, micro_batch_rows=6, **common)
+    row_counts = [next(iterator)["input_ids"].shape[0] for _ in range(4)]
+    assert all(rows % 6 == 0 for rows in row_counts) and min(row_counts) < 24, row_counts
+    assert set(row_buckets(24, 6)) == {6, 12, 18, 24}

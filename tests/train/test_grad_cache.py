@@ -212,7 +212,3 @@ def test_bad_micro_batch_size_is_refused(micro, match):
     check_micro_batch_size(StageSettings(number=3, batch_size=32, micro_batch_size=None), mesh)  # off
     with pytest.raises(TrainingError, match="stages.stage3.micro_batch_size .GradCache. is for text stages"):
         check_micro_batch_size(StageSettings(number=3, batch_size=32, micro_batch_size=16, pairs="x"), mesh)
-    with pytest.raises(
-        TrainingError, match="stages.stage3.micro_batch_size .GradCache. does not work with data.packing"
-    ):
-        check_micro_batch_size(StageSettings(number=3, batch_size=32, micro_batch_size=16), mesh, packing=True)
