@@ -1,14 +1,17 @@
 """Teacher encoding throughput: texts/s per backend, compute dtype and worker count, and the projected cost
 of the paper's 8M texts x 2 teachers.
 
-CPU mode (default): MiniLM (the offline kit's all-MiniLM-L6-v2) on `--texts` corpus-like texts through
-`jasper_jax.data.teacher_encoding.load_encoder` (torch float32 / bfloat16; jax float32 / bfloat16 over the
-local devices), and through `teachers encode` with 1 and 2 worker processes (wall time of the whole store).
+CPU mode (default): MiniLM (the offline kit's all-MiniLM-L6-v2; `--model mpnet` for the kit's
+all-mpnet-base-v2, or any folder) on `--texts` corpus-like texts through
+`jasper_jax.data.teacher_encoding.load_encoder` (torch and jax in each of `--dtypes`, jax over the local
+devices), and through `teachers encode` with 1 and 2 worker processes (wall time of the whole store;
+`--no-workers` skips these).
 GPU mode (`--gpu MODEL_FOLDER`, run where a device is lent): our torch path (bf16, length-sorted batches) and
 our JAX path (bf16, data-parallel) against plain `SentenceTransformer.encode` in bf16 on the same device; the
 goal is >= 1.0x plain sentence-transformers.
 
     .venv/bin/python benchmarks/teacher_encode.py --texts 512
+    .venv/bin/python benchmarks/teacher_encode.py --model mpnet --dtypes float32 --no-workers --texts 128
     .venv/bin/python benchmarks/teacher_encode.py --gpu /models/stella_en_1.5B_v5 --dense 8192 --texts 4096
 Prints one JSON line per measurement.
 """
@@ -48,17 +51,28 @@ def report(**fields) -> None:
     print(json.dumps(fields), flush=True)
 
 
-def cpu(args) -> None:
+def model_folder(name: str) -> str:
+    """`mpnet`: the kit's all-mpnet-base-v2; otherwise a model alias or folder."""
+    if name == "mpnet":
+        from jasper_jax.assets import fetch_mpnet
+
+        return str(fetch_mpnet())
     from jasper_jax.loader import resolve_model_path
 
+    return str(resolve_model_path(name))
+
+
+def cpu(args) -> None:
     texts = corpus(args.texts)
-    path = str(resolve_model_path("minilm"))
-    for backend, dtype in (("torch", "float32"), ("torch", "bfloat16"), ("jax", "float32"), ("jax", "bfloat16")):
+    path = model_folder(args.model)
+    dtypes = args.dtypes.split(",")
+    for backend, dtype in [(backend, dtype) for backend in ("torch", "jax") for dtype in dtypes]:
         settings = EncodeSettings(batch_size=args.batch_size, torch_dtype=dtype, jax_dtype=dtype, device="cpu")
-        encoder = load_encoder(TeacherSpec("minilm", path, backend=backend), settings=settings)
-        report(
-            mode="cpu", backend=backend, dtype=dtype, workers=1, texts=len(texts), texts_per_s=timed(encoder, texts, 64)
-        )
+        encoder = load_encoder(TeacherSpec(args.model, path, backend=backend), settings=settings)
+        rate = timed(encoder, texts, min(64, args.batch_size))
+        report(mode="cpu", model=args.model, backend=backend, dtype=dtype, texts=len(texts), texts_per_s=rate)
+    if args.no_workers:
+        return
     with tempfile.TemporaryDirectory() as folder:
         corpus_file = Path(folder) / "corpus.jsonl"
         corpus_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
@@ -109,6 +123,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--texts", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--model", default="minilm", help="CPU mode: a model alias, folder, or mpnet (the kit's)")
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="CPU mode: compute dtypes, comma-separated")
+    parser.add_argument("--no-workers", action="store_true", help="CPU mode: skip the teachers encode runs")
     parser.add_argument("--gpu", default=None, metavar="MODEL_FOLDER", help="GPU mode with this teacher folder")
     parser.add_argument("--dense", type=int, default=None)
     parser.add_argument("--trust-remote-code", action="store_true")
