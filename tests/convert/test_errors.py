@@ -74,7 +74,9 @@ def test_sharded_checkpoint_loads(tmp_path, minilm_tensors, minilm_folder):
 def test_unsupported_architecture_names_model_type(tmp_path, minilm_tensors, minilm_config):
     config = dict(minilm_config)
     config["model_type"] = "t5"
-    with pytest.raises(ConversionError, match=r"unsupported model_type 't5'; supported model types: bert, qwen2"):
+    with pytest.raises(
+        ConversionError, match=r"unsupported model_type 't5'; supported model types: bert, mpnet, qwen2"
+    ):
         load_model(hf_folder(tmp_path, dict(minilm_tensors), config))
 
 
