@@ -14,7 +14,8 @@ skips finished stages; export and each evaluation are redone only when their che
               from; a rerun with other settings is refused.
 3. `teachers` `OUT/teachers/`: the teacher store, MiniLM (384, JAX) + MPNet (768, PyTorch) = 1152-d
               (`jasper_jax.data.teacher_encoding.encode_store`, itself resumable shard by shard).
-4. `pairs`    each contrastive stage's pairs folder (`OUT/train/pairs/news_mined`, the config's `pairs`
+4. pairs      (done by the `train` step first, so that a refused rerun writes nothing) each contrastive
+              stage's pairs folder (`OUT/train/pairs/news_mined`, the config's `pairs`
               relative to the workdir): the training titles as queries, their articles as positives,
               `pair_negatives` hard negatives mined by teacher similarity (`jasper_jax.demo_pairs`); every
               text is a store row already, no teacher runs again.
@@ -359,9 +360,14 @@ def build_pairs(settings: DemoSettings, training: DemoTraining) -> None:
 
 
 def train_student(settings: DemoSettings, training: DemoTraining) -> None:
+    from jasper_jax.data.pairs import PairsError
     from jasper_jax.train.loop import train
     from jasper_jax.train.settings import TrainingError
 
+    try:
+        build_pairs(settings, training)  # made once; a folder made before is kept untouched
+    except PairsError as error:
+        raise DemoError(f"contrastive pairs: {error}") from None
     try:
         train(training.run, training.stages)
     except TrainingError as error:
@@ -682,7 +688,6 @@ def run_demo(settings: DemoSettings) -> Path:
     # the trainer skips finished stages (and refuses ones trained with other settings), export and eval skip what was
     # made from the same checkpoint: always entered, so that a config gaining a stage continues where the last run
     # stopped
-    steps.run("pairs", build_pairs, settings, training, always=True)
     steps.run("train", train_student, settings, training, always=True)
     steps.run("export", export_student, settings, training, always=True)
     steps.run("eval", evaluate_all, settings, training, always=True)
