@@ -31,7 +31,7 @@ import grain
 import jax
 import numpy as np
 
-from jasper_jax.data.pipeline import BATCH_AXES, TrainBatchIterator, host_row_range
+from jasper_jax.data.pipeline import TrainBatchIterator, host_row_range, padded_batch_size
 from jasper_jax.data.tokenization import TextTokenizer, bucket_length, image_token_ids, pad_batch
 
 COLOURS = {
@@ -254,11 +254,8 @@ def make_image_caption_iterator(
     source = ImageCaptionSource(folder, split)
     if len(source) == 0:
         raise ValueError(f"{source.folder} has no image-caption pairs")
-    host_rows = host_row_range(global_batch_size, mesh)
-    if mesh is not None:
-        devices = int(np.prod([mesh.shape[a] for a in BATCH_AXES if a in mesh.axis_names]))
-        if global_batch_size % devices:
-            raise ValueError(f"global_batch_size {global_batch_size} is not divisible by the {devices} batch devices")
+    rows = padded_batch_size(global_batch_size, mesh)  # B' >= B: the extra rows are masked copies
+    host_rows = host_row_range(rows, mesh)
     dataset = grain.MapDataset.range(len(source))
     if shuffle_seed is not None:
         dataset = dataset.shuffle(seed=int(shuffle_seed))
@@ -268,7 +265,7 @@ def make_image_caption_iterator(
         tokenizer,
         image_size=image_size,
         image_tokens=image_tokens,
-        global_batch_size=global_batch_size,
+        global_batch_size=rows,
         host_rows=host_rows,
         prompt=prompt,
     )
@@ -288,7 +285,7 @@ def make_image_caption_iterator(
     return TrainBatchIterator(
         iter(iter_dataset),
         mesh=mesh,
-        global_batch_size=global_batch_size,
+        global_batch_size=rows,
         to_global=mesh is not None,
         fingerprint=fingerprint,
     )

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from jasper_jax.data.pairs import NO_ROW, PairsIndex
-from jasper_jax.data.pipeline import BATCH_AXES, TrainBatchIterator, host_row_range
+from jasper_jax.data.pipeline import TrainBatchIterator, host_row_range, padded_batch_size
 from jasper_jax.data.tokenization import TextTokenizer, bucket_length, load_tokenizer, pad_batch
 
 
@@ -112,19 +112,13 @@ def make_pair_iterator(
         raise ValueError(f"{pairs.path} has no examples")
     simulated = process_count is not None and process_count != jax.process_count()
     to_global = mesh is not None and not simulated
+    rows = padded_batch_size(global_batch_size, mesh if to_global else None)  # B' >= B: masked copies
     host_rows = host_row_range(
-        global_batch_size,
+        rows,
         None if simulated else mesh,
         process_index=process_index if simulated else None,
         process_count=process_count if simulated else None,
     )
-    if to_global:
-        batch_devices = int(np.prod([mesh.shape[a] for a in BATCH_AXES if a in mesh.axis_names]))
-        if global_batch_size % batch_devices:
-            raise ValueError(
-                f"global_batch_size {global_batch_size} is not divisible by the {batch_devices} "
-                "devices of the mesh's batch axes ('data', 'fsdp')"
-            )
     dataset = grain.MapDataset.range(len(pairs))
     if shuffle_seed is not None:
         dataset = dataset.shuffle(seed=int(shuffle_seed))
@@ -134,7 +128,7 @@ def make_pair_iterator(
         tokenizer,
         query_prompt=query_prompt,
         document_prompt=document_prompt,
-        global_batch_size=global_batch_size,
+        global_batch_size=rows,
         host_rows=host_rows,
     )
     iter_dataset = dataset.map(loader).to_iter_dataset(
@@ -154,5 +148,5 @@ def make_pair_iterator(
         "teacher_transforms": pairs.store.transform_settings,
     }
     return TrainBatchIterator(
-        iter(iter_dataset), mesh=mesh, global_batch_size=global_batch_size, to_global=to_global, fingerprint=fingerprint
+        iter(iter_dataset), mesh=mesh, global_batch_size=rows, to_global=to_global, fingerprint=fingerprint
     )

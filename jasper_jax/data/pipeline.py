@@ -7,6 +7,9 @@ Per step it yields::
 as global `jax.Array`s sharded over the mesh's batch axes ("data", "fsdp"), made from process-local data.
 B is the global batch size, L one power-of-two bucket (`tokenization.bucket_length`) for the whole global
 batch; a final partial batch (finite `num_epochs`) is filled with copies of its first row, `row_mask` False.
+A global batch size the mesh's batch devices do not divide (the paper's stage-4 batch of 90 on 8 devices) is
+padded the same way up to the next multiple (`padded_batch_size`): the arrays then have B' >= B rows, the
+last B' - B masked. The losses are exact under `row_mask`, so the step is the one of the B real rows.
 
 With `packing` (`data.packing`) the B texts are packed into R rows of `max_length` instead
 (`jasper_jax.data.packing`): `input_ids`, `attention_mask`, `segment_ids`, `positions` are (R, L) with R one
@@ -55,6 +58,15 @@ def batch_sharding(mesh: jax.sharding.Mesh, ndim: int = 1) -> NamedSharding:
     return NamedSharding(mesh, spec)
 
 
+def padded_batch_size(global_batch_size: int, mesh: jax.sharding.Mesh | None) -> int:
+    """The rows a global batch has on `mesh`: `global_batch_size` rounded up to a multiple of the devices
+    of the mesh's batch axes (the extra rows are masked copies; no mesh: unchanged)."""
+    if mesh is None:
+        return global_batch_size
+    devices = int(np.prod([mesh.shape[a] for a in BATCH_AXES if a in mesh.axis_names]))
+    return -(-global_batch_size // devices) * devices
+
+
 def host_row_range(
     global_batch_size: int,
     mesh: jax.sharding.Mesh | None = None,
@@ -87,7 +99,9 @@ def host_row_range(
 
 
 class GlobalBatchLoader:
-    """Grain map: the row indices of one global batch -> this host's numpy batch (picklable for workers)."""
+    """Grain map: the row indices of one global batch -> this host's numpy batch (picklable for workers).
+
+    `global_batch_size` here is the rows of the arrays (`padded_batch_size`); fewer indices are padded."""
 
     def __init__(
         self,
@@ -219,7 +233,8 @@ def make_train_iterator(
 ) -> TrainBatchIterator:
     """The training iterator over `store` (see the module docstring for what it yields and how to save it).
 
-    `mesh`: the training mesh (batches become global jax.Arrays); None = this host's numpy batches.
+    `mesh`: the training mesh (batches become global jax.Arrays, padded to `padded_batch_size` rows);
+    None = this host's numpy batches.
     `tokenizer`: a `TextTokenizer` or a folder with tokenizer.json (loaded with `max_length`).
     `shuffle_seed`: None = the store's order (official default); an int = a seeded shuffle per epoch.
     `num_epochs`: None = repeat forever; otherwise the last partial batch is padded with `row_mask` False.
@@ -248,8 +263,9 @@ def make_train_iterator(
         raise ValueError(f"{store.path} has no rows")
     simulated = process_count is not None and process_count != jax.process_count()
     to_global = mesh is not None and not simulated
+    rows = padded_batch_size(global_batch_size, mesh if to_global else None)  # B' >= B: masked copies
     host_rows = host_row_range(
-        global_batch_size,
+        rows,
         None if simulated else mesh,
         process_index=process_index if simulated else None,
         process_count=process_count if simulated else None,
@@ -257,11 +273,6 @@ def make_train_iterator(
     row_multiple = process_count if simulated else 1  # packed rows split evenly over hosts and devices
     if to_global:
         batch_devices = int(np.prod([mesh.shape[a] for a in BATCH_AXES if a in mesh.axis_names]))
-        if global_batch_size % batch_devices:
-            raise ValueError(
-                f"global_batch_size {global_batch_size} is not divisible by the {batch_devices} "
-                "devices of the mesh's batch axes ('data', 'fsdp')"
-            )
         row_multiple = math.lcm(batch_devices, jax.process_count())
     if packing and micro_batch_rows:
         row_multiple = math.lcm(row_multiple, int(micro_batch_rows))
@@ -278,7 +289,7 @@ def make_train_iterator(
         store,
         tokenizer,
         prompt=prompt,
-        global_batch_size=global_batch_size,
+        global_batch_size=rows,
         host_rows=host_rows,
         with_row_index=with_row_index,
         packing=packing,
@@ -308,5 +319,5 @@ def make_train_iterator(
     if store.transforms:  # only then: states saved before transforms existed still resume
         fingerprint["teacher_transforms"] = store.transform_settings
     return TrainBatchIterator(
-        iter(iter_dataset), mesh=mesh, global_batch_size=global_batch_size, to_global=to_global, fingerprint=fingerprint
+        iter(iter_dataset), mesh=mesh, global_batch_size=rows, to_global=to_global, fingerprint=fingerprint
     )

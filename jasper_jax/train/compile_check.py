@@ -74,7 +74,7 @@ def compile_stage_step(config, stage_number: int, *, batch_size: int = 0, length
     built = abstract_stage_model(run, stage)
     mesh = make_mesh(run.mesh)
     step = build_stage_step(run, stage, built, mesh)
-    batch = stage.batch_size
+    batch = stage.batch_size  # the real rows; the compiled batch is padded to the mesh (`padded_batch_size`)
     length = length or run.data.max_length
 
     def with_sharding(tree, tree_shardings):

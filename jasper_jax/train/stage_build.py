@@ -253,15 +253,6 @@ def build_stage_step(run: RunSettings, stage: StageSettings, built: StageModel, 
 # ------------------------------------------------------------------------------------------------ input
 
 
-def check_batch_size(stage: StageSettings, mesh: jax.sharding.Mesh) -> None:
-    divisor = batch_size_divisor(mesh)
-    if stage.batch_size % divisor:
-        raise TrainingError(
-            f"stage {stage.number}: batch_size {stage.batch_size} is not divisible by the {divisor} "
-            "devices of the mesh's batch axes (data x fsdp)"
-        )
-
-
 def text_batch_keys(run: RunSettings) -> tuple[str, ...]:
     """The arrays of a text stage's batch: padded, or packed rows with their layout (`data.packing`)."""
     return step_lib.PACKED_BATCH_KEYS if run.data.packing else step_lib.BATCH_KEYS
@@ -349,8 +340,10 @@ def text_iterator(
 
 
 def stage_input(run: RunSettings, stage: StageSettings, paths: DataPaths, mesh, built: StageModel):
-    """The stage's iterator of global batches: teacher-store texts, or (stage 4) image-caption pairs."""
-    check_batch_size(stage, mesh)
+    """The stage's iterator of global batches: teacher-store texts, or (stage 4) image-caption pairs.
+
+    A batch_size the mesh's batch devices do not divide is padded with masked rows
+    (`jasper_jax.data.pipeline.padded_batch_size`); the losses and the tokens/FLOPs metrics see the real rows."""
     if stage.is_pair_stage:
         from jasper_jax.train.pair_stage import pair_iterator
 
@@ -390,7 +383,10 @@ def abstract_stage_batch(
     run: RunSettings, stage: StageSettings, built: StageModel, step: StageStep, batch_size: int, length: int
 ) -> dict[str, jax.ShapeDtypeStruct]:
     """The stage's batch as sharded ShapeDtypeStructs (compile-check): what `stage_input` yields (packed:
-    the largest row bucket, as many rows as texts)."""
+    the largest row bucket, as many rows as texts); `batch_size` rounded up as the pipeline pads it."""
+    from jasper_jax.data.pipeline import padded_batch_size
+
+    batch_size = padded_batch_size(batch_size, step.shardings.batch["row_mask"].mesh)
     if stage.is_image_stage:
         shapes = image_lib.abstract_image_batch(built.config, batch_size, length)
     elif stage.is_pair_stage:

@@ -72,14 +72,23 @@ def init_train_state(params: nnx.State, tx: optax.GradientTransformation, step: 
 
 
 def text_lengths(batch: Mapping[str, jax.Array]) -> list[jax.Array]:
-    """The real length of every text, float32, one array per attention mask. A packed batch's rows hold
-    several texts: text i's length is the size of its segment (`text_segment[i]` of row `text_row[i]`)."""
+    """The real length of every text, float32, one array per attention mask ((B,), or (B, group) for a pair
+    batch's documents). A packed batch's rows hold several texts: text i's length is the size of its
+    segment (`text_segment[i]` of row `text_row[i]`). Masked rows (`row_mask` False: the padding of a final
+    or uneven batch) count 0, so the tokens and FLOPs metrics are those of the real rows."""
     if "segment_ids" in batch:
         rows = batch["segment_ids"][batch["text_row"]]
-        return [jnp.sum(rows == batch["text_segment"][:, None], axis=1).astype(jnp.float32)]
-    return [
-        jnp.sum(value, axis=1).astype(jnp.float32) for key, value in batch.items() if key.endswith("attention_mask")
-    ]
+        lengths = [jnp.sum(rows == batch["text_segment"][:, None], axis=1).astype(jnp.float32)]
+    else:
+        lengths = [
+            jnp.sum(value, axis=-1).astype(jnp.float32)
+            for key, value in batch.items()
+            if key.endswith("attention_mask")
+        ]
+    if "row_mask" not in batch:
+        return lengths
+    real = batch["row_mask"].astype(jnp.float32)
+    return [length * real.reshape(real.shape + (1,) * (length.ndim - 1)) for length in lengths]
 
 
 def text_objective(config: ObjectiveConfig) -> Objective:
@@ -172,9 +181,8 @@ def train_step_fn(
             # optax counts applied updates only (a skipped step keeps the old optimizer state)
             lr=jnp.asarray(schedule(state.step - state.nonfinite_total), jnp.float32),
             finite=finite,
-            tokens=sum(  # text tokens of every attention mask (a pair batch has a query and a document one)
-                jnp.sum(value.astype(jnp.int32)) for key, value in batch.items() if key.endswith("attention_mask")
-            ),
+            # real text tokens of every attention mask (a pair batch has a query and a document one)
+            tokens=sum(jnp.sum(lengths).astype(jnp.int32) for lengths in text_lengths(batch)),
             # sum of squared real lengths: the attention part of the model FLOPs (`jasper_jax.train.flops`)
             token_squares=sum(jnp.sum(jnp.square(lengths)) for lengths in text_lengths(batch)),
             nonfinite_consecutive=consecutive,

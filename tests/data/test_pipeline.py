@@ -260,3 +260,15 @@ def test_worker_processes_give_the_same_batches_and_resume(tmp_path, minilm_fold
         [sys.executable, str(script), str(tmp_path / "store")], env=env, capture_output=True, text=True, timeout=120
     )
     assert "SAME" in result.stdout, result.stdout + result.stderr[-3000:]
+
+
+def test_an_uneven_global_batch_is_padded_with_masked_copies(store_path, tokenizer, mesh):
+    """B=10 on 8 batch devices: 16 rows, the first 10 exactly the unsharded batch's, the rest masked."""
+    sharded = make_train_iterator(store_path, tokenizer, global_batch_size=10, mesh=mesh, max_length=64)
+    reference = local_iterator(store_path, tokenizer, global_batch_size=10, max_length=64)
+    for _ in range(3):
+        batch, expected = jax.device_get(next(sharded)), next(reference)
+        assert batch["row_mask"].shape == (16,) and batch["row_mask"].tolist() == [True] * 10 + [False] * 6
+        for key in ("input_ids", "attention_mask", "teacher"):
+            np.testing.assert_array_equal(batch[key][:10], expected[key], err_msg=key)
+            np.testing.assert_array_equal(batch[key][10:], np.repeat(expected[key][:1], 6, axis=0), err_msg=key)
