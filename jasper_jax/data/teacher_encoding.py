@@ -140,11 +140,11 @@ class DataParallelEncoder:
         self.rows = NamedSharding(mesh, P("data"))
         self.inner.state = jax.device_put(self.inner.state, NamedSharding(mesh, P()))
 
-    def __call__(self, input_ids, attention_mask, head, pixel_values=None):
+    def __call__(self, input_ids, attention_mask, head, pixel_values=None, compression_ratio=None):
         import jax
 
         ids, mask = (jax.device_put(np.asarray(a), self.rows) for a in (input_ids, attention_mask))
-        return np.asarray(self.inner.run(self.inner.state, ids, mask, None, head))
+        return np.asarray(self.inner.run(self.inner.state, ids, mask, None, head, compression_ratio))
 
 
 def _jax_encoder(spec: TeacherSpec, settings: EncodeSettings) -> Encoder:
