@@ -75,9 +75,7 @@ def paper_stage3_values(small: bool) -> dict:
         ),
         "data": dict(max_length=max_length, prompt=""),
         "optimizer": dict(warmup_fraction=0.05, weight_decay=0.01, clip_norm=1.0),
-        "stage3": dict(
-            trainable=(".*",), heads=heads, batch_size=batch, lr=7e-5, steps=2200, data_start="continue"
-        ),
+        "stage3": dict(trainable=(".*",), heads=heads, batch_size=batch, lr=7e-5, steps=2200, data_start="continue"),
     }
 
 
