@@ -137,14 +137,18 @@ class DataParallelEncoder:
 
         self.inner = JittedEncoder(model)
         mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
+        self.mesh = mesh
         self.rows = NamedSharding(mesh, P("data"))
         self.inner.state = jax.device_put(self.inner.state, NamedSharding(mesh, P()))
 
     def __call__(self, input_ids, attention_mask, head, pixel_values=None, compression_ratio=None):
         import jax
 
+        from jasper_jax.models.attention import kernel_partitioning
+
         ids, mask = (jax.device_put(np.asarray(a), self.rows) for a in (input_ids, attention_mask))
-        return np.asarray(self.inner.run(self.inner.state, ids, mask, None, head, compression_ratio))
+        with kernel_partitioning(self.mesh, ("data",)):  # a Pallas attention kernel: one per device (shard_map)
+            return np.asarray(self.inner.run(self.inner.state, ids, mask, None, head, compression_ratio))
 
 
 def _jax_encoder(spec: TeacherSpec, settings: EncodeSettings) -> Encoder:

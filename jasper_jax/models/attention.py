@@ -20,8 +20,9 @@ Implementations (`StudentConfig.attention`, the `attention` argument of the enco
   then zeros, as the tokenizer pads); segment ids as a boolean mask.
 - "splash": the TPU Pallas splash-attention kernel (`jax.experimental.pallas.ops.tpu.splash_attention`),
   per example (vmapped), sequence padded to a multiple of 128 with padding and segments as segment ids;
-  refused on other platforms. The kernel is not partitioned by XLA: under a multi-device mesh, call it
-  inside `jax.shard_map` over the batch (the encoders here do not do that yet).
+  refused on other platforms. XLA cannot partition a Pallas kernel, so under a multi-device mesh it runs
+  inside `jax.shard_map` over the mesh's batch axes, each device on its own examples: the trainer's jitted
+  step traces under `kernel_partitioning(mesh)`, which says which mesh and axes (without it, one device).
 - "auto" (default): "cudnn" on a GPU when the compute dtype is bfloat16/float16 and head_dim % 8 == 0 and
   head_dim <= 128, else "xla" (CPU, float32 on GPU, and TPU; splash there is opt-in, since it has not been
   measured against xla on TPU in this project). On CPU "auto" is "xla", equal to "einsum" to 1e-5 in float32.
@@ -33,15 +34,33 @@ positions. Outputs at real tokens, and anything pooled over them, agree.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec
 
 Array = jax.Array
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash", "einsum")
 FLASH_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 SPLASH_BLOCK = 128
+_kernel_mesh: list[tuple[Mesh, tuple[str, ...]]] = []  # innermost last: see kernel_partitioning
+
+
+@contextlib.contextmanager
+def kernel_partitioning(mesh: Mesh, batch_axes: Sequence[str]) -> Iterator[None]:
+    """While tracing inside this block, the splash kernel runs under `jax.shard_map` over `batch_axes` of
+    `mesh` (the batch dimension split over them; any other axis, e.g. "tensor", replicated).
+
+    Why: XLA does not partition Pallas custom calls; without shard_map a sharded batch would be gathered
+    onto every device (or refused) around each attention call. Other implementations ignore it."""
+    _kernel_mesh.append((mesh, tuple(batch_axes)))
+    try:
+        yield
+    finally:
+        _kernel_mesh.pop()
 
 
 def check_implementation(implementation: str, dtype: str | jnp.dtype) -> None:
@@ -206,5 +225,11 @@ def _splash_attention(
     def one(q: Array, k: Array, v: Array, segment: Array) -> Array:
         return kernel(q, k, v, segment_ids=splash_attention.SegmentIds(q=segment, kv=segment))
 
-    context = jax.vmap(one)(heads_first(scaled), heads_first(key), heads_first(value), segments)
+    per_example = jax.vmap(one)
+    if _kernel_mesh and _kernel_mesh[-1][0].size > 1:
+        mesh, axes = _kernel_mesh[-1]
+        spec = PartitionSpec(axes)  # the batch dimension over the batch axes, the rest whole
+        # check_vma off: the kernel's pallas_call has no varying-manual-axes rule
+        per_example = jax.shard_map(per_example, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)
+    context = per_example(heads_first(scaled), heads_first(key), heads_first(value), segments)
     return context.transpose(0, 2, 1, 3)[:, :length].astype(query.dtype)

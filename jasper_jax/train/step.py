@@ -15,6 +15,7 @@ A non-finite loss or gradient norm leaves parameters and optimizer state unchang
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from jasper_jax.losses import ObjectiveConfig, distillation_objective
+from jasper_jax.models import attention as attention_lib
 from jasper_jax.models.packed import FIELDS as PACKED_FIELDS
 from jasper_jax.models.packed import PackedLayout
 from jasper_jax.train import grad_cache
@@ -232,9 +234,16 @@ def step_shardings(
 
 
 def jit_train_step(step_fn: Callable, shardings: StepShardings, mesh: Mesh):
-    """`jax.jit` with explicit in/out shardings; the state is donated (updated in place)."""
+    """`jax.jit` with explicit in/out shardings; the state is donated (updated in place). The step traces
+    under `attention.kernel_partitioning(mesh)`, so a Pallas attention kernel runs per device (shard_map)."""
+
+    @functools.wraps(step_fn)
+    def partitioned_step(*args):
+        with attention_lib.kernel_partitioning(mesh, sharding_lib.BATCH_AXES):
+            return step_fn(*args)
+
     return jax.jit(
-        step_fn,
+        partitioned_step,
         in_shardings=(shardings.state, shardings.frozen, shardings.rest, shardings.batch),
         out_shardings=(shardings.state, sharding_lib.replicated(mesh)),
         donate_argnums=(0,),

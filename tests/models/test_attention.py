@@ -155,6 +155,63 @@ def test_splash_kernel_in_interpret_mode_equals_einsum_at_real_tokens(causal):
         assert_close(got, want, f"splash gradient w.r.t. {name}")
 
 
+def test_splash_under_a_mesh_runs_per_device_and_equals_einsum():
+    """Under `kernel_partitioning(mesh)` (as the trainer's jitted step traces) the kernel runs inside
+    shard_map over the batch axes (data=2 x fsdp=4 of 8 fake devices): values and gradients equal einsum at
+    real tokens (1e-5), the traced program holds a shard_map, and without the context it holds none."""
+    pytest.importorskip("jax.experimental.pallas.ops.tpu.splash_attention")
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from jasper_jax.train.mesh import BATCH_AXES as batch_axes
+    from jasper_jax.train.mesh import make_mesh
+
+    mesh = make_mesh({"data": 2, "fsdp": 4, "tensor": 1})  # the trainer's mesh (Auto axes)
+    query, key, value = qkv(batch=8, length=12, heads=4, kv_heads=2, head_dim=8, seed=5)
+    lengths = (12, 7, 1, 12, 3, 9, 12, 5)
+    mask = padding_mask(lengths, 12)
+    weights = jax.random.normal(jax.random.key(4), query.shape) * mask[:, :, None, None]
+    batch_sharded = NamedSharding(mesh, PartitionSpec(batch_axes))
+    query, key, value = (jax.device_put(x, batch_sharded) for x in (query, key, value))
+
+    def loss(name):
+        def f(q, k, v):
+            out = attention_lib.dot_product_attention(q, k, v, mask, implementation=name, interpret=True)
+            return jnp.sum(out * weights), out
+
+        return jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True)
+
+    (_, expected), expected_grads = jax.jit(loss("einsum"))(query, key, value)
+    with attention_lib.kernel_partitioning(mesh, batch_axes):
+        traced = str(jax.make_jaxpr(loss("splash"))(query, key, value))
+        (_, actual), actual_grads = jax.jit(loss("splash"))(query, key, value)
+    assert "shard_map" in traced
+    assert "shard_map" not in str(jax.make_jaxpr(loss("splash"))(query, key, value))
+    real = np.asarray(mask, bool)
+    assert_close(np.asarray(actual)[real], np.asarray(expected)[real], "sharded splash output at real tokens")
+    for name, got, want in zip("qkv", actual_grads, expected_grads):
+        assert_close(got, want, f"sharded splash gradient w.r.t. {name}")
+
+
+def test_the_jitted_train_step_traces_under_kernel_partitioning():
+    """`jit_train_step` makes its mesh the kernels' mesh while the step traces, and only then."""
+    from jasper_jax.train import step as step_lib
+    from jasper_jax.train.mesh import BATCH_AXES, make_mesh
+
+    mesh = make_mesh({"data": 8, "fsdp": 1, "tensor": 1})
+    seen = []
+
+    def step_fn(state, frozen, rest, batch):
+        seen.append(attention_lib._kernel_mesh[-1] if attention_lib._kernel_mesh else None)
+        return state, batch["x"].sum()
+
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    shardings = step_lib.StepShardings(replicated, replicated, replicated, replicated, replicated)
+    jitted = step_lib.jit_train_step(step_fn, shardings, mesh)
+    jitted.lower(jnp.zeros(2), {}, {}, {"x": jnp.ones(8)})
+    assert seen == [(mesh, tuple(BATCH_AXES))]
+    assert attention_lib._kernel_mesh == []
+
+
 def test_auto_picks_per_platform_and_dtype():
     float32, bfloat16 = jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)
     resolve = attention_lib.resolve_implementation
