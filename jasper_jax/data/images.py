@@ -31,7 +31,7 @@ import grain
 import jax
 import numpy as np
 
-from jasper_jax.data.pipeline import TrainBatchIterator, host_row_range, padded_batch_size
+from jasper_jax.data.pipeline import TrainBatchIterator, host_row_range, padded_batch_size, repeat_epochs
 from jasper_jax.data.tokenization import TextTokenizer, bucket_length, image_token_ids, pad_batch
 
 COLOURS = {
@@ -259,7 +259,7 @@ def make_image_caption_iterator(
     dataset = grain.MapDataset.range(len(source))
     if shuffle_seed is not None:
         dataset = dataset.shuffle(seed=int(shuffle_seed))
-    dataset = dataset.repeat(num_epochs).batch(global_batch_size, drop_remainder=False)
+    dataset = repeat_epochs(dataset, num_epochs).batch(global_batch_size, drop_remainder=False)
     loader = ImageCaptionBatchLoader(
         source,
         tokenizer,

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from jasper_jax.data.pairs import NO_ROW, PairsIndex
-from jasper_jax.data.pipeline import TrainBatchIterator, host_row_range, padded_batch_size
+from jasper_jax.data.pipeline import TrainBatchIterator, host_row_range, padded_batch_size, repeat_epochs
 from jasper_jax.data.tokenization import TextTokenizer, bucket_length, load_tokenizer, pad_batch
 
 
@@ -122,7 +122,7 @@ def make_pair_iterator(
     dataset = grain.MapDataset.range(len(pairs))
     if shuffle_seed is not None:
         dataset = dataset.shuffle(seed=int(shuffle_seed))
-    dataset = dataset.repeat(num_epochs).batch(global_batch_size, drop_remainder=False)
+    dataset = repeat_epochs(dataset, num_epochs).batch(global_batch_size, drop_remainder=False)
     loader = PairBatchLoader(
         pairs,
         tokenizer,

@@ -67,6 +67,19 @@ def padded_batch_size(global_batch_size: int, mesh: jax.sharding.Mesh | None) ->
     return -(-global_batch_size // devices) * devices
 
 
+ENDLESS_ROWS = 2**61  # "repeat forever": rows of a finite repeat, far beyond any run (see `repeat_epochs`)
+
+
+def repeat_epochs(dataset: grain.MapDataset, num_epochs: int | None) -> grain.MapDataset:
+    """`dataset.repeat(num_epochs)`, with None ("forever") as enough whole epochs for `ENDLESS_ROWS` rows.
+
+    Why not `repeat(None)`: Grain gives that a length of sys.maxsize, and a slice or a batch of 1 over it
+    overflows ("cannot fit 'int' into an index-sized integer"). The epochs and their order are the same."""
+    if num_epochs is None:
+        num_epochs = max(1, ENDLESS_ROWS // max(1, len(dataset)))
+    return dataset.repeat(num_epochs)
+
+
 def host_row_range(
     global_batch_size: int,
     mesh: jax.sharding.Mesh | None = None,
@@ -279,7 +292,7 @@ def make_train_iterator(
     dataset = grain.MapDataset.range(len(store))
     if shuffle_seed is not None:
         dataset = dataset.shuffle(seed=int(shuffle_seed))
-    dataset = dataset.repeat(num_epochs)
+    dataset = repeat_epochs(dataset, num_epochs)
     if start_row < 0:
         raise ValueError(f"start_row={start_row} must be >= 0")
     if start_row:

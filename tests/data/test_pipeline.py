@@ -124,6 +124,15 @@ def test_order_no_shuffle_seeded_shuffle_and_epochs(store_path, tokenizer):
     assert not np.array_equal(epoch1, epoch2), "each epoch is reshuffled"
 
 
+@pytest.mark.parametrize("start_row", [0, 5])
+def test_endless_iterator_with_a_global_batch_of_one(store_path, tokenizer, start_row):
+    """Global batch 1, repeating forever, from row 0 or a later row: one row per batch in the store's order
+    across the epoch boundary (Grain's repeat(None) overflowed here: its length is sys.maxsize)."""
+    batches = take(local_iterator(store_path, tokenizer, global_batch_size=1, start_row=start_row), ROWS + 3)
+    order = np.concatenate([b["row_index"] for b in batches])
+    np.testing.assert_array_equal(order, (start_row + np.arange(ROWS + 3)) % ROWS)
+
+
 def test_finite_epochs_pad_the_last_batch_with_masked_rows(store_path, tokenizer):
     batches = list(local_iterator(store_path, tokenizer, num_epochs=1))
     assert len(batches) == 6  # 45 rows / 8
