@@ -8,6 +8,10 @@ stderr and the error's exit code, so no sub-command shows a traceback for bad in
 from __future__ import annotations
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NONFINITE = 0, 1, 2, 3
+# training: preempted (SIGTERM), a checkpoint saved at the agreed step: rerun the same command (EX_TEMPFAIL)
+EXIT_REQUEUE = 75
+# training: no step completed for watchdog.hang_timeout_s (a lost peer, a collective that never completes)
+EXIT_HANG = 4
 
 
 class UserError(Exception):

@@ -5,8 +5,9 @@ The fields, their types and defaults are those of `jasper_jax.train.settings` (a
 from those dataclasses, so a default exists once. Top level: `workdir` (each stage writes `stage{N}/`),
 `seed`, `mesh` (`data`, `fsdp`, `tensor` sizes, -1 = the rest; `mesh.dcn`: the across-host part),
 `sharding_rules` (logical name -> mesh axes), `activation_sharding`, `distributed`, `model`, `data`,
-`optimizer`, `objective`, `checkpoint`, `hardware`, `log_every`, `max_consecutive_nonfinite`, `progress`,
-`debug.nonfinite_steps` (tests: steps whose teacher batch is made infinite), and `stages.stage{N}` blocks from
+`optimizer`, `objective`, `checkpoint`, `hardware`, `watchdog`, `log_every`, `max_consecutive_nonfinite`,
+`progress`, `debug.nonfinite_steps` (tests: steps whose teacher batch is made infinite), `debug.signal` (tests:
+a process signals itself after a step: preemption, a lost peer), and `stages.stage{N}` blocks from
 `stage(...)` (fields: `settings.StageSettings`).
 """
 
@@ -58,7 +59,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.log_every = 1
     config.max_consecutive_nonfinite = 10
     config.progress = True
-    config.debug = dict(nonfinite_steps=())
+    config.watchdog = settings.defaults(settings.WatchdogSettings)
+    config.debug = dict(nonfinite_steps=(), signal=settings.defaults(settings.DebugSignal))
     config.compilation_cache_dir = "auto"  # the persistent XLA cache (train/compile_cache.py); "" disables
     config.stages = ml_collections.ConfigDict()
     return config

@@ -70,12 +70,20 @@ def initialize(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
+    *,
+    heartbeat_timeout_s: int = 100,
+    initialization_timeout_s: int = 300,
 ) -> DistributedSetup:
-    """Initialise `jax.distributed` once per process (later calls return the first result)."""
+    """Initialise `jax.distributed` once per process (later calls return the first result).
+
+    `heartbeat_timeout_s`: a process silent this long is declared lost, and the coordination service ends
+    the others with an error (no hang until the scheduler's limit); `initialization_timeout_s`: how long
+    to wait for every process to connect."""
     global _initialized
     if _initialized is not None:
         return _initialized
     setup = detect(coordinator_address, num_processes, process_id)
+    timeouts = dict(heartbeat_timeout_seconds=heartbeat_timeout_s, initialization_timeout=initialization_timeout_s)
     if setup.source != "single":
         platforms = os.environ.get("JAX_PLATFORMS", "")
         if platforms in ("cpu", "") and setup.source in ("explicit", "env"):
@@ -86,9 +94,10 @@ def initialize(
                     coordinator_address=setup.coordinator_address,
                     num_processes=setup.num_processes,
                     process_id=setup.process_id,
+                    **timeouts,
                 )
         else:
-            jax.distributed.initialize()
+            jax.distributed.initialize(**timeouts)
         log.info(
             "jax.distributed (%s): process %d of %d, %d local / %d global devices",
             setup.source,

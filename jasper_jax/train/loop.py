@@ -11,7 +11,10 @@ For stage N (`workdir/stage{N}/`):
    the shardings of the mesh; the data iterator yields global batches (`stage_build`);
 4. every `checkpoint.every` steps and at the end an asynchronous checkpoint is written; process 0 shows a
    progress bar and writes metrics.jsonl and TensorBoard events; after `max_consecutive_nonfinite`
-   skipped (non-finite) steps in a row the run stops, leaving the last good checkpoint as it was.
+   skipped (non-finite) steps in a row the run stops, leaving the last good checkpoint as it was;
+5. on SIGTERM (preemption) every process stops at one agreed step, saves a checkpoint there and the run
+   exits with `EXIT_REQUEUE` (75; `preemption`); a slow step is named and a step that never completes
+   ends the run (`watchdog`).
 
 `train()` raises `TrainingError` for anything the user can fix; `jasper_jax.cli` turns it into an exit code.
 """
@@ -30,10 +33,17 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jasper_jax.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_NONFINITE, EXIT_OK  # noqa: F401 (re-exported)
+from jasper_jax.errors import (  # noqa: F401 (re-exported)
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_HANG,
+    EXIT_NONFINITE,
+    EXIT_OK,
+    EXIT_REQUEUE,
+)
 from jasper_jax.models.params import fill_state, state_to_tree, tree_paths
 from jasper_jax.train import checkpoint as checkpoint_lib
-from jasper_jax.train import compile_cache, distributed, run_settings
+from jasper_jax.train import compile_cache, distributed, preemption, run_settings, watchdog
 from jasper_jax.train import step as step_lib
 from jasper_jax.train.mesh import make_mesh
 from jasper_jax.train.settings import RunSettings, StageSettings, TrainingError, settings_from_config
@@ -334,7 +344,25 @@ def stage_metadata(
 # ------------------------------------------------------------------------------------------------ stage
 
 
-def run_stage(run: RunSettings, number: int, mesh: jax.sharding.Mesh, paths: DataPaths) -> None:
+@dataclasses.dataclass
+class RunGuards:
+    """What watches a whole run across its stages: the preemption notice and the hang guard."""
+
+    preemption: preemption.PreemptionWatch
+    hang: watchdog.HangGuard
+
+    @classmethod
+    def start(cls, run: RunSettings) -> RunGuards:
+        return cls(preemption.PreemptionWatch(), watchdog.HangGuard(run.watchdog.hang_timeout_s, jax.process_index()))
+
+    def close(self) -> None:
+        self.preemption.close()
+        self.hang.close()
+
+
+def run_stage(
+    run: RunSettings, number: int, mesh: jax.sharding.Mesh, paths: DataPaths, guards: RunGuards | None = None
+) -> None:
     """Train one stage to its last step (resuming it), or skip it when its final checkpoint exists."""
     stage = run.stage(number)
     checkpointer = make_checkpointer(run, number)
@@ -357,7 +385,7 @@ def run_stage(run: RunSettings, number: int, mesh: jax.sharding.Mesh, paths: Dat
     rest = step_lib.place(step.rest, step.shardings.rest)
     metadata = stage_metadata(run, stage, paths, built, step)
     throughput = stage_throughput(run, stage, built, step)
-    train_loop(run, stage, checkpointer, step.step_fn, state, frozen, rest, iterator, metadata, throughput)
+    train_loop(run, stage, checkpointer, step.step_fn, state, frozen, rest, iterator, metadata, throughput, guards)
 
 
 class MetricsWriter:
@@ -484,13 +512,18 @@ def train_loop(
     iterator,
     metadata: dict[str, Any],
     throughput: Throughput | None = None,
+    guards: RunGuards | None = None,
 ) -> None:
     """Steps from the state's step to the stage's last, checkpointing as configured; metrics on process 0.
 
     The host never waits for the device between two steps: step N's metrics are fetched after step N+1 is
     dispatched (one step late), so the device runs N+1 while the host logs N and prepares the next batch.
     At a checkpoint step (and the last) the metrics are fetched first: the checkpoint copies the state to
-    the host anyway, and a step that ends the run (too many non-finite steps) is never saved."""
+    the host anyway, and a step that ends the run (too many non-finite steps) is never saved.
+
+    `guards` (default: started here, for this stage only): at the step where the preemption notice is
+    agreed, the state is saved and `TrainingError(..., EXIT_REQUEUE)` raised; every completed step beats
+    the hang guard and is timed by the slow-step monitor."""
     from tqdm import tqdm
 
     number, steps, start = stage.number, stage.steps, int(state.step)
@@ -508,10 +541,17 @@ def train_loop(
     )
     last_saved = checkpointer.latest_step()
     poisoned = set(run.debug_nonfinite_steps)
+    own_guards = guards is None
+    guards = guards or RunGuards.start(run)
+    slow = watchdog.SlowStepMonitor(run.watchdog.factor, run.watchdog.warmup_steps, jax.process_index())
 
     def report(step: int, metrics) -> None:
         """Log step `step`'s metrics (blocks until that step is done); stop after too many bad steps."""
         metrics = jax.device_get(metrics)
+        warning = slow.step_done(step)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
+        guards.hang.beat()
         flops = throughput.step_flops(metrics)
         throughput.add(metrics, flops)
         bad_streak = int(metrics["nonfinite_consecutive"])
@@ -545,15 +585,33 @@ def train_loop(
             if pending is not None:
                 report(*pending)  # the previous step's, while this one runs
             pending = (step, metrics)
-            if checkpointer.should_save(step) or step == steps:
+            debug = run.debug_signal
+            preemption.send_debug_signal(debug.name, step, debug.step, debug.process)
+            preempted = guards.preemption.reached()
+            if checkpointer.should_save(step) or step == steps or preempted:
                 report(*pending)
                 pending = None
                 checkpointer.save(step, state, frozen, iterator, metadata)
                 last_saved = step
+                slow.restart_clock()
+            if preempted:
+                guards.hang.disarm()
+                checkpointer.wait()
+                distributed.barrier("jasper_preempted")  # no process exits while another still writes
+                raise TrainingError(
+                    f"stage {number}: preempted (SIGTERM) at step {step}: checkpoint {step} saved in "
+                    f"{checkpointer.directory}; rerun the same command to resume (exit code {EXIT_REQUEUE}: "
+                    "requeue)",
+                    EXIT_REQUEUE,
+                )
         if pending is not None:
             report(*pending)
+        guards.hang.disarm()
         checkpointer.wait()
     finally:
+        guards.hang.disarm()
+        if own_guards:
+            guards.close()
         bar.close()
         writer.close()
         checkpointer.close()
@@ -571,16 +629,27 @@ def train(config: ml_collections.ConfigDict | RunSettings, stages: list[int] | N
     for number in numbers:
         run.stage(number)  # an unknown stage is refused before anything runs
     compile_cache.enable(run.compilation_cache_dir)
+    settings = run.distributed
     distributed.initialize(
-        run.distributed.coordinator_address or None,
-        run.distributed.num_processes or None,
-        run.distributed.process_id if run.distributed.process_id >= 0 else None,
+        settings.coordinator_address or None,
+        settings.num_processes or None,
+        settings.process_id if settings.process_id >= 0 else None,
+        heartbeat_timeout_s=settings.heartbeat_timeout_s,
+        initialization_timeout_s=settings.initialization_timeout_s,
     )
+    guards = RunGuards.start(run)  # a SIGTERM from here on stops at the next step boundary
     try:
-        mesh = make_mesh(run.mesh)
-    except ValueError as error:
-        raise TrainingError(str(error)) from None
-    paths = prepare_data(run)
-    check_teacher_store(run, paths)
-    for number in numbers:
-        run_stage(run, number, mesh, paths)
+        try:
+            mesh = make_mesh(run.mesh)
+        except ValueError as error:
+            raise TrainingError(str(error)) from None
+        paths = prepare_data(run)
+        check_teacher_store(run, paths)
+        for number in numbers:
+            run_stage(run, number, mesh, paths, guards)
+    except jax.errors.JaxRuntimeError as error:
+        if jax.process_count() > 1:
+            watchdog.end_after_failed_computation(error, jax.process_index(), jax.process_count())
+        raise
+    finally:
+        guards.close()

@@ -33,6 +33,28 @@ class DistributedSettings:
     coordinator_address: str = ""
     num_processes: int = 0
     process_id: int = -1
+    # jax.distributed: a process missing heartbeats this long is declared lost and the others end with an
+    # error; how long the first connection to the coordinator may take
+    heartbeat_timeout_s: int = 100
+    initialization_timeout_s: int = 300
+
+
+@dataclasses.dataclass(frozen=True)
+class WatchdogSettings:
+    """`jasper_jax.train.watchdog`: slow-step warnings and the end of a run whose step never completes."""
+
+    factor: float = 5.0  # warn when a step takes longer than factor x the running median (0: never)
+    warmup_steps: int = 3  # steps left out of the median (compilation)
+    hang_timeout_s: float = 1800.0  # no step completed for this long: stack dump, exit code 4 (0: never)
+
+
+@dataclasses.dataclass(frozen=True)
+class DebugSignal:
+    """Tests: process `process` (-1: all) sends itself SIG`name` after step `step` of every stage (0: never)."""
+
+    step: int = 0
+    name: str = "TERM"
+    process: int = -1
 
 
 SCAN_LAYERS_NAMES = {"auto": "auto", "true": "true", "1": "true", "yes": "true", "false": "false", "0": "false"}
@@ -274,6 +296,8 @@ class RunSettings:
     debug_nonfinite_steps: tuple[int, ...]
     stages: dict[int, StageSettings]
     hardware: HardwareSettings = HardwareSettings()
+    watchdog: WatchdogSettings = WatchdogSettings()
+    debug_signal: DebugSignal = DebugSignal()
     # persistent XLA compilation cache: "auto" (the user cache folder), a folder, "" off (compile_cache.py)
     compilation_cache_dir: str = "auto"
     config_json: dict[str, Any] = dataclasses.field(repr=False, compare=False, default_factory=dict)
@@ -381,7 +405,12 @@ def settings_from_config(config) -> RunSettings:
     """The typed settings of a training config (raises TrainingError naming a bad or unknown field)."""
     numbers = sorted(int(key.removeprefix("stage")) for key in config.stages.keys())
     values = {key: value for key, value in _plain(config).items() if key not in ("stages", "debug")}
-    known = {f.name for f in dataclasses.fields(RunSettings)} - {"stages", "config_json", "debug_nonfinite_steps"}
+    known = {f.name for f in dataclasses.fields(RunSettings)} - {
+        "stages",
+        "config_json",
+        "debug_nonfinite_steps",
+        "debug_signal",
+    }
     unknown = sorted(set(values) - known)
     if unknown:
         raise TrainingError(f"the config has unknown top-level field(s) {unknown}; known: {sorted(known)}")
@@ -392,6 +421,7 @@ def settings_from_config(config) -> RunSettings:
         "config",
         stages={number: stage_from_config(config, number) for number in numbers},
         debug_nonfinite_steps=tuple(int(step) for step in debug.get("nonfinite_steps", ())),
+        debug_signal=build(DebugSignal, debug.get("signal", {}) or {}, "debug.signal"),
         config_json=json.loads(config.to_json_best_effort()),
     )
     check_data_starts(run.stages)

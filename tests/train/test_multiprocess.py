@@ -95,3 +95,30 @@ def test_local_launcher_fails_when_a_process_fails(tmp_path):
         timeout=60,
     )
     assert result.returncode != 0 and "process 1 failed" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("codes, expected", [((75, 75), 75), ((0, 75), 75), ((75, 3), 1), ((0, 0), 0)])
+def test_local_launcher_exit_code_says_requeue_only_when_every_failure_was_a_preemption(tmp_path, codes, expected):
+    script = f"import os, sys; sys.exit({codes}[int(os.environ['JAX_PROCESS_ID'])])"
+    result = subprocess.run(
+        [str(ROOT / "launch" / "local.sh"), "2", "1", sys.executable, "-c", script],
+        env=dict(_env(1), LOCAL_LOG_DIR=str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == expected, result.stderr
+
+
+def test_launch_scripts_parse_and_the_jobset_requeues_exit_75():
+    import yaml
+
+    for script in ("local.sh", "slurm.sbatch", "tpu_vm.sh", "teachers_slurm_array.sbatch"):
+        subprocess.run(["bash", "-n", str(ROOT / "launch" / script)], check=True)
+    assert "scontrol requeue" in (ROOT / "launch" / "slurm.sbatch").read_text()
+    jobset = yaml.safe_load((ROOT / "launch" / "jobset.yaml").read_text())
+    rules = jobset["spec"]["failurePolicy"]["rules"]
+    assert rules[0]["action"] == "RestartJobSetAndIgnoreMaxRestarts"
+    job = jobset["spec"]["replicatedJobs"][0]["template"]["spec"]
+    exit_rules = [r for r in job["podFailurePolicy"]["rules"] if "onExitCodes" in r]
+    assert exit_rules[0]["onExitCodes"]["values"] == [75]
