@@ -11,6 +11,11 @@ A global batch size the mesh's batch devices do not divide (the paper's stage-4 
 padded the same way up to the next multiple (`padded_batch_size`): the arrays then have B' >= B rows, the
 last B' - B masked. The losses are exact under `row_mask`, so the step is the one of the B real rows.
 
+With `compression` (a student with a token compressor, `CompressionSampling`) the batch also holds
+`compressed_mask` (B, T) int32: the compressed attention mask of each text at this batch's compression
+ratio, sampled per global batch from (low, high) (a seeded draw from the batch's position, so a resumed run
+draws the same), with T the power-of-two bucket of the longest compressed text.
+
 With `packing` (`data.packing`) the B texts are packed into R rows of `max_length` instead
 (`jasper_jax.data.packing`): `input_ids`, `attention_mask`, `segment_ids`, `positions` are (R, L) with R one
 of a few row buckets divisible by the mesh's batch devices, and `text_row`, `text_segment` (B,) say where
@@ -33,6 +38,7 @@ counts batches taken.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
@@ -78,6 +84,31 @@ def repeat_epochs(dataset: grain.MapDataset, num_epochs: int | None) -> grain.Ma
     if num_epochs is None:
         num_epochs = max(1, ENDLESS_ROWS // max(1, len(dataset)))
     return dataset.repeat(num_epochs)
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressionSampling:
+    """Token compression's training ratio: per global batch, uniform in [low, high] (seeded by the batch's
+    position in the stage's row stream); `threshold` as the student's compressor."""
+
+    threshold: int
+    low: float
+    high: float
+    seed: int = 0
+
+    def ratio(self, start_row: int, batch_index: int) -> float:
+        if self.low == self.high:
+            return self.low
+        generator = np.random.default_rng([self.seed, start_row, batch_index])
+        return float(generator.uniform(self.low, self.high))
+
+    def mask(self, lengths: Sequence[int], ratio: float, max_length: int) -> np.ndarray:
+        """(B, T) int32: each text's compressed mask at `ratio`, T the bucket of the longest."""
+        from jasper_jax.models.token_compression import compressed_mask, length_table
+
+        lengths = np.asarray(lengths, np.int64)
+        needed = int(length_table(float(ratio), self.threshold, int(lengths.max(initial=1)))[lengths].max(initial=1))
+        return compressed_mask(lengths, ratio, self.threshold, bucket_length(max(needed, 1), max_length))
 
 
 def host_row_range(
@@ -127,18 +158,36 @@ class GlobalBatchLoader:
         with_row_index: bool = False,
         packing: bool = False,
         row_multiple: int = 1,
+        compression: CompressionSampling | None = None,
+        start_row: int = 0,
     ):
         self.store, self.tokenizer, self.prompt = store, tokenizer, prompt
         self.global_batch_size, self.host_rows, self.with_row_index = global_batch_size, host_rows, with_row_index
         self.packing, self.row_multiple = packing, row_multiple
+        self.compression, self.start_row = compression, start_row
+
+    def at(self, batch_index: int, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """`self(indices)` and, with `compression`, the batch's `compressed_mask` at its sampled ratio
+        (computed from the whole global batch's lengths, so every host picks the same T)."""
+        batch, lengths = self._load(indices)
+        if self.compression is not None:
+            ratio = self.compression.ratio(self.start_row, int(batch_index))
+            start, stop = self.host_rows
+            batch["compressed_mask"] = self.compression.mask(lengths, ratio, self.tokenizer.max_length)[start:stop]
+        return batch
 
     def __call__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        return self._load(indices)[0]
+
+    def _load(self, indices: np.ndarray) -> tuple[dict[str, np.ndarray], list[int]]:
+        """This host's batch and the token count of every text of the global batch."""
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         real = indices.size
         if real < self.global_batch_size:  # last partial batch: copies of its first row, masked out
             indices = np.concatenate([indices, np.full(self.global_batch_size - real, indices[0], np.int64)])
         row_mask = np.arange(self.global_batch_size) < real
         ids = self.tokenizer.encode(self.store.texts(indices), self.prompt)
+        lengths = [min(len(row), self.tokenizer.max_length) for row in ids]
         start, stop = self.host_rows
         if self.packing:
             batch = self.packed(ids, start, stop)
@@ -149,7 +198,7 @@ class GlobalBatchLoader:
         batch["row_mask"] = row_mask[start:stop]
         if self.with_row_index:
             batch["row_index"] = indices[start:stop]
-        return batch
+        return batch, lengths
 
     def packed(self, ids: list[list[int]], start: int, stop: int) -> dict[str, np.ndarray]:
         """The global batch packed; this host's share of its rows (R * start / B ...) and of its texts."""
@@ -243,6 +292,7 @@ def make_train_iterator(
     packing: bool = False,
     start_row: int = 0,
     micro_batch_rows: int | None = None,
+    compression: CompressionSampling | None = None,
 ) -> TrainBatchIterator:
     """The training iterator over `store` (see the module docstring for what it yields and how to save it).
 
@@ -259,6 +309,8 @@ def make_train_iterator(
     same as without, so a saved state resumes with packing switched either way.
     `micro_batch_rows`: with `packing`, GradCache's packed rows per micro-batch (`stage.micro_batch_size`):
     the row buckets are multiples of it too, so that the rows split into whole micro-batches.
+    `compression`: a student with a token compressor: batches also hold `compressed_mask` at a ratio
+    sampled per batch (see the module docstring; not with `packing`).
     `start_row`: the first batch starts at this position of the row stream (the store's order or the
     shuffle, epoch after epoch): a stage that continues where the previous one stopped reading
     (`stage.data_start`); a saved state counts batches from there.
@@ -307,8 +359,12 @@ def make_train_iterator(
         with_row_index=with_row_index,
         packing=packing,
         row_multiple=row_multiple,
+        compression=compression,
+        start_row=start_row,
     )
-    iter_dataset = dataset.map(loader).to_iter_dataset(
+    if compression is not None and packing:
+        raise ValueError("token compression and packing cannot be combined (set data.packing off)")
+    iter_dataset = dataset.map_with_index(loader.at).to_iter_dataset(
         grain.ReadOptions(num_threads=max(1, worker_threads), prefetch_buffer_size=max(1, prefetch))
     )
     if worker_processes:
@@ -327,6 +383,8 @@ def make_train_iterator(
         "max_length": tokenizer.max_length,
         "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest()[:16],
     }
+    if compression is not None:  # only then, as start_row below
+        fingerprint["compression"] = [compression.threshold, compression.low, compression.high, compression.seed]
     if start_row:  # only then: states saved before start_row existed still resume
         fingerprint["start_row"] = int(start_row)
     if store.transforms:  # only then: states saved before transforms existed still resume

@@ -22,8 +22,10 @@ counts when anything in the encoder trains.
 
 Per step: `StepFlops.total(tokens, token_squares, rows)` with `tokens` = sum of real lengths,
 `token_squares` = sum of squared real lengths, `rows` = texts in the batch (the train step reports the
-first two as the `tokens` and `token_squares` metrics). Image stages (a vision tower) are not modelled:
-`step_flop_model` returns None and the trainer then logs no FLOPs or MFU.
+first two as the `tokens` and `token_squares` metrics). A student with a token compressor: its MLP runs
+over the input tokens (`input_tokens`, the `tokens` metric) and the encoder over the compressed ones
+(`tokens` = the `encoder_tokens` metric, `token_squares` of the compressed lengths). Image stages (a
+vision tower) are not modelled: `step_flop_model` returns None and the trainer then logs no FLOPs or MFU.
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ class Op:
     """One product in forward order: `prefix` is its weight's parameter path ("" for the attention core)."""
 
     prefix: str
-    per_token: float = 0.0  # forward FLOPs per real token
+    per_token: float = 0.0  # forward FLOPs per real token the encoder runs over (compressed, with a compressor)
+    per_input_token: float = 0.0  # forward FLOPs per input token (the token compressor's MLP)
     per_pair: float = 0.0  # forward FLOPs per (query, key) pair inside one text (attention core)
     per_row: float = 0.0  # forward FLOPs per text (heads)
 
@@ -132,6 +135,12 @@ def forward_positions(config: StudentConfig) -> list[Position]:
         )
         last = ()
     positions: list[Position] = [((), first)]
+    if config.token_compression is not None:  # its gated MLP over the input tokens, before the encoder
+        inter, d = config.token_compression.intermediate_size, encoder.hidden_size
+        mlp = "compressor/mlp"
+        gate = Op(f"{mlp}/gate", per_input_token=2 * d * inter)
+        up = Op(f"{mlp}/up", per_input_token=2 * d * inter)
+        positions += [((gate, up), ()), ((Op(f"{mlp}/down", per_input_token=2 * inter * d),), ())]
     for index in range(encoder.num_hidden_layers):
         positions += _layer_positions(config, index)
     positions.append(((), last))
@@ -143,16 +152,21 @@ def forward_positions(config: StudentConfig) -> list[Position]:
 
 @dataclasses.dataclass(frozen=True)
 class StepFlops:
-    """Model FLOPs of one step as `per_token * tokens + per_pair * pairs + per_row * rows` (see module doc)."""
+    """Model FLOPs of one step as `per_token * tokens + per_pair * pairs + per_row * rows
+    + per_input_token * input_tokens` (see module doc)."""
 
     per_token: float
     per_pair: float
     per_row: float
     causal: bool = False
+    per_input_token: float = 0.0
 
-    def total(self, tokens: float, token_squares: float, rows: float) -> float:
+    def total(self, tokens: float, token_squares: float, rows: float, input_tokens: float | None = None) -> float:
+        """`tokens`, `token_squares`: of the texts the encoder runs over; `input_tokens` (default `tokens`):
+        before a token compressor, which differs from `tokens` only with one."""
         pairs = (token_squares + tokens) / 2 if self.causal else token_squares
-        return self.per_token * tokens + self.per_pair * pairs + self.per_row * rows
+        inputs = tokens if input_tokens is None else input_tokens
+        return self.per_token * tokens + self.per_pair * pairs + self.per_row * rows + self.per_input_token * inputs
 
 
 def _trains(prefix: str, trainable: Callable[[str], bool] | frozenset[str]) -> bool:
@@ -174,7 +188,7 @@ def step_flop_model(
         return None
     if not callable(trainable):
         trainable = frozenset(trainable)
-    per = {"per_token": 0.0, "per_pair": 0.0, "per_row": 0.0}
+    per = {"per_token": 0.0, "per_pair": 0.0, "per_row": 0.0, "per_input_token": 0.0}
     earlier_trains = False
     for ops, groups in forward_positions(config):
         trains_here = False

@@ -113,6 +113,8 @@ def gradient_fn(
     def gradients(params: nnx.State, frozen: nnx.State, rest: nnx.State, batch: Mapping[str, jax.Array]):
         packed = "segment_ids" in batch
         keys = PACKED_ROW_INPUTS if packed else ENCODER_INPUTS
+        if "compressed_mask" in batch:  # a token compressor: each micro-batch's rows of the compressed mask
+            keys = keys + ("compressed_mask",)
         rows = batch["input_ids"].shape[0]  # texts, or packed rows
         try:
             count = micro_batch_count(rows, micro_batch_size, batch_shards)
@@ -128,7 +130,9 @@ def gradient_fn(
         def encode(p, micro, index):
             model = model_for(p, frozen, step_parts.reseed(rest, index))
             if not packed:
-                return model.pooled(micro["input_ids"], micro["attention_mask"]).astype(jnp.float32)
+                compressed = micro.get("compressed_mask")
+                extra = {} if compressed is None else {"compressed_mask": compressed}
+                return model.pooled(micro["input_ids"], micro["attention_mask"], **extra).astype(jnp.float32)
             # every text of the batch: those in this micro-batch point at its local row, the others past
             # its last row (their scatter into the token table is dropped) and are zeroed
             in_block = text_block == index

@@ -474,7 +474,9 @@ class Throughput:
     def step_flops(self, metrics: dict[str, Any]) -> float | None:
         if self.flop_model is None or "token_squares" not in metrics:
             return None
-        return self.flop_model.total(float(metrics["tokens"]), float(metrics["token_squares"]), self.rows)
+        tokens = float(metrics["tokens"])  # input tokens; the encoder's differ behind a token compressor
+        encoder_tokens = float(metrics.get("encoder_tokens", tokens))
+        return self.flop_model.total(encoder_tokens, float(metrics["token_squares"]), self.rows, input_tokens=tokens)
 
     def add(self, metrics: dict[str, Any], flops: float | None) -> None:
         self.tokens += int(metrics["tokens"])

@@ -61,7 +61,7 @@ SCAN_LAYERS_NAMES = {"auto": "auto", "true": "true", "1": "true", "yes": "true",
 SCAN_LAYERS_NAMES["no"] = "false"
 
 
-TOKEN_COMPRESSION_KEYS = ("threshold", "ratio", "intermediate_size")
+TOKEN_COMPRESSION_KEYS = ("threshold", "ratio", "intermediate_size", "train_ratio")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +81,8 @@ class ModelSettings:
     # the encoder layers under one jax.lax.scan: auto (on for GPU/TPU, off on CPU), true, false
     scan_layers: str = "auto"
     # dynamic token compression (jasper_jax.models.token_compression): {} off; keys threshold (80), ratio
-    # (0.5, the ratio training and encode use), intermediate_size (default the encoder's)
+    # (0.5, the default of encode / eval / export), intermediate_size (default the encoder's), train_ratio:
+    # the training ratio, a number or a range (low, high) sampled per step (default: ratio)
     token_compression: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
@@ -94,6 +95,7 @@ class ModelSettings:
             )
         try:
             self.compression_config(1)
+            self.train_ratio_range()
         except (TypeError, ValueError) as error:
             raise TrainingError(f"config field model.{error}") from None
 
@@ -113,8 +115,24 @@ class ModelSettings:
         from jasper_jax.models.token_compression import CompressionConfig
 
         values = dict(self.token_compression)
+        values.pop("train_ratio", None)
         values.setdefault("intermediate_size", encoder_intermediate_size)
         return CompressionConfig(**values)
+
+    def train_ratio_range(self) -> tuple[float, float] | None:
+        """`token_compression.train_ratio` as (low, high) with 0 < low <= high <= 1; None when not set."""
+        value = self.token_compression.get("train_ratio")
+        if value is None:
+            return None
+        from jasper_jax.models.token_compression import check_ratio
+
+        values = (value, value) if isinstance(value, (int, float)) else tuple(value)
+        if len(values) != 2:
+            raise ValueError(f"token_compression.train_ratio={value!r}: give a number or (low, high)")
+        low, high = (check_ratio(v, "token_compression.train_ratio") for v in values)
+        if low > high:
+            raise ValueError(f"token_compression.train_ratio={value!r}: low must be <= high")
+        return low, high
 
     def scan_layers_on(self, platform: str) -> bool:
         """Whether the layers are scanned on `platform` ("auto": on GPU/TPU, where compile time dominates;

@@ -223,7 +223,7 @@ def build_stage_step(run: RunSettings, stage: StageSettings, built: StageModel, 
     tx, schedule = optimizer_lib.make_optimizer(run.optimizer, stage.lr, stage.steps)
     abstract_state = jax.eval_shape(lambda p: step_lib.init_train_state(p, tx), trainable)
     abstract_frozen = jax.eval_shape(lambda f: f, frozen)
-    batch_keys = image_lib.IMAGE_BATCH_KEYS if stage.is_image_stage else text_batch_keys(run)
+    batch_keys = image_lib.IMAGE_BATCH_KEYS if stage.is_image_stage else text_batch_keys(run, built.config)
     if stage.is_pair_stage:
         from jasper_jax.train.pair_stage import PAIR_BATCH_KEYS as batch_keys
     rules = sharding_lib.rules_from_config(run.sharding_rules)
@@ -253,9 +253,27 @@ def build_stage_step(run: RunSettings, stage: StageSettings, built: StageModel, 
 # ------------------------------------------------------------------------------------------------ input
 
 
-def text_batch_keys(run: RunSettings) -> tuple[str, ...]:
-    """The arrays of a text stage's batch: padded, or packed rows with their layout (`data.packing`)."""
-    return step_lib.PACKED_BATCH_KEYS if run.data.packing else step_lib.BATCH_KEYS
+def text_batch_keys(run: RunSettings, config: StudentConfig | None = None) -> tuple[str, ...]:
+    """The arrays of a text stage's batch: padded, or packed rows with their layout (`data.packing`);
+    a student with a token compressor (`config`) also gets each batch's `compressed_mask`."""
+    if run.data.packing:
+        return step_lib.PACKED_BATCH_KEYS
+    if config is not None and config.token_compression is not None:
+        return step_lib.BATCH_KEYS + ("compressed_mask",)
+    return step_lib.BATCH_KEYS
+
+
+def compression_sampling(run: RunSettings, stage: StageSettings, config: StudentConfig):
+    """The training ratio of a student with a token compressor (`pipeline.CompressionSampling`): sampled per
+    step from `model.token_compression.train_ratio` (low, high), else the compressor's own ratio; None
+    without a compressor."""
+    compression = config.token_compression
+    if compression is None:
+        return None
+    from jasper_jax.data.pipeline import CompressionSampling
+
+    low, high = run.model.train_ratio_range() or (compression.ratio, compression.ratio)
+    return CompressionSampling(compression.threshold, low, high, seed=run.seed * 1009 + stage.number)
 
 
 def check_micro_batch_size(stage: StageSettings, mesh: jax.sharding.Mesh) -> None:
@@ -313,10 +331,12 @@ def text_iterator(
     packing: bool = False,
     start_row: int = 0,
     micro_batch_size: int | None = None,
+    compression=None,
 ):
     """The Grain iterator of global text batches over the teacher store, as `data` says (`packing` for the
     training batches of a text stage; the head fit reads padded batches); `start_row` as `stage_start_row`;
-    `micro_batch_size` (GradCache, packed): the packed row counts are multiples of it."""
+    `micro_batch_size` (GradCache, packed): the packed row counts are multiples of it; `compression`
+    (`compression_sampling`): batches with a `compressed_mask` at a per-step ratio."""
     from jasper_jax.data.pipeline import make_train_iterator
 
     data = run.data
@@ -336,6 +356,7 @@ def text_iterator(
         worker_processes=data.worker_processes,
         start_row=start_row,
         micro_batch_rows=micro_batch_size,
+        compression=compression,
     )
 
 
@@ -361,6 +382,7 @@ def stage_input(run: RunSettings, stage: StageSettings, paths: DataPaths, mesh, 
             packing=run.data.packing,
             start_row=start_row,
             micro_batch_size=stage.micro_batch_size,
+            compression=compression_sampling(run, stage, built.config),
         )
     from jasper_jax.data.images import make_image_caption_iterator
 
@@ -409,6 +431,13 @@ def abstract_stage_batch(
             "teacher": ((batch_size, stage.heads[stage.objective.full_head]), jnp.float32),
             "row_mask": ((batch_size,), jnp.bool_),
         }
+        sampling = compression_sampling(run, stage, built.config)
+        if sampling is not None:  # the largest compressed bucket: every text at the highest training ratio
+            from jasper_jax.data.tokenization import bucket_length
+            from jasper_jax.models.token_compression import compressed_length
+
+            compressed = compressed_length(sampling.high, sampling.threshold, length)
+            shapes["compressed_mask"] = ((batch_size, bucket_length(max(compressed, 1), length)), jnp.int32)
     return {
         key: jax.ShapeDtypeStruct(shape, dtype, sharding=step.shardings.batch[key])
         for key, (shape, dtype) in shapes.items()

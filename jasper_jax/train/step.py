@@ -44,9 +44,12 @@ Forward = Callable[[nnx.Module, Mapping[str, jax.Array], bool], tuple[Mapping[st
 def text_forward(model: nnx.Module, batch: Mapping[str, jax.Array], deterministic: bool):
     """Stages 1-3: the student's head outputs on the texts; the teacher vectors come with the batch.
 
-    A packed batch (`data.packing`: its rows hold several texts) gives the same B outputs in the texts' order."""
+    A packed batch (`data.packing`: its rows hold several texts) gives the same B outputs in the texts' order;
+    a batch with `compressed_mask` (a student with a token compressor) compresses each text to it."""
     packed = PackedLayout.from_batch(batch)
     extra = {} if packed is None else {"packed": packed}
+    if "compressed_mask" in batch:  # a token compressor at this batch's sampled ratio
+        extra["compressed_mask"] = batch["compressed_mask"]
     return model(batch["input_ids"], batch["attention_mask"], deterministic=deterministic, **extra), batch["teacher"]
 
 
@@ -91,6 +94,15 @@ def text_lengths(batch: Mapping[str, jax.Array]) -> list[jax.Array]:
         return lengths
     real = batch["row_mask"].astype(jnp.float32)
     return [length * real.reshape(real.shape + (1,) * (length.ndim - 1)) for length in lengths]
+
+
+def encoder_lengths(batch: Mapping[str, jax.Array]) -> list[jax.Array]:
+    """The lengths the encoder runs over: `text_lengths`, or behind a token compressor the compressed
+    lengths of `compressed_mask` (masked rows 0)."""
+    if "compressed_mask" not in batch:
+        return text_lengths(batch)
+    lengths = jnp.sum(batch["compressed_mask"], axis=-1).astype(jnp.float32)
+    return [lengths * batch["row_mask"].astype(jnp.float32)]
 
 
 def text_objective(config: ObjectiveConfig) -> Objective:
@@ -185,10 +197,12 @@ def train_step_fn(
             finite=finite,
             # real text tokens of every attention mask (a pair batch has a query and a document one)
             tokens=sum(jnp.sum(lengths).astype(jnp.int32) for lengths in text_lengths(batch)),
-            # sum of squared real lengths: the attention part of the model FLOPs (`jasper_jax.train.flops`)
-            token_squares=sum(jnp.sum(jnp.square(lengths)) for lengths in text_lengths(batch)),
+            # sum of squared real lengths the encoder runs over: the attention part of the model FLOPs
+            token_squares=sum(jnp.sum(jnp.square(lengths)) for lengths in encoder_lengths(batch)),
             nonfinite_consecutive=consecutive,
         )
+        if "compressed_mask" in batch:  # the tokens left after the token compressor
+            metrics["encoder_tokens"] = sum(jnp.sum(lengths).astype(jnp.int32) for lengths in encoder_lengths(batch))
         return new_state, metrics
 
     return step_fn
