@@ -383,7 +383,7 @@ def make_train_iterator(
         "max_length": tokenizer.max_length,
         "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest()[:16],
     }
-    if compression is not None:  # only then, as start_row below
+    if compression is not None and compression.low != compression.high:  # a sampled ratio (a fixed one: as before)
         fingerprint["compression"] = [compression.threshold, compression.low, compression.high, compression.seed]
     if start_row:  # only then: states saved before start_row existed still resume
         fingerprint["start_row"] = int(start_row)
