@@ -252,7 +252,9 @@ class StageSettings:
     `objective`: the global objective updated by the stage's own fields. An image stage (stage 4) has
     `vision` and `images`. `data_start` (teacher-store stages): where in the row stream the stage starts
     reading, "beginning" (row 0), "continue" (the row after the last one the previous configured stage
-    read) or a row number (`stage_build.stage_start_row`).
+    read) or a row number (`stage_build.stage_start_row`). `token_compression`: whether this stage's student
+    has the compressor of `model.token_compression` (False: a stage before it is added, as the successor
+    report's stage 1; a later stage then adds a fresh one).
     """
 
     number: int
@@ -272,6 +274,7 @@ class StageSettings:
     vision: VisionSettings | None = None
     images: ImagesSettings | None = None
     data_start: Any = "beginning"  # "beginning" | "continue" | a row number (str digits from --config)
+    token_compression: bool = True  # the student has model.token_compression's compressor in this stage
 
     def __post_init__(self):
         object.__setattr__(self, "data_start", normalize_data_start(self.data_start, self.number))

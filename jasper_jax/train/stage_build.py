@@ -92,10 +92,24 @@ def _training_options(run: RunSettings) -> dict[str, Any]:
     )
 
 
-def student_config_for(run: RunSettings, heads: dict[str, int], saved: dict[str, Any] | None) -> StudentConfig:
-    """The StudentConfig of a stage: the saved one of the previous stage, or a random model's from the config."""
+def student_config_for(
+    run: RunSettings, heads: dict[str, int], saved: dict[str, Any] | None, compress: bool = True
+) -> StudentConfig:
+    """The StudentConfig of a stage: the saved one of the previous stage, or a random model's from the config.
+
+    `compress` (`stage.token_compression`): the student has `model.token_compression`'s compressor; a
+    previous stage's student without one gets a fresh one (its weights are not in that checkpoint)."""
     if saved is not None:
-        return StudentConfig.from_dict(dict(saved, heads=dict(heads), **_training_options(run)))
+        config = StudentConfig.from_dict(dict(saved, heads=dict(heads), **_training_options(run)))
+        wanted = run.model.compression_config(config.encoder.intermediate_size) if compress else None
+        if config.token_compression is not None and not compress:
+            raise TrainingError(
+                "a stage with token_compression=false follows one whose student has a token compressor; "
+                "a compressor cannot be removed: set token_compression=true for this stage"
+            )
+        if config.token_compression is None and wanted is not None:
+            config = dataclasses.replace(config, token_compression=wanted)
+        return config
     family = run.model.family
     if family not in ENCODER_FAMILIES:
         raise TrainingError(f"config.model.family={family!r}; choose from {sorted(ENCODER_FAMILIES)}")
@@ -104,27 +118,34 @@ def student_config_for(run: RunSettings, heads: dict[str, int], saved: dict[str,
         encoder=encoder,
         heads=dict(heads),
         pooling=run.model.pooling,
-        token_compression=run.model.compression_config(encoder.intermediate_size),
+        token_compression=run.model.compression_config(encoder.intermediate_size) if compress else None,
         **_training_options(run),
     )
 
 
-def build_student(run: RunSettings, heads: dict[str, int], seed: int, saved: dict[str, Any] | None):
+def build_student(
+    run: RunSettings, heads: dict[str, int], seed: int, saved: dict[str, Any] | None, compress: bool = True
+):
     """`(model, student_config)` on the host: a fresh model with the stage's heads.
 
     `saved`: the previous stage's StudentConfig dict (the encoder weights then come from its checkpoint);
-    otherwise `model.source` (random, or a folder loaded with `jasper_jax.convert.load_model`).
+    otherwise `model.source` (random, or a folder loaded with `jasper_jax.convert.load_model`); `compress`
+    as `student_config_for`.
     """
     rngs = nnx.Rngs(params=seed, dropout=seed + 1)
     path = model_source_path(run)
     if saved is not None or path is None:
-        student_config = student_config_for(run, heads, saved)
+        student_config = student_config_for(run, heads, saved, compress)
         return JasperStudent(student_config, rngs=rngs), student_config
     from jasper_jax.convert import load_model
     from jasper_jax.models.params import assign_params, flat_params
 
     loaded, loaded_config = load_model(path, heads=dict(heads), rngs=rngs, **_training_options(run))
-    compression = run.model.compression_config(loaded_config.encoder.intermediate_size)
+    compression = run.model.compression_config(loaded_config.encoder.intermediate_size) if compress else None
+    if not compress and loaded_config.token_compression is not None:
+        raise TrainingError(
+            f"model {path} has a token compressor; a stage with token_compression=false cannot remove it"
+        )
     if compression is not None and loaded_config.token_compression is not None:  # keep the folder's MLP width
         compression = dataclasses.replace(
             compression, intermediate_size=loaded_config.token_compression.intermediate_size
@@ -150,7 +171,7 @@ def build_stage_model(
     """The stage's student on the host (its heads; stage 4 adds the vision tower and the image markers)."""
     seed = run.seed + stage.number
     with nnx.use_eager_sharding(False):
-        model, student_config = build_student(run, stage.heads, seed, saved)
+        model, student_config = build_student(run, stage.heads, seed, saved, stage.token_compression)
         if student_config.token_compression is not None and run.data.packing:
             raise TrainingError(
                 "config fields data.packing=true and a student with token compression (model.token_compression "
@@ -172,7 +193,7 @@ def build_stage_model(
 
 def abstract_stage_model(run: RunSettings, stage: StageSettings) -> StageModel:
     """The stage's student from shapes only (no weights are created): compile-check."""
-    student_config = student_config_for(run, stage.heads, None)
+    student_config = student_config_for(run, stage.heads, None, stage.token_compression)
     if stage.is_image_stage:  # the tower's shapes from the config or its folder
         student_config = image_lib.abstract_vision_student_config(student_config, stage)
     with nnx.use_eager_sharding(False):

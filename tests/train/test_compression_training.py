@@ -160,8 +160,8 @@ def _train(workdir, *extra):
     )  # fmt: skip
 
 
-def _metrics(workdir):
-    return [json.loads(line) for line in (workdir / "stage1" / "metrics.jsonl").read_text().splitlines()]
+def _metrics(workdir, stage=1):
+    return [json.loads(line) for line in (workdir / f"stage{stage}" / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.slow
@@ -217,3 +217,66 @@ def test_grad_cache_with_a_compressed_mask_equals_the_plain_gradient():
         scale = max(float(np.max(np.abs(np.asarray(y)))), 1e-12)
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-5 * scale)
     assert any(float(np.max(np.abs(np.asarray(g)))) > 0 for g in jax.tree.leaves(grads))
+
+
+def _tiny_qwen3(workdir, *overrides):
+    from jasper_jax.train.config_base import load_config
+
+    return load_config(
+        str(ROOT / "configs" / "tiny.py"),
+        [
+            f"workdir={workdir}", "progress=false", "model.family=qwen3", f"model.encoder={ENCODER}",
+            f"model.token_compression={dict(threshold=THRESHOLD, ratio=0.5, train_ratio=(0.3, 1.0))}",
+            "stages.stage1.steps=3", "stages.stage2.steps=3", "stages.stage2.trainable=('.*',)",
+            "stages.stage2.trainable_last_layers=0", *overrides,
+        ],
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_stage_without_the_compressor_then_one_that_adds_it(tmp_path):
+    """The successor recipe's order: stage 1 trains without a compressor, stage 2 starts from stage 1's
+    weights with a fresh one, and only stage 2 compresses."""
+    from jasper_jax.train.loop import train
+    from tests.train.test_train_e2e import flat, read_params
+
+    train(_tiny_qwen3(tmp_path, "stages.stage1.token_compression=false"), [1, 2])
+    first = flat(read_params(tmp_path / "stage1" / "checkpoints", 3))
+    second = flat(read_params(tmp_path / "stage2" / "checkpoints", 3))
+    assert not any(name.startswith("compressor/") for name in first)
+    added = [name for name in second if name.startswith("compressor/")]
+    assert added and set(second) - set(first) == set(added)
+    assert all(r["encoder_tokens"] < r["tokens"] for r in _metrics(tmp_path, 2))
+    assert all("encoder_tokens" not in r for r in _metrics(tmp_path, 1))
+
+
+def test_a_compressor_cannot_be_removed_by_a_later_stage(tmp_path):
+    from jasper_jax.train.stage_build import student_config_for
+
+    settings = ModelSettings(family="qwen3", encoder=ENCODER, token_compression={"threshold": THRESHOLD})
+    run = SimpleNamespace(model=settings)
+    saved = student_config_for(run, {"fc1": 8}, None).to_dict()
+    assert saved["token_compression"] is not None
+    with pytest.raises(TrainingError, match="cannot be removed"):
+        student_config_for(run, {"fc1": 8}, saved, compress=False)
+    without = student_config_for(run, {"fc1": 8}, None, compress=False)
+    assert without.token_compression is None
+    assert student_config_for(run, {"fc1": 8}, without.to_dict()).token_compression is not None  # added
+
+
+def test_the_token_compression_config_builds_its_stages():
+    """configs/jasper_token_compression.py: a 2048-d teacher from the two transforms, stage 1 without a
+    compressor, stage 2 with one at a sampled ratio, stage 3 a pair stage (the shapes compile-check uses)."""
+    from jasper_jax.train.config_base import load_config
+    from jasper_jax.train.settings import settings_from_config
+    from jasper_jax.train.stage_build import abstract_stage_model
+
+    run = settings_from_config(load_config(str(ROOT / "configs" / "jasper_token_compression.py")))
+    transforms = [run.data.teacher_transforms[name] for name in ("qwen3-embedding-8b", "qzhou-embedding")]
+    widths = [transform.output_dim(width) for transform, width in zip(transforms, (4096, 3584))]
+    assert sum(widths) == 2048 == run.stages[1].heads["fc1"]
+    assert run.model.train_ratio_range() == (0.3, 1.0)
+    first, second = (abstract_stage_model(run, run.stage(n)).config for n in (1, 2))
+    assert first.token_compression is None and second.token_compression.threshold == 80
+    assert second.encoder.model_type == "qwen3" and second.pooling == "mean"
+    assert run.stage(3).is_pair_stage and run.stage(2).data_start == "continue"
