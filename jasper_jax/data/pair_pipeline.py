@@ -10,7 +10,9 @@ Per step it yields, for B examples of G = 1 + K documents (the positive first, t
 `document_mask` is False where an example has fewer than K negatives (those slots repeat its positive);
 `document_ids` are the store rows (the losses drop a document equal to a query's positive from its
 candidates). Lq and Ld are power-of-two buckets of the global batch's longest query / document, so every
-host agrees without communicating. Order, padding of a final partial batch (`row_mask` False), per-host
+host agrees without communicating. A student with a token compressor (`compression`) also gets
+`query_compressed_mask` (B, Tq) and `document_compressed_mask` (B, G, Td) at one ratio per batch, as the
+text pipeline's `compressed_mask`. Order, padding of a final partial batch (`row_mask` False), per-host
 slices, the global `jax.Array`s and `get_state` / `set_state` work as in `jasper_jax.data.pipeline`.
 """
 
@@ -26,7 +28,13 @@ import jax
 import numpy as np
 
 from jasper_jax.data.pairs import NO_ROW, PairsIndex
-from jasper_jax.data.pipeline import TrainBatchIterator, host_row_range, padded_batch_size, repeat_epochs
+from jasper_jax.data.pipeline import (
+    CompressionSampling,
+    TrainBatchIterator,
+    host_row_range,
+    padded_batch_size,
+    repeat_epochs,
+)
 from jasper_jax.data.tokenization import TextTokenizer, bucket_length, load_tokenizer, pad_batch
 
 
@@ -42,12 +50,33 @@ class PairBatchLoader:
         document_prompt: str,
         global_batch_size: int,
         host_rows: tuple[int, int],
+        compression: CompressionSampling | None = None,
     ):
         self.pairs, self.tokenizer = pairs, tokenizer
         self.query_prompt, self.document_prompt = query_prompt, document_prompt
         self.global_batch_size, self.host_rows = global_batch_size, host_rows
+        self.compression = compression
+
+    def at(self, batch_index: int, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """`self(indices)` and, with `compression`, the queries' and documents' compressed masks at the
+        batch's sampled ratio (one ratio for both; T from the whole global batch's lengths)."""
+        batch, query_lengths, document_lengths = self._load(indices)
+        if self.compression is not None:
+            ratio = self.compression.ratio(0, int(batch_index))
+            start, stop = self.host_rows
+            max_length = self.tokenizer.max_length
+            queries = self.compression.mask(query_lengths, ratio, max_length)
+            documents = self.compression.mask(document_lengths, ratio, max_length)
+            group = batch["document_mask"].shape[1]
+            batch["query_compressed_mask"] = queries[start:stop]
+            batch["document_compressed_mask"] = documents[start * group : stop * group].reshape(stop - start, group, -1)
+        return batch
 
     def __call__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        return self._load(indices)[0]
+
+    def _load(self, indices: np.ndarray) -> tuple[dict[str, np.ndarray], list[int], list[int]]:
+        """This host's batch and the token counts of the global batch's queries and documents."""
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         real = indices.size
         if real < self.global_batch_size:  # last partial batch: copies of its first example, masked out
@@ -66,7 +95,8 @@ class PairBatchLoader:
         query = pad_batch(query_ids[start:stop], query_length, tokenizer.pad_id)
         docs = pad_batch(document_ids[start * group : stop * group], document_length, tokenizer.pad_id)
         host_documents = documents[start:stop]
-        return {
+        lengths = [[min(len(row), tokenizer.max_length) for row in ids] for ids in (query_ids, document_ids)]
+        batch = {
             "query_input_ids": query["input_ids"],
             "query_attention_mask": query["attention_mask"],
             "teacher_query": store.teacher_vectors(queries[start:stop]),
@@ -77,6 +107,7 @@ class PairBatchLoader:
             "document_ids": host_documents.astype(np.int32),
             "row_mask": (np.arange(self.global_batch_size) < real)[start:stop],
         }
+        return batch, *lengths
 
 
 def make_pair_iterator(
@@ -96,11 +127,14 @@ def make_pair_iterator(
     process_count: int | None = None,
     worker_threads: int = 2,
     prefetch: int = 4,
+    compression: CompressionSampling | None = None,
 ) -> TrainBatchIterator:
     """The iterator of a contrastive stage over a pairs folder (module docstring: what it yields).
 
     Arguments as `jasper_jax.data.pipeline.make_train_iterator`; `query_prompt` prefixes the queries only,
-    `document_prompt` the documents. The example order depends on the pairs, the seed and B only.
+    `document_prompt` the documents; `compression` adds `query_compressed_mask` (B, Tq) and
+    `document_compressed_mask` (B, G, Td) at a ratio sampled per batch. The example order depends on the
+    pairs, the seed and B only.
     """
     if not isinstance(pairs, PairsIndex):
         pairs = PairsIndex(pairs, teachers=teachers, transforms=teacher_transforms)
@@ -130,8 +164,9 @@ def make_pair_iterator(
         document_prompt=document_prompt,
         global_batch_size=rows,
         host_rows=host_rows,
+        compression=compression,
     )
-    iter_dataset = dataset.map(loader).to_iter_dataset(
+    iter_dataset = dataset.map_with_index(loader.at).to_iter_dataset(
         grain.ReadOptions(num_threads=max(1, worker_threads), prefetch_buffer_size=max(1, prefetch))
     )
     digest = hashlib.sha256(np.ascontiguousarray(pairs.rows).tobytes()).hexdigest()[:16]
@@ -147,6 +182,8 @@ def make_pair_iterator(
         "prompt_sha256": hashlib.sha256(f"{query_prompt}\0{document_prompt}".encode()).hexdigest()[:16],
         "teacher_transforms": pairs.store.transform_settings,
     }
+    if compression is not None and compression.low != compression.high:  # a sampled ratio
+        fingerprint["compression"] = [compression.threshold, compression.low, compression.high, compression.seed]
     return TrainBatchIterator(
         iter(iter_dataset), mesh=mesh, global_batch_size=rows, to_global=to_global, fingerprint=fingerprint
     )

@@ -105,7 +105,11 @@ def compile_stage_step(config, stage_number: int, *, batch_size: int = 0, length
         "remat": built.config.remat,
         "scan_layers": built.config.scan_layers,
         "attention": built.config.attention,
-        **({"compressed_length": args[3]["compressed_mask"].shape[1]} if "compressed_mask" in args[3] else {}),
+        **{  # a token compressor: the compiled compressed length T of each kind of text
+            key.replace("compressed_mask", "compressed_length"): value.shape[-1]
+            for key, value in args[3].items()
+            if key.endswith("compressed_mask")
+        },
         "lower_seconds": lowered_at - started,
         "compile_seconds": finished - lowered_at,
     }

@@ -34,13 +34,30 @@ PAIR_BATCH_KEYS = (
 _TEACHER_KEYS = ("teacher_query", "teacher_documents", "document_mask", "document_ids")
 
 
+COMPRESSED_KEYS = ("query_compressed_mask", "document_compressed_mask")
+
+
+def pair_batch_keys(config) -> tuple[str, ...]:
+    """The arrays of a pair batch; a student with a token compressor (`config`) also gets its masks."""
+    return PAIR_BATCH_KEYS + (COMPRESSED_KEYS if config.token_compression is not None else ())
+
+
 def pair_forward(model, batch: Mapping[str, jax.Array], deterministic: bool):
-    """`({"query/<head>": (B, d), "documents/<head>": (B, G, d)}, the batch's teacher side)`."""
-    queries = model(batch["query_input_ids"], batch["query_attention_mask"], deterministic=deterministic)
+    """`({"query/<head>": (B, d), "documents/<head>": (B, G, d)}, the batch's teacher side)`; with
+    compressed masks in the batch (a token compressor) each text is compressed to its mask."""
+    query_extra, document_extra = {}, {}
+    if "query_compressed_mask" in batch:
+        query_extra = {"compressed_mask": batch["query_compressed_mask"]}
+        compressed = batch["document_compressed_mask"]
+        document_extra = {"compressed_mask": compressed.reshape(-1, compressed.shape[-1])}
+    queries = model(batch["query_input_ids"], batch["query_attention_mask"], deterministic=deterministic, **query_extra)
     ids, mask = batch["document_input_ids"], batch["document_attention_mask"]
     batch_size, group, length = ids.shape
     documents = model(
-        ids.reshape(batch_size * group, length), mask.reshape(batch_size * group, length), deterministic=deterministic
+        ids.reshape(batch_size * group, length),
+        mask.reshape(batch_size * group, length),
+        deterministic=deterministic,
+        **document_extra,
     )
     outputs = {f"query/{head}": value for head, value in queries.items()}
     outputs.update({f"documents/{head}": value.reshape(batch_size, group, -1) for head, value in documents.items()})
@@ -73,8 +90,9 @@ def pairs_folder(run, stage) -> Path:
     return folder if folder.is_absolute() else run.workdir.absolute() / folder
 
 
-def pair_iterator(run, stage, paths, mesh):
-    """The Grain iterator of the stage's pair batches (over the run's store, as `data` says)."""
+def pair_iterator(run, stage, paths, mesh, compression=None):
+    """The Grain iterator of the stage's pair batches (over the run's store, as `data` says); `compression`
+    (`stage_build.compression_sampling`): a student with a token compressor."""
     from jasper_jax.data.pair_pipeline import make_pair_iterator
     from jasper_jax.data.pairs import PairsIndex
 
@@ -96,15 +114,18 @@ def pair_iterator(run, stage, paths, mesh):
         document_prompt=data.prompt,
         worker_threads=data.worker_threads,
         prefetch=data.prefetch,
+        compression=compression,
     )
 
 
-def abstract_pair_batch(run, stage, batch_size: int, length: int) -> dict[str, tuple[tuple[int, ...], jnp.dtype]]:
+def abstract_pair_batch(
+    run, stage, batch_size: int, length: int, compression=None
+) -> dict[str, tuple[tuple[int, ...], jnp.dtype]]:
     """Shapes and dtypes of a pair batch (compile-check); G = 1 + the pairs folder's negatives."""
     manifest = pairs_folder(run, stage) / "manifest.json"
     group = 1 + (json.loads(manifest.read_text())["negatives"] if manifest.exists() else 7)
     dim = stage.heads[stage.objective.full_head]
-    return {
+    shapes = {
         "query_input_ids": ((batch_size, length), jnp.int32),
         "query_attention_mask": ((batch_size, length), jnp.int32),
         "teacher_query": ((batch_size, dim), jnp.float32),
@@ -115,3 +136,11 @@ def abstract_pair_batch(run, stage, batch_size: int, length: int) -> dict[str, t
         "document_ids": ((batch_size, group), jnp.int32),
         "row_mask": ((batch_size,), jnp.bool_),
     }
+    if compression is not None:  # the largest buckets: every text at the highest training ratio
+        from jasper_jax.data.tokenization import bucket_length
+        from jasper_jax.models.token_compression import compressed_length
+
+        width = bucket_length(max(compressed_length(compression.high, compression.threshold, length), 1), length)
+        shapes["query_compressed_mask"] = ((batch_size, width), jnp.int32)
+        shapes["document_compressed_mask"] = ((batch_size, group, width), jnp.int32)
+    return shapes

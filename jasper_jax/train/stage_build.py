@@ -246,7 +246,9 @@ def build_stage_step(run: RunSettings, stage: StageSettings, built: StageModel, 
     abstract_frozen = jax.eval_shape(lambda f: f, frozen)
     batch_keys = image_lib.IMAGE_BATCH_KEYS if stage.is_image_stage else text_batch_keys(run, built.config)
     if stage.is_pair_stage:
-        from jasper_jax.train.pair_stage import PAIR_BATCH_KEYS as batch_keys
+        from jasper_jax.train.pair_stage import pair_batch_keys
+
+        batch_keys = pair_batch_keys(built.config)
     rules = sharding_lib.rules_from_config(run.sharding_rules)
     shardings = step_lib.step_shardings(mesh, rules, abstract_state, abstract_frozen, rest, batch_keys=batch_keys)
     objective, forward = stage_objective(stage)
@@ -389,7 +391,7 @@ def stage_input(run: RunSettings, stage: StageSettings, paths: DataPaths, mesh, 
     if stage.is_pair_stage:
         from jasper_jax.train.pair_stage import pair_iterator
 
-        return pair_iterator(run, stage, paths, mesh)
+        return pair_iterator(run, stage, paths, mesh, compression_sampling(run, stage, built.config))
     if not stage.is_image_stage:
         from jasper_jax.data.store import TeacherStore
 
@@ -435,7 +437,7 @@ def abstract_stage_batch(
     elif stage.is_pair_stage:
         from jasper_jax.train.pair_stage import abstract_pair_batch
 
-        shapes = abstract_pair_batch(run, stage, batch_size, length)
+        shapes = abstract_pair_batch(run, stage, batch_size, length, compression_sampling(run, stage, built.config))
     elif run.data.packing:
         rows = (batch_size, length)
         shapes = {key: (rows, jnp.int32) for key in ("input_ids", "attention_mask", "segment_ids", "positions")}

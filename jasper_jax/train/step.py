@@ -98,11 +98,13 @@ def text_lengths(batch: Mapping[str, jax.Array]) -> list[jax.Array]:
 
 def encoder_lengths(batch: Mapping[str, jax.Array]) -> list[jax.Array]:
     """The lengths the encoder runs over: `text_lengths`, or behind a token compressor the compressed
-    lengths of `compressed_mask` (masked rows 0)."""
-    if "compressed_mask" not in batch:
+    lengths of `compressed_mask` (a pair batch: `query_` and `document_compressed_mask`; masked rows 0)."""
+    keys = [key for key in batch if key.endswith("compressed_mask")]  # a pair batch has two
+    if not keys:
         return text_lengths(batch)
-    lengths = jnp.sum(batch["compressed_mask"], axis=-1).astype(jnp.float32)
-    return [lengths * batch["row_mask"].astype(jnp.float32)]
+    real = batch["row_mask"].astype(jnp.float32)
+    lengths = [jnp.sum(batch[key], axis=-1).astype(jnp.float32) for key in keys]
+    return [length * real.reshape(real.shape + (1,) * (length.ndim - 1)) for length in lengths]
 
 
 def text_objective(config: ObjectiveConfig) -> Objective:
@@ -201,7 +203,7 @@ def train_step_fn(
             token_squares=sum(jnp.sum(jnp.square(lengths)) for lengths in encoder_lengths(batch)),
             nonfinite_consecutive=consecutive,
         )
-        if "compressed_mask" in batch:  # the tokens left after the token compressor
+        if any(key.endswith("compressed_mask") for key in batch):  # the tokens left after the token compressor
             metrics["encoder_tokens"] = sum(jnp.sum(lengths).astype(jnp.int32) for lengths in encoder_lengths(batch))
         return new_state, metrics
 

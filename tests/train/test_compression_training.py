@@ -280,3 +280,36 @@ def test_the_token_compression_config_builds_its_stages():
     assert first.token_compression is None and second.token_compression.threshold == 80
     assert second.encoder.model_type == "qwen3" and second.pooling == "mean"
     assert run.stage(3).is_pair_stage and run.stage(2).data_start == "continue"
+
+
+def test_pair_batches_get_compressed_masks_and_the_pair_forward_uses_them(tmp_path):
+    """A contrastive stage's batches with a token compressor: query and document masks keep the released
+    lengths at the batch's ratio; `pair_forward` through them equals the static-ratio calls (1e-6)."""
+    from jasper_jax.data.pair_pipeline import make_pair_iterator
+    from jasper_jax.train.pair_stage import pair_forward
+    from tests.train.test_pair_stage import make_pairs
+
+    pairs = make_pairs(tmp_path)
+    sampling = CompressionSampling(THRESHOLD, 0.3, 1.0, seed=1)
+    iterator = make_pair_iterator(
+        pairs, tmp_path / "data" / "tokenizer", global_batch_size=8, mesh=None, compression=sampling, max_length=32
+    )
+    model, _ = student()
+    for index in range(2):
+        batch = next(iterator)
+        ratio = sampling.ratio(0, index)
+        for prefix in ("query", "document"):
+            kept = batch[f"{prefix}_compressed_mask"].sum(-1)
+            lengths = batch[f"{prefix}_attention_mask"].sum(-1)
+            expected = np.asarray([released_length(int(n), ratio) for n in lengths.ravel()]).reshape(lengths.shape)
+            assert kept.tolist() == expected.tolist()
+        outputs, _ = pair_forward(model, {k: jnp.asarray(v) for k, v in batch.items()}, True)
+        queries = model(jnp.asarray(batch["query_input_ids"]), jnp.asarray(batch["query_attention_mask"]),
+                        compression_ratio=ratio)["fc1"]  # fmt: skip
+        ids, mask = batch["document_input_ids"], batch["document_attention_mask"]
+        documents = model(jnp.asarray(ids.reshape(-1, ids.shape[-1])), jnp.asarray(mask.reshape(-1, ids.shape[-1])),
+                          compression_ratio=ratio)["fc1"]  # fmt: skip
+        np.testing.assert_allclose(np.asarray(outputs["query/fc1"]), np.asarray(queries), atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(outputs["documents/fc1"]).reshape(documents.shape), np.asarray(documents), atol=1e-6
+        )
