@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from jasper_jax.convert import jasper_v2
-from jasper_jax.convert.hf import encoder_params_to_hf, write_weights
+from jasper_jax.convert.hf import ConversionError, encoder_params_to_hf, write_weights
 from jasper_jax.convert.load import JASPER_CONFIG, POOLING_TO_ST
 from jasper_jax.data.tokenization import TokenizerNotFoundError
 from jasper_jax.models.params import flat_params
@@ -173,15 +173,17 @@ def _write_common(out: Path, config: StudentConfig, active_head: str | None, pro
 
 
 def _check_compressed(config: StudentConfig) -> str:
-    """The one head of a student that the released `JasperV2Encoder` layout can hold; a ValueError naming
-    what does not fit (a Qwen3 encoder, mean pooling, exactly one head) otherwise."""
+    """The one head of a student that the released `JasperV2Encoder` layout can hold; otherwise a
+    ConversionError (one line at the command) naming what does not fit: a Qwen3 encoder, mean pooling,
+    exactly one head."""
     layout = "a student with token_compression exports in the released JasperV2Encoder layout, which"
     if config.encoder.model_type != "qwen3":
-        raise ValueError(f"{layout} needs a Qwen3 encoder; this student's is {config.encoder.model_type}")
+        raise ConversionError(f"{layout} needs a Qwen3 encoder; this student's is {config.encoder.model_type}")
     if config.pooling != "mean":
-        raise ValueError(f"{layout} mean-pools; this student's pooling is {config.pooling!r}")
+        raise ConversionError(f"{layout} mean-pools; this student's pooling is {config.pooling!r}")
     if len(config.heads) != 1:
-        raise ValueError(f"{layout} holds exactly one head (linear_1); this student has heads {sorted(config.heads)}")
+        heads = sorted(config.heads)
+        raise ConversionError(f"{layout} holds exactly one head (linear_1); this student has heads {heads}")
     return next(iter(config.heads))
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from jasper_jax.convert import load_model_folder
+from jasper_jax.convert import ConversionError, load_model_folder
 from jasper_jax.convert.export import export_model
 from jasper_jax.encode import encode_texts
 from jasper_jax.models.params import flat_params
@@ -131,6 +131,6 @@ def test_what_the_layout_cannot_hold_is_refused(qwen3_folder, tmp_path, change, 
 
     _, config = compressed_student(qwen3_folder[0])
     config = change(config)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConversionError, match=message):
         export_model(JasperStudent(config, rngs=nnx.Rngs(0)), config, qwen3_folder[0], tmp_path / "out")
     assert not (tmp_path / "out").exists()

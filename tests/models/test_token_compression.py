@@ -208,17 +208,15 @@ def test_encode_command_takes_the_compression_ratio(released_folder, tmp_path):
 
 
 def test_released_folder_exports_and_sentence_transformers_gives_the_released_forward(released_folder, tmp_path):
-    """Import of the released layout -> our export (shipped modeling_jasper_jax_v2.py) -> SentenceTransformer
+    """Import of the released layout -> `jasper-jax export` (shipped modeling_jasper_jax_v2.py) -> SentenceTransformer
     equals the released forward above (PyTorch against PyTorch, no JAX in between) within 1e-5."""
     from sentence_transformers import SentenceTransformer
 
-    from jasper_jax.convert import load_model_folder
-    from jasper_jax.convert.export import export_model
+    from jasper_jax import cli
     from jasper_jax.data.tokenization import load_tokenizer, pad_batch
 
     folder, reference = released_folder
-    loaded = load_model_folder(folder)
-    export_model(loaded.model, loaded.config, loaded.tokenizer_folder, tmp_path, max_seq_length=loaded.max_seq_length)
+    assert cli.main(["export", "--checkpoint", str(folder), "--out", str(tmp_path)]) == 0
     model = SentenceTransformer(str(tmp_path), trust_remote_code=True, device="cpu", local_files_only=True)
     ids = load_tokenizer(folder, 512).encode(long_texts(), "")
     batch = pad_batch(ids, 256, 0)
