@@ -11,6 +11,12 @@ the student's exact config so that import -> export -> import is lossless (bit-i
     SentenceTransformer(DIR, trust_remote_code=True)                                   # active head
     SentenceTransformer(DIR, trust_remote_code=True, config_kwargs={"jasper_head": "fc2"})  # another one
 
+A student with a token compressor exports instead in the released Jasper-Token-Compression-600M layout
+(`JasperV2Encoder`: `model.*`, `jasper_mlp.*`, `linear_1.*`, the shipped `modeling_jasper_jax_v2.py`;
+modules Transformer + Normalize), which takes the ratio per call:
+
+    SentenceTransformer(DIR, trust_remote_code=True).encode(texts, compression_ratio=0.33)
+
 `jasper_jax.export` is the command: it exports any model `jasper_jax.loader` resolves.
 """
 
@@ -22,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jasper_jax.convert.hf import encoder_params_to_hf, write_weights
+from jasper_jax.convert import jasper_v2
+from jasper_jax.convert.hf import ConversionError, encoder_params_to_hf, write_weights
 from jasper_jax.convert.load import JASPER_CONFIG, POOLING_TO_ST
 from jasper_jax.data.tokenization import TokenizerNotFoundError
 from jasper_jax.models.params import flat_params
@@ -85,15 +92,12 @@ def export_model(
             f"no tokenizer to export: {tokenizer_folder / 'tokenizer.json'} does not exist; pass the folder of "
             "the model the student was initialised from"
         )
-    if config.token_compression is not None:
-        raise ValueError(
-            "export of a student with token_compression is not supported yet; encode it with "
-            "`jasper-jax encode --model DIR --compression-ratio R` instead"
-        )
     heads = dict(config.heads)
     if active_head is not None and active_head not in heads:
         raise ValueError(f"active head {active_head!r} is not one of the model's heads {sorted(heads)}")
     active_head = active_head or (next(iter(heads)) if heads else None)
+    if config.token_compression is not None:
+        return _export_compressed(model, config, tokenizer_folder, out, prompts, max_seq_length)
     out.mkdir(parents=True, exist_ok=True)
 
     params = flat_params(model)
@@ -103,9 +107,7 @@ def export_model(
     if config.encoder.model_type in BIDIRECTIONAL_MODELING and not config.encoder.causal:
         module = BIDIRECTIONAL_MODELING[config.encoder.model_type][0]
         shutil.copyfile(SHIPPED / f"{module}.py", out / f"{module}.py")
-    for name in TOKENIZER_FILES:
-        if (tokenizer_folder / name).exists() and (tokenizer_folder / name).resolve() != (out / name).resolve():
-            shutil.copyfile(tokenizer_folder / name, out / name)
+    _copy_tokenizer(tokenizer_folder, out)
     _write_json(out / "sentence_bert_config.json", {"max_seq_length": max_seq_length, "do_lower_case": False})
 
     modules = [{"idx": 0, "name": "0", "path": "", "type": ST_TRANSFORMER}]
@@ -144,6 +146,20 @@ def export_model(
     modules.append({"idx": len(modules), "name": str(len(modules)), "path": normalize_dir.name, "type": ST_NORMALIZE})
     _write_json(out / "modules.json", modules)
 
+    _write_common(out, config, active_head, prompts)
+    if config.vision is not None:
+        _export_vision(model, config, out, max_seq_length)
+    return out
+
+
+def _copy_tokenizer(tokenizer_folder: Path, out: Path) -> None:
+    for name in TOKENIZER_FILES:
+        if (tokenizer_folder / name).exists() and (tokenizer_folder / name).resolve() != (out / name).resolve():
+            shutil.copyfile(tokenizer_folder / name, out / name)
+
+
+def _write_common(out: Path, config: StudentConfig, active_head: str | None, prompts: dict[str, str] | None) -> None:
+    """`config_sentence_transformers.json` (the prompts) and `jasper_jax.json` (the exact student config)."""
     _write_json(
         out / "config_sentence_transformers.json",
         {
@@ -154,8 +170,66 @@ def export_model(
         },
     )
     _write_json(out / JASPER_CONFIG, {"student": config.to_dict(), "active_head": active_head, "format": 1})
-    if config.vision is not None:
-        _export_vision(model, config, out, max_seq_length)
+
+
+def _check_compressed(config: StudentConfig) -> str:
+    """The one head of a student that the released `JasperV2Encoder` layout can hold; otherwise a
+    ConversionError (one line at the command) naming what does not fit: a Qwen3 encoder, mean pooling,
+    exactly one head."""
+    layout = "a student with token_compression exports in the released JasperV2Encoder layout, which"
+    if config.encoder.model_type != "qwen3":
+        raise ConversionError(f"{layout} needs a Qwen3 encoder; this student's is {config.encoder.model_type}")
+    if config.pooling != "mean":
+        raise ConversionError(f"{layout} mean-pools; this student's pooling is {config.pooling!r}")
+    if len(config.heads) != 1:
+        heads = sorted(config.heads)
+        raise ConversionError(f"{layout} holds exactly one head (linear_1); this student has heads {heads}")
+    return next(iter(config.heads))
+
+
+def _export_compressed(
+    model: JasperStudent,
+    config: StudentConfig,
+    tokenizer_folder: Path,
+    out: Path,
+    prompts: dict[str, str] | None,
+    max_seq_length: int | None,
+) -> Path:
+    """A student with a token compressor as the released Jasper-Token-Compression folder: config.json
+    (`JasperV2Encoder`, auto_map to the shipped `modeling_jasper_jax_v2.py`), weights `model.*`,
+    `jasper_mlp.*`, `linear_1.*` (`jasper_v2.export_tensors`), the tokenizer, and the sentence-transformers
+    modules Transformer (the model returns the vector; `compression_ratio` is an `encode` kwarg: modules.json
+    `kwargs`) and Normalize."""
+    head = _check_compressed(config)
+    out.mkdir(parents=True, exist_ok=True)
+    params = flat_params(model)
+    encoder = {key[len("encoder/") :]: value for key, value in params.items() if key.startswith("encoder/")}
+    tensors = jasper_v2.export_tensors(encoder_params_to_hf(encoder, config.encoder), params, head)
+    write_weights(tensors, out / "model.safetensors")
+    hf = _encoder_config_json(config)
+    hf.pop("auto_map", None)
+    hf.update(jasper_v2.config_entries(config.token_compression, head, config.heads[head]))
+    _write_json(out / "config.json", hf)
+    shutil.copyfile(SHIPPED / f"{jasper_v2.MODELING}.py", out / f"{jasper_v2.MODELING}.py")
+    _copy_tokenizer(tokenizer_folder, out)
+    _write_json(
+        out / "sentence_bert_config.json",
+        {
+            "max_seq_length": max_seq_length,
+            "do_lower_case": False,
+            # the model's forward returns the sentence vector itself (no Pooling module)
+            "modality_config": {"text": {"method": "forward", "method_output_name": None}},
+            "module_output_name": "sentence_embedding",
+        },
+    )
+    (out / "1_Normalize").mkdir(exist_ok=True)
+    _write_json(out / "1_Normalize" / "config.json", {})
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": ST_TRANSFORMER, "kwargs": ["compression_ratio"]},
+        {"idx": 1, "name": "1", "path": "1_Normalize", "type": ST_NORMALIZE},
+    ]
+    _write_json(out / "modules.json", modules)
+    _write_common(out, config, head, prompts)
     return out
 
 

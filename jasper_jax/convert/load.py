@@ -212,8 +212,9 @@ def load_model_folder(
         tensors, compressor_params, (kernel, bias), compression = jasper_v2.split_tensors(
             tensors, hf_config, str(transformer)
         )
-        parts["heads"] = [_Head(jasper_v2.HEAD, np.asarray(kernel, np.float32), np.asarray(bias, np.float32))]
-        parts["active"] = jasper_v2.HEAD
+        name = jasper_v2.head_name(hf_config)
+        parts["heads"] = [_Head(name, np.asarray(kernel, np.float32), np.asarray(bias, np.float32))]
+        parts["active"] = name
     saved = read_json(folder / JASPER_CONFIG) if (folder / JASPER_CONFIG).exists() else {}
     loaded_heads = {head.name: head for head in parts["heads"]}
     head_dims = {name: int(head.kernel.shape[1]) for name, head in loaded_heads.items()}

@@ -9,7 +9,8 @@ the head, so a *vector source* computes, in one pass over the texts, the normali
   the same tokenisation as `jasper_jax.encode`);
 - `torch_vectors(folder)`: `SentenceTransformer(folder)` as exported (PyTorch): its modules up to the
   pooled vector, then the exported `JasperHeads` module once per head and its `Normalize`; a plain
-  sentence-transformers folder (a teacher) gives its `encode` output as `pooled`;
+  sentence-transformers folder (a teacher) gives its `encode` output as `pooled`, an export of a
+  compressed student (`JasperV2Encoder`) as its one head;
 - `concatenated(sources)`: the concatenated teacher of PAPER.md (each normalised, concatenated,
   renormalised).
 
@@ -58,9 +59,16 @@ class VectorSource:
 
 
 def jax_vectors(
-    loaded, *, max_length: int = 256, batch_size: int = 32, progress: bool = False, name: str = "jax"
+    loaded,
+    *,
+    max_length: int = 256,
+    batch_size: int = 32,
+    progress: bool = False,
+    name: str = "jax",
+    compression_ratio: float | None = None,
 ) -> VectorSource:
-    """A `VectorSource` over a `jasper_jax.convert.load.LoadedModel` (every head and `pooled`)."""
+    """A `VectorSource` over a `jasper_jax.convert.load.LoadedModel` (every head and `pooled`);
+    `compression_ratio`: for a student with a token compressor (None: its default ratio)."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -76,7 +84,7 @@ def jax_vectors(
     @jax.jit
     def run(state, input_ids, attention_mask):
         model = nnx.merge(graphdef, state)
-        pooled = model.pooled(input_ids, attention_mask)
+        pooled = model.pooled(input_ids, attention_mask, compression_ratio=compression_ratio)
         out = {name: l2_normalize(head(pooled)) for name, head in model.heads.items()}
         out[POOLED] = l2_normalize(pooled)
         return out
@@ -106,9 +114,18 @@ def jax_vectors(
 
 
 def torch_vectors(
-    folder: str | Path, *, max_length: int = 256, batch_size: int = 32, progress: bool = False, name: str = "torch"
+    folder: str | Path,
+    *,
+    max_length: int = 256,
+    batch_size: int = 32,
+    progress: bool = False,
+    name: str = "torch",
+    compression_ratio: float | None = None,
 ) -> VectorSource:
-    """A `VectorSource` over `SentenceTransformer(folder, trust_remote_code=True)` (PyTorch, CPU)."""
+    """A `VectorSource` over `SentenceTransformer(folder, trust_remote_code=True)` (PyTorch, CPU).
+
+    An export of a compressed student (`JasperV2Encoder`, `jasper_jax.convert.jasper_v2`) gives its one
+    head, encoded with `compression_ratio` (None: the model's default); other folders take no ratio."""
     import torch
     from sentence_transformers import SentenceTransformer
     from tqdm.auto import tqdm
@@ -117,7 +134,12 @@ def torch_vectors(
     model.max_seq_length = min(max_length, model.max_seq_length or max_length)
     modules = list(model)
     heads_index = next((i for i, m in enumerate(modules) if type(m).__name__ == "JasperHeads"), None)
-    if heads_index is None:  # a plain sentence-transformers model: its output is the one vector
+    compressed = type(getattr(modules[0], "model", None)).__name__ == "JasperV2Encoder"
+    if compression_ratio is not None and not compressed:
+        raise ValueError(f"compression_ratio given but {folder} has no token compressor (not a JasperV2Encoder)")
+    if heads_index is None:  # a plain sentence-transformers model (or a compressed one): its output is one vector
+        head = _compressed_head(modules[0].model.config) if compressed else POOLED
+        extra = {} if compression_ratio is None else {"compression_ratio": compression_ratio}
 
         def compute_plain(texts: list[str]) -> HeadVectors:
             vectors = model.encode(
@@ -126,10 +148,11 @@ def torch_vectors(
                 convert_to_numpy=True,
                 show_progress_bar=progress,
                 normalize_embeddings=True,
+                **extra,
             )
-            return {POOLED: normalize_rows(vectors)}
+            return {head: normalize_rows(vectors)}
 
-        return VectorSource(compute_plain, [POOLED], name)
+        return VectorSource(compute_plain, [head], name)
 
     heads_module = modules[heads_index]
     after = modules[heads_index + 1 :]  # Normalize
@@ -158,6 +181,13 @@ def torch_vectors(
         return {head: normalize_rows(np.stack(values)) for head, values in out.items()}
 
     return VectorSource(compute, heads, name)
+
+
+def _compressed_head(config) -> str:
+    """The student's name of a `JasperV2Encoder`'s `linear_1` head (`jasper_v2.head_name`)."""
+    from jasper_jax.convert.jasper_v2 import head_name
+
+    return head_name(config.to_dict())
 
 
 def concatenated(sources: Sequence[VectorSource], name: str = "teachers") -> VectorSource:

@@ -80,3 +80,29 @@ def bidirectional_hidden(model, input_ids, attention_mask):
     additive = ((1.0 - keep) * torch.finfo(torch.float32).min).expand(-1, 1, length, length)
     with torch.no_grad():
         return model(input_ids=ids, attention_mask={"full_attention": additive}).last_hidden_state.numpy()
+
+
+def compressed_student(source: Path, *, causal: bool = True, threshold: int = 8, head_dim: int = 24, seed: int = 5):
+    """(JasperStudent, StudentConfig) of the random Qwen3 folder `source` with a fresh random token compressor
+    (MLP width 40, `threshold`, default ratio 0.5) and one fresh head `fc1` of `head_dim`."""
+    import dataclasses
+
+    from flax import nnx
+
+    from jasper_jax.convert import load_model_folder
+    from jasper_jax.models.params import assign_params, flat_params
+    from jasper_jax.models.student import JasperStudent
+    from jasper_jax.models.token_compression import CompressionConfig
+
+    loaded = load_model_folder(source, heads={"fc1": head_dim}, rngs=nnx.Rngs(seed), causal=causal)
+    config = dataclasses.replace(
+        loaded.config, token_compression=CompressionConfig(intermediate_size=40, threshold=threshold)
+    )
+    model = JasperStudent(config, rngs=nnx.Rngs(seed + 1))
+    assign_params(model, flat_params(loaded.model))
+    return model, config
+
+
+def compression_texts() -> list[str]:
+    """Texts of about 2 to 60 tokens of the helpers' tokenizer: below and above a threshold of 8."""
+    return [" ".join(TEXTS[i % len(TEXTS)] for i in range(k, k + reps)) for k, reps in enumerate([1, 3, 1, 6, 2, 1])]

@@ -4,7 +4,8 @@ student loaded from the released Jasper-Token-Compression layout (`JasperV2Encod
 `jasper_mlp.*`, `linear_1.*`) equals that forward, written here in PyTorch from the released code's
 description (Qwen3MLP on the token embeddings, per-row adaptive pooling of rows past the threshold to
 int(threshold + (n - threshold) * ratio) tokens, causal Qwen3Model over the right-padded result, mean
-pooling, linear_1), on a tiny random Qwen3 within 1e-5 (float32)."""
+pooling, linear_1), on a tiny random Qwen3 within 1e-5 (float32); so does that folder re-exported by us and
+loaded by sentence-transformers (the shipped modeling_jasper_jax_v2.py)."""
 
 import json
 
@@ -204,3 +205,28 @@ def test_encode_command_takes_the_compression_ratio(released_folder, tmp_path):
     assert np.abs(compressed - full)[3].max() > 1e-4  # the long texts change with the ratio
     with pytest.raises(SystemExit, match="must be in"):
         cli.main([*args, "--compression-ratio", "1.5"])
+
+
+def test_released_folder_exports_and_sentence_transformers_gives_the_released_forward(released_folder, tmp_path):
+    """Import of the released layout -> `jasper-jax export` (shipped modeling_jasper_jax_v2.py) -> SentenceTransformer
+    equals the released forward above (PyTorch against PyTorch, no JAX in between) within 1e-5."""
+    from sentence_transformers import SentenceTransformer
+
+    from jasper_jax import cli
+    from jasper_jax.data.tokenization import load_tokenizer, pad_batch
+
+    folder, reference = released_folder
+    assert cli.main(["export", "--checkpoint", str(folder), "--out", str(tmp_path)]) == 0
+    model = SentenceTransformer(str(tmp_path), trust_remote_code=True, device="cpu", local_files_only=True)
+    ids = load_tokenizer(folder, 512).encode(long_texts(), "")
+    batch = pad_batch(ids, 256, 0)
+    for ratio in (None, 0.33):
+        with torch.no_grad():
+            expected = reference(
+                torch.tensor(batch["input_ids"]).long(),
+                torch.tensor(batch["attention_mask"]),
+                0.5 if ratio is None else ratio,
+            ).numpy()
+        expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+        theirs = model.encode(long_texts(), **({} if ratio is None else {"compression_ratio": ratio}))
+        assert np.abs(theirs - expected).max() < 1e-5, ratio
