@@ -91,11 +91,14 @@ def gradient_fn(
     batch_shards: int = 1,
     deterministic: bool = True,
     activation_sharding: NamedSharding | None = None,
+    gather_in_compute_dtype: bool = True,
 ) -> Callable[..., tuple[tuple[jax.Array, dict[str, jax.Array]], nnx.State]]:
     """`(params, frozen, rest, batch) -> ((loss, metrics), grads)`, as `jax.value_and_grad` of the plain step.
 
     `rest` is the step's reseeded RNG state; `activation_sharding` (batch axes) also pins the micro-batch
-    inputs and vectors so that each micro-batch is split over every device."""
+    inputs and vectors so that each micro-batch is split over every device. `gather_in_compute_dtype`: the
+    parameters the model casts to its compute dtype are cast on their shards first, as in the plain step
+    (`step_parts.compute_casts`); both passes and the tail see them, the gradients stay float32."""
 
     def constrain(x: jax.Array) -> jax.Array:  # (count, m, ...): m over the batch axes
         if activation_sharding is None:
@@ -103,14 +106,14 @@ def gradient_fn(
         spec = PartitionSpec(None, *activation_sharding.spec[:1])
         return jax.lax.with_sharding_constraint(x, NamedSharding(activation_sharding.mesh, spec))
 
-    def model_for(params, frozen, rest):
-        # fresh Variable objects for this trace level: dropout mutates its RNG count
-        model = nnx.merge(graphdef, params, frozen, jax.tree.map(lambda x: x, rest))
+    def model_for(params, frozen, rest, casts):
+        model = step_parts.merge_for_compute(graphdef, params, frozen, rest, casts)
         if activation_sharding is not None:
             step_parts.constrain_layer_inputs(model, activation_sharding)
         return model
 
     def gradients(params: nnx.State, frozen: nnx.State, rest: nnx.State, batch: Mapping[str, jax.Array]):
+        casts = step_parts.compute_casts(graphdef, params, frozen, rest) if gather_in_compute_dtype else {}
         packed = "segment_ids" in batch
         keys = PACKED_ROW_INPUTS if packed else ENCODER_INPUTS
         rows = batch["input_ids"].shape[0]  # texts, or packed rows
@@ -126,7 +129,7 @@ def gradient_fn(
             text_block, text_local = packed_text_blocks(batch["text_row"], rows, count, batch_shards)
 
         def encode(p, micro, index):
-            model = model_for(p, frozen, step_parts.reseed(rest, index))
+            model = model_for(p, frozen, step_parts.reseed(rest, index), casts)
             if not packed:
                 return model.pooled(micro["input_ids"], micro["attention_mask"]).astype(jnp.float32)
             # every text of the batch: those in this micro-batch point at its local row, the others past
@@ -155,7 +158,7 @@ def gradient_fn(
             pooled = from_micro(constrain(pooled), batch_shards)
 
         def tail(p, vectors):
-            outputs = model_for(p, frozen, rest).head_outputs(vectors, deterministic=deterministic)
+            outputs = model_for(p, frozen, rest, casts).head_outputs(vectors, deterministic=deterministic)
             outputs = {name: value.astype(jnp.float32) for name, value in outputs.items()}
             loss, metrics = objective(outputs, batch["teacher"], batch["row_mask"])
             return loss.astype(jnp.float32), metrics
