@@ -91,14 +91,18 @@ def gradient_fn(
     batch_shards: int = 1,
     deterministic: bool = True,
     activation_sharding: NamedSharding | None = None,
+    objective_sharding: NamedSharding | None = None,
     gather_in_compute_dtype: bool = True,
 ) -> Callable[..., tuple[tuple[jax.Array, dict[str, jax.Array]], nnx.State]]:
     """`(params, frozen, rest, batch) -> ((loss, metrics), grads)`, as `jax.value_and_grad` of the plain step.
 
     `rest` is the step's reseeded RNG state; `activation_sharding` (batch axes) also pins the micro-batch
-    inputs and vectors so that each micro-batch is split over every device. `gather_in_compute_dtype`: the
-    parameters the model casts to its compute dtype are cast on their shards first, as in the plain step
-    (`step_parts.compute_casts`); both passes and the tail see them, the gradients stay float32."""
+    inputs and vectors so that each micro-batch is split over every device. `objective_sharding` (replicated),
+    as in the plain step: the head outputs of all B vectors, the teacher and the row mask are constrained to
+    it before the objective, so the in-batch losses run locally on every device with no collective inside
+    their loops. `gather_in_compute_dtype`: the parameters the model casts to its compute dtype are cast on
+    their shards first, as in the plain step (`step_parts.compute_casts`); both passes and the tail see
+    them, the gradients stay float32."""
 
     def constrain(x: jax.Array) -> jax.Array:  # (count, m, ...): m over the batch axes
         if activation_sharding is None:
@@ -160,7 +164,12 @@ def gradient_fn(
         def tail(p, vectors):
             outputs = model_for(p, frozen, rest, casts).head_outputs(vectors, deterministic=deterministic)
             outputs = {name: value.astype(jnp.float32) for name, value in outputs.items()}
-            loss, metrics = objective(outputs, batch["teacher"], batch["row_mask"])
+            teacher, row_mask = batch["teacher"], batch["row_mask"]
+            if objective_sharding is not None:
+                outputs, teacher, row_mask = jax.lax.with_sharding_constraint(
+                    (outputs, teacher, row_mask), objective_sharding
+                )
+            loss, metrics = objective(outputs, teacher, row_mask)
             return loss.astype(jnp.float32), metrics
 
         # the objective over the whole global batch: head gradients and d loss / d vectors

@@ -165,6 +165,7 @@ def train_step_fn(
             batch_shards=batch_shards,
             deterministic=deterministic,
             activation_sharding=activation_sharding,
+            objective_sharding=objective_sharding,
             gather_in_compute_dtype=gather_in_compute_dtype,
         )
 
