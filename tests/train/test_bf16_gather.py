@@ -91,12 +91,16 @@ def built_step(compute_dtype, *, cast=True, micro_batch_size=0, tx=None):
 
 
 def partitioned_hlo(step, args, folder: Path) -> str:
-    """The step's HLO as the SPMD partitioner leaves it (before the backend's own dtype passes)."""
+    """The step's HLO as the SPMD partitioner leaves it (before the backend's own dtype passes).
+
+    The dump options are not part of JAX's persistent-cache key: a process whose first compile ran with the
+    cache on (`train()` enables it) may load this step from disk and dump nothing, hence the message."""
     step.lower(*args).compile(
         compiler_options={"xla_dump_to": str(folder), "xla_dump_hlo_pass_re": "spmd-partitioning"}
     )
-    (dump,) = [path for path in folder.iterdir() if "after_spmd-partitioning" in path.name]
-    return dump.read_text()
+    dumps = [path for path in folder.iterdir() if "after_spmd-partitioning" in path.name]
+    assert len(dumps) == 1, f"no single HLO dump in {folder} (persistent compilation cache hit?): {dumps}"
+    return dumps[0].read_text()
 
 
 def weight_matrix_shapes() -> set[str]:
