@@ -10,7 +10,8 @@ gathers of bf16-rounded values on CPU whatever the step does; a GPU or TPU keeps
 
 The reference for the values is the same step with `gather_in_compute_dtype=False` (each layer casts the
 float32 arrays itself): float32 params after a step equal it to 1e-6; in bfloat16 the gradients (recorded
-by an optimizer whose state is the last gradient) equal it within bfloat16 rounding.
+by an optimizer whose state is the last gradient) equal it within bfloat16 rounding. The model's own
+forward (BERT; Qwen2 with its RMSNorm scales) is bit-identical with the listed parameters cast beforehand.
 """
 
 import re
@@ -24,7 +25,7 @@ import pytest
 from flax import nnx
 
 from jasper_jax.losses import ObjectiveConfig
-from jasper_jax.models import BertConfig, JasperStudent, StudentConfig
+from jasper_jax.models import BertConfig, JasperStudent, Qwen2Config, StudentConfig
 from jasper_jax.models.layers import compute_dtype_casts
 from jasper_jax.models.params import path_string
 from jasper_jax.train import optimizer as optimizer_lib
@@ -32,6 +33,7 @@ from jasper_jax.train import sharding as sharding_lib
 from jasper_jax.train import step as step_lib
 from jasper_jax.train.mesh import batch_size_divisor, make_mesh
 from jasper_jax.train.settings import OptimizerSettings
+from jasper_jax.train.step_parts import cast_state
 from tests.train.train_helpers import make_batch
 
 GATHER = re.compile(r"= (\w+)\[([0-9,]*)\]\S* all-gather(?:-start)?\(")
@@ -158,3 +160,34 @@ def test_bf16_gradients_equal_the_uncast_step(micro_batch_size):
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(reference)):
         scale = float(np.max(np.abs(b))) or 1.0
         np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-3 * scale, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("family", ["bert", "qwen2"])
+def test_casting_the_listed_parameters_leaves_the_bf16_forward_unchanged(family):
+    """The model's own forward, with the parameters `compute_dtype_casts` lists cast to bfloat16 beforehand
+    (Qwen2: RMSNorm scales too), equals the forward on the float32 parameters bit for bit."""
+    model = student("bfloat16")
+    if family == "qwen2":
+        encoder = Qwen2Config(
+            vocab_size=64,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+        config = StudentConfig(encoder=encoder, heads={"fc1": 24}, compute_dtype="bfloat16")
+        with nnx.use_eager_sharding(False):
+            model = JasperStudent(config, rngs=nnx.Rngs(params=0, dropout=1))
+    casts = compute_dtype_casts(model)
+    assert family != "qwen2" or any(name.endswith("norm/scale") for name in casts), sorted(casts)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    cast_model = nnx.merge(graphdef, cast_state(params, casts), rest)
+    dtypes = {np.dtype(leaf.dtype) for leaf in jax.tree.leaves(nnx.state(cast_model, nnx.Param))}
+    assert dtypes == {np.dtype(jnp.bfloat16), np.dtype(np.float32)}, dtypes  # cast ones, LayerNorm / heads
+    batch = make_batch(batch_size=4, length=8, seed=1)
+    expected = model(batch["input_ids"], batch["attention_mask"])
+    got = cast_model(batch["input_ids"], batch["attention_mask"])
+    for name in expected:
+        np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(expected[name]), err_msg=name)
