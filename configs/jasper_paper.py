@@ -31,7 +31,9 @@ def get_config():
     config = base_config()
     config.workdir = "runs/jasper_paper"
     config.seed = 666
-    config.mesh = dict(data=1, fsdp=-1, tensor=1)
+    # dcn: the part of each axis across hosts (train/mesh.py); on a pod set dcn.data to the host count, so
+    # data runs across hosts and fsdp inside each (its gathers stay on the fast links); all 1: one level
+    config.mesh = dict(data=1, fsdp=-1, tensor=1, dcn=dict(data=1, fsdp=1, tensor=1))
     config.model.source = "models/stella_en_1.5B_v5"  # a Hugging Face / sentence-transformers folder
     config.model.family = "qwen2"  # for --config.model.source=random (compile-check builds from shapes)
     config.model.encoder = dict(vocab_size=151646)

@@ -24,6 +24,7 @@ from flax.core import spmd as flax_spmd
 
 from jasper_jax.models import attention as attention_lib
 from jasper_jax.models import remat as remat_lib
+from jasper_jax.models.params import path_string
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -60,6 +61,8 @@ class Projection(nnx.Module):
 
     `kernel_shape`/`kernel_names` describe the kernel; the bias has the output axes (those of the kernel
     that the equation does not contract)."""
+
+    compute_cast = ("kernel", "bias")  # cast to `dtype` at use (`compute_dtype_casts`)
 
     def __init__(
         self,
@@ -136,6 +139,8 @@ class RMSNorm(nnx.Module):
 
     `axis_name`: the logical name of the normalised axis ('embed'; 'head_dim' for Qwen3's per-head q/k norm)."""
 
+    compute_cast = ("scale",)  # cast to `dtype` at use (`compute_dtype_casts`)
+
     def __init__(self, features: int, eps: float, *, dtype: str = "float32", axis_name: str = "embed", rngs: nnx.Rngs):
         self.eps = eps
         self.dtype = as_dtype(dtype)
@@ -145,6 +150,28 @@ class RMSNorm(nnx.Module):
         x32 = x.astype(jnp.float32)
         y = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + self.eps)
         return self.scale[...].astype(self.dtype) * y.astype(self.dtype)
+
+
+def compute_dtype_casts(model: nnx.Module) -> dict[str, jnp.dtype]:
+    """`{parameter path: dtype}`: the parameters that `model` casts to a narrower compute dtype at use.
+
+    These are the kernels and biases of the `Projection`s and the scales of the `RMSNorm`s of a bfloat16
+    (or float16) encoder: the modules whose class lists them in `compute_cast`. The train step casts them
+    on their shards before the model uses them, so that FSDP gathers the compute dtype instead of the
+    float32 master copy; the layer sees the same values either way. Left in float32: `LayerNorm` (float32
+    statistics and affine), the float32 heads, and the `Embedding` tables, which a lookup does not gather
+    whole and whose gradient is a scatter-add that should accumulate in float32.
+    """
+    casts = {}
+    for path, node in nnx.iter_graph(model):
+        names = getattr(type(node), "compute_cast", ())
+        dtype = jnp.dtype(getattr(node, "dtype", jnp.float32)) if names else None
+        if dtype is None or dtype.itemsize >= 4:
+            continue
+        for name in names:
+            if getattr(node, name, None) is not None:
+                casts[path_string((*path, name))] = dtype
+    return casts
 
 
 def rotary_angles(positions: Array, head_dim: int, theta: float) -> tuple[Array, Array]:

@@ -7,6 +7,12 @@ per-device memory of the compiled program (`compiled.memory_analysis()`) and che
 `--remat all` compiles once per remat policy and ends with a table of peak memory and compile time (the
 exit code is 0 when at least one fits). The persistent compilation cache (`compilation_cache_dir`) is on
 as in training: a second compile-check of the same step loads it from disk.
+
+`--hosts N` lays the fake devices out as N simulated hosts of contiguous devices, so that `mesh.dcn` (the
+across-host part of the mesh axes, `jasper_jax.train.mesh`) applies, and also prints the bytes each step
+moves across hosts: the operand bytes, per device, of the compiled program's collectives whose device groups
+span more than one host (`across_host_bytes`). It is an estimate from the HLO: each collective counts once,
+also inside a loop, and the network's own protocol is not modelled; it compares layouts.
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
 import time
+from collections.abc import Sequence
 
 from jasper_jax.errors import UserError
 
@@ -30,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--length", type=int, default=0, help="sequence length (default: data.max_length)")
     parser.add_argument("--budget-gb", type=float, default=80.0, help="per-device memory budget in GB (default 80)")
     parser.add_argument("--platform", default="cpu", help="compile for this platform (default cpu: fake devices)")
+    parser.add_argument(
+        "--hosts",
+        type=int,
+        default=0,
+        help="simulate this many hosts over the devices (mesh.dcn applies) and print the bytes moved across them",
+    )
     parser.add_argument(
         "--remat",
         default="",
@@ -59,8 +73,11 @@ def _prepare_devices(count: int, platform: str) -> None:
                 ) from None
 
 
-def compile_stage_step(config, stage_number: int, *, batch_size: int = 0, length: int = 0):
-    """`(compiled, summary)`: the stage's step compiled for the current devices from abstract shapes."""
+def compile_stage_step(config, stage_number: int, *, batch_size: int = 0, length: int = 0, hosts: int = 0):
+    """`(compiled, summary)`: the stage's step compiled for the current devices from abstract shapes.
+
+    `hosts` > 0: the mesh over that many simulated hosts (`make_mesh(..., hosts=)`); the summary then also
+    holds `across_host_bytes` (the function of that name, over the compiled HLO)."""
     import jax
 
     from jasper_jax.train.mesh import make_mesh
@@ -72,7 +89,7 @@ def compile_stage_step(config, stage_number: int, *, batch_size: int = 0, length
     if batch_size:  # the global batch override (checked against micro_batch_size like the stage's own)
         stage = dataclasses.replace(stage, batch_size=batch_size)
     built = abstract_stage_model(run, stage)
-    mesh = make_mesh(run.mesh)
+    mesh = make_mesh(run.mesh, hosts=hosts or None)
     step = build_stage_step(run, stage, built, mesh)
     batch = stage.batch_size  # the real rows; the compiled batch is padded to the mesh (`padded_batch_size`)
     length = length or run.data.max_length
@@ -113,7 +130,110 @@ def compile_stage_step(config, stage_number: int, *, batch_size: int = 0, length
         "lower_seconds": lowered_at - started,
         "compile_seconds": finished - lowered_at,
     }
+    if hosts:
+        summary["hosts"] = hosts
+        summary["mesh_dcn"] = run.mesh.get("dcn") or {}
+        summary["across_host_bytes"] = across_host_bytes(compiled.as_text(), logical_device_hosts(mesh, hosts))
     return compiled, summary
+
+
+def logical_device_hosts(mesh, hosts: int) -> list[int]:
+    """The simulated host of each logical device id of a program jitted over `mesh` (its devices in flat
+    order): host of device i = i // (devices // hosts), i its index in `jax.devices()`."""
+    import jax
+
+    devices = jax.devices()
+    per_host = len(devices) // hosts
+    return [devices.index(device) // per_host for device in mesh.devices.flat]
+
+
+COLLECTIVE = re.compile(
+    r" = (?P<shape>.*?) (?P<op>all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)(?P<start>-start)?\("
+)
+MESH_GROUPS = re.compile(
+    r"replica_groups=mesh\[([^\]]*)\](?:, device_ids=\(\[([\d,]+)\](?:T\(([\d,]+)\))?\))? \{([^}]*)\}"
+)
+SHAPE = re.compile(r"(pred|[a-z]+\d+[a-z0-9]*)\[([0-9,]*)\]")
+ITEM_BITS = {"pred": 8, "s4": 4, "u4": 4}
+
+
+def _shape_bytes(dtype: str, dims: str) -> int:
+    count = 1
+    for dim in filter(None, dims.split(",")):
+        count *= int(dim)
+    bits = ITEM_BITS.get(dtype) or int(re.search(r"\d+", dtype).group())
+    return count * bits // 8
+
+
+def _iota(dims: str, perm: str | None):
+    import numpy as np
+
+    shape = [int(d) for d in dims.split(",")]
+    ids = np.arange(int(np.prod(shape))).reshape(shape)
+    return ids.transpose([int(p) for p in perm.split(",")]) if perm else ids
+
+
+def device_groups(line: str) -> list[list[int]] | None:
+    """The device groups of one HLO collective: explicit `{{0,1},{2,3}}`, iota `[2,4]<=[8]` /
+    `[4,2]<=[2,4]T(1,0)`, mesh `mesh['a'=4,'b'=2], device_ids=([2,4]T(1,0)) {'a'}`, or a permute's
+    `source_target_pairs`; `[]` for `{}` (one group of all devices); None when the format is not known."""
+    import numpy as np
+
+    pairs = re.search(r"source_target_pairs=\{(\{[\d,{}]*\})\}", line)
+    if pairs:
+        return [[int(i) for i in pair.split(",")] for pair in re.findall(r"\{([\d,]+)\}", pairs.group(1))]
+    explicit = re.search(r"replica_groups=\{((?:\{[\d,]*\},?)*)\}", line)
+    if explicit:
+        return [[int(i) for i in group.split(",")] for group in re.findall(r"\{([\d,]+)\}", explicit.group(1))]
+    iota = re.search(r"replica_groups=\[(\d+),(\d+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?", line)
+    if iota:
+        return _iota(iota.group(3), iota.group(4)).reshape(int(iota.group(1)), int(iota.group(2))).tolist()
+    mesh = MESH_GROUPS.search(line)
+    if mesh:
+        axes = re.findall(r"'([^']+)'=(\d+)", mesh.group(1))
+        grouped = re.findall(r"'([^']+)'", mesh.group(4))
+        names = [name for name, _ in axes]
+        if ":" in mesh.group(4) or any(name not in names for name in grouped):
+            return None  # sub-axes: not modelled
+        shape = [int(size) for _, size in axes]
+        ids = _iota(mesh.group(2), mesh.group(3)) if mesh.group(2) else np.arange(int(np.prod(shape)))
+        ids = ids.reshape(shape)
+        inner = [names.index(name) for name in grouped]
+        outer = [i for i in range(len(names)) if i not in inner]
+        size = int(np.prod([shape[i] for i in inner])) if inner else 1
+        return ids.transpose(outer + inner).reshape(-1, size).tolist()
+    return None
+
+
+def across_host_bytes(hlo: str, hosts_of: Sequence[int]) -> dict[str, int]:
+    """Per-device operand bytes of the collectives in `hlo` whose device groups span more than one host
+    (`hosts_of[i]`: the host of logical device i), in total and per collective kind, with the count of
+    collectives whose groups could not be read (`unparsed`, not counted). An estimate from the HLO text."""
+    totals: dict[str, int] = {"total": 0, "unparsed": 0}
+    for line in hlo.splitlines():
+        found = COLLECTIVE.search(line)
+        if not found:
+            continue
+        groups = device_groups(line)
+        if groups is None:
+            totals["unparsed"] += 1
+            continue
+        groups = groups or [list(range(len(hosts_of)))]
+        if not any(len({hosts_of[i] for i in group}) > 1 for group in groups):
+            continue
+        shapes = [_shape_bytes(dtype, dims) for dtype, dims in SHAPE.findall(found.group("shape"))]
+        op, size = found.group("op"), max(len(group) for group in groups)
+        if found.group("start") and op != "all-reduce":  # async: (operand(s), result(s), ...), operands first
+            operand = shapes[0] if op == "collective-permute" else sum(shapes[: len(shapes) // 2])
+        elif op == "all-gather":
+            operand = sum(shapes) // size
+        elif op == "reduce-scatter":
+            operand = sum(shapes) * size
+        else:
+            operand = sum(shapes)
+        totals[op] = totals.get(op, 0) + operand
+        totals["total"] += operand
+    return totals
 
 
 def memory_report(compiled) -> dict[str, int]:
@@ -142,8 +262,10 @@ def memory_report(compiled) -> dict[str, int]:
 
 def _print_compiled(summary: dict, report: dict[str, int], budget_gb: float) -> bool:
     """Print one compile's summary and memory; whether its peak fits the budget."""
+    across = summary.get("across_host_bytes")
     for key, value in summary.items():
-        print(f"  {key:>22}: {value:.1f}" if isinstance(value, float) else f"  {key:>22}: {value}")
+        if key != "across_host_bytes":
+            print(f"  {key:>22}: {value:.1f}" if isinstance(value, float) else f"  {key:>22}: {value}")
     print("  per-device memory of the compiled step:")
     for key, value in report.items():
         print(f"  {key:>30}: {value / GIB:8.2f} GiB")
@@ -154,6 +276,12 @@ def _print_compiled(summary: dict, report: dict[str, int], budget_gb: float) -> 
         f"{'fits' if fits else 'DOES NOT FIT'}",
         flush=True,
     )
+    if across is not None:
+        print(f"  bytes per step, per device, moved across the {summary['hosts']} simulated hosts (an estimate from")
+        print("  the compiled HLO: operands of the collectives whose device groups span hosts, each counted once):")
+        for key, value in across.items():
+            text = f"{value}" if key == "unparsed" else f"{value:,} B ({value / 2**20:.2f} MiB)"
+            print(f"  {key:>30}: {text}", flush=True)
     return fits
 
 
@@ -182,7 +310,8 @@ def run(args: argparse.Namespace) -> int:
     folder = compile_cache.enable(config.get("compilation_cache_dir", compile_cache.AUTO))
     config.model.source = "random"  # shapes only: nothing is loaded
     print(
-        f"compile-check: {args.config} stage {args.stage} on {args.devices} fake {args.platform} devices "
+        f"compile-check: {args.config} stage {args.stage} on {args.devices} fake {args.platform} devices"
+        f"{f' as {args.hosts} simulated hosts' if args.hosts else ''} "
         f"(compilation cache: {folder or 'off'}) ...",
         flush=True,
     )
@@ -192,7 +321,9 @@ def run(args: argparse.Namespace) -> int:
         if policy is not None:
             config.model.remat = policy
             print(f"compile-check: remat {policy}", flush=True)
-        compiled, summary = compile_stage_step(config, args.stage, batch_size=args.batch_size, length=args.length)
+        compiled, summary = compile_stage_step(
+            config, args.stage, batch_size=args.batch_size, length=args.length, hosts=args.hosts
+        )
         report = memory_report(compiled)
         del compiled
         results.append((summary, report, _print_compiled(summary, report, args.budget_gb)))

@@ -91,11 +91,18 @@ def gradient_fn(
     batch_shards: int = 1,
     deterministic: bool = True,
     activation_sharding: NamedSharding | None = None,
+    objective_sharding: NamedSharding | None = None,
+    gather_in_compute_dtype: bool = True,
 ) -> Callable[..., tuple[tuple[jax.Array, dict[str, jax.Array]], nnx.State]]:
     """`(params, frozen, rest, batch) -> ((loss, metrics), grads)`, as `jax.value_and_grad` of the plain step.
 
     `rest` is the step's reseeded RNG state; `activation_sharding` (batch axes) also pins the micro-batch
-    inputs and vectors so that each micro-batch is split over every device."""
+    inputs and vectors so that each micro-batch is split over every device. `objective_sharding` (replicated),
+    as in the plain step: the head outputs of all B vectors, the teacher and the row mask are constrained to
+    it before the objective, so the in-batch losses run locally on every device with no collective inside
+    their loops. `gather_in_compute_dtype`: the parameters the model casts to its compute dtype are cast on
+    their shards first, as in the plain step (`step_parts.compute_casts`); both passes and the tail see
+    them, the gradients stay float32."""
 
     def constrain(x: jax.Array) -> jax.Array:  # (count, m, ...): m over the batch axes
         if activation_sharding is None:
@@ -103,14 +110,14 @@ def gradient_fn(
         spec = PartitionSpec(None, *activation_sharding.spec[:1])
         return jax.lax.with_sharding_constraint(x, NamedSharding(activation_sharding.mesh, spec))
 
-    def model_for(params, frozen, rest):
-        # fresh Variable objects for this trace level: dropout mutates its RNG count
-        model = nnx.merge(graphdef, params, frozen, jax.tree.map(lambda x: x, rest))
+    def model_for(params, frozen, rest, casts):
+        model = step_parts.merge_for_compute(graphdef, params, frozen, rest, casts)
         if activation_sharding is not None:
             step_parts.constrain_layer_inputs(model, activation_sharding)
         return model
 
     def gradients(params: nnx.State, frozen: nnx.State, rest: nnx.State, batch: Mapping[str, jax.Array]):
+        casts = step_parts.compute_casts(graphdef, params, frozen, rest) if gather_in_compute_dtype else {}
         packed = "segment_ids" in batch
         keys = PACKED_ROW_INPUTS if packed else ENCODER_INPUTS
         if "compressed_mask" in batch:  # a token compressor: each micro-batch's rows of the compressed mask
@@ -128,7 +135,7 @@ def gradient_fn(
             text_block, text_local = packed_text_blocks(batch["text_row"], rows, count, batch_shards)
 
         def encode(p, micro, index):
-            model = model_for(p, frozen, step_parts.reseed(rest, index))
+            model = model_for(p, frozen, step_parts.reseed(rest, index), casts)
             if not packed:
                 compressed = micro.get("compressed_mask")
                 extra = {} if compressed is None else {"compressed_mask": compressed}
@@ -159,9 +166,14 @@ def gradient_fn(
             pooled = from_micro(constrain(pooled), batch_shards)
 
         def tail(p, vectors):
-            outputs = model_for(p, frozen, rest).head_outputs(vectors, deterministic=deterministic)
+            outputs = model_for(p, frozen, rest, casts).head_outputs(vectors, deterministic=deterministic)
             outputs = {name: value.astype(jnp.float32) for name, value in outputs.items()}
-            loss, metrics = objective(outputs, batch["teacher"], batch["row_mask"])
+            teacher, row_mask = batch["teacher"], batch["row_mask"]
+            if objective_sharding is not None:
+                outputs, teacher, row_mask = jax.lax.with_sharding_constraint(
+                    (outputs, teacher, row_mask), objective_sharding
+                )
+            loss, metrics = objective(outputs, teacher, row_mask)
             return loss.astype(jnp.float32), metrics
 
         # the objective over the whole global batch: head gradients and d loss / d vectors

@@ -4,7 +4,10 @@ The model is rebuilt inside the step from its graphdef and three states (`nnx.me
 params (differentiated and optimised), the frozen params (read only, never returned, so bit-identical)
 and the rest (RNG streams, reseeded from the step number so that a resumed run draws the same dropout
 masks as an uninterrupted one). Parameters are float32 master weights; the model computes in its
-`compute_dtype` (bfloat16 at scale).
+`compute_dtype` (bfloat16 at scale). The parameters the model casts to that dtype at use (its projections'
+kernels and biases, its RMSNorm scales: `layers.compute_dtype_casts`) are cast in the step on their shards,
+before the model is merged, so FSDP's all-gathers move bfloat16; the gradients and the optimizer state stay
+float32.
 
 The batch is a set of global arrays sharded over the batch axes; the in-batch losses are computed on the
 whole global batch (XLA inserts the gathers), unlike the official code's per-device losses.
@@ -33,7 +36,7 @@ from jasper_jax.models.packed import FIELDS as PACKED_FIELDS
 from jasper_jax.models.packed import PackedLayout
 from jasper_jax.train import grad_cache
 from jasper_jax.train import sharding as sharding_lib
-from jasper_jax.train.step_parts import Objective, constrain_layer_inputs, reseed
+from jasper_jax.train.step_parts import Objective, compute_casts, constrain_layer_inputs, merge_for_compute, reseed
 
 BATCH_KEYS = ("input_ids", "attention_mask", "teacher", "row_mask")
 PACKED_BATCH_KEYS = BATCH_KEYS + PACKED_FIELDS  # data.packing: rows (R, L) + where each text went (B,)
@@ -128,6 +131,7 @@ def train_step_fn(
     objective_sharding: NamedSharding | None = None,
     micro_batch_size: int | None = 0,
     batch_shards: int = 1,
+    gather_in_compute_dtype: bool = True,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """The un-jitted step `(state, frozen, rest, batch) -> (new_state, metrics)`.
 
@@ -140,13 +144,16 @@ def train_step_fn(
     teacher vectors; stage 4: `jasper_jax.train.image_stage.image_caption_forward`).
     `micro_batch_size`: if set, the gradient is GradCache's (`jasper_jax.train.grad_cache`, text stages;
     `batch_shards`: the data-parallel size); the rest of the step is shared with the plain path.
+    `gather_in_compute_dtype`: cast the parameters the model casts to its compute dtype on their shards
+    before the model uses them (`step_parts.compute_casts`; nothing to cast in float32). False keeps the
+    float32 arrays until each layer casts them (the tests' reference).
     """
 
     def plain_gradients(params, frozen, rest_now, batch):
+        casts = compute_casts(graphdef, params, frozen, rest_now) if gather_in_compute_dtype else {}
+
         def loss_fn(params):
-            # fresh Variable objects for this trace level: dropout mutates its RNG count
-            rest_here = jax.tree.map(lambda x: x, rest_now)
-            model = nnx.merge(graphdef, params, frozen, rest_here)
+            model = merge_for_compute(graphdef, params, frozen, rest_now, casts)
             if activation_sharding is not None:
                 constrain_layer_inputs(model, activation_sharding)
             outputs, teacher = forward(model, batch, deterministic)
@@ -172,6 +179,8 @@ def train_step_fn(
             batch_shards=batch_shards,
             deterministic=deterministic,
             activation_sharding=activation_sharding,
+            objective_sharding=objective_sharding,
+            gather_in_compute_dtype=gather_in_compute_dtype,
         )
 
     def step_fn(state: TrainState, frozen: nnx.State, rest: nnx.State, batch: Mapping[str, jax.Array]):

@@ -1,6 +1,7 @@
 """Pieces shared by the plain train step (`jasper_jax.train.step`) and GradCache's
-(`jasper_jax.train.grad_cache`): the objective's type, the per-step RNG reseeding and the encoder-layer
-batch-sharding constraint. Their own module so that the two steps import them without importing each other.
+(`jasper_jax.train.grad_cache`): the objective's type, the per-step RNG reseeding, the encoder-layer
+batch-sharding constraint and the merge with the parameters cast to the compute dtype. Their own module so
+that the two steps import them without importing each other.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import NamedSharding
+
+from jasper_jax.models.layers import compute_dtype_casts
+from jasper_jax.models.params import path_string
 
 # `objective(head_outputs, teacher, row_mask) -> (loss, metrics)`
 Objective = Callable[[Mapping[str, jax.Array], jax.Array, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
@@ -52,3 +56,33 @@ def constrain_layer_inputs(model: nnx.Module, sharding: NamedSharding) -> None:
     if layers is None:
         return
     model.encoder.layers = nnx.List([_BatchShardedLayer(layer, sharding) for layer in layers])
+
+
+def compute_casts(graphdef: nnx.GraphDef, params: nnx.State, frozen: nnx.State, rest: nnx.State) -> dict[str, Any]:
+    """`{parameter path: dtype}` of the parameters the model casts to its compute dtype at use
+    (`layers.compute_dtype_casts`; empty for a float32 model). Read from a throwaway merge at trace time."""
+    return compute_dtype_casts(nnx.merge(graphdef, params, frozen, jax.tree.map(lambda x: x, rest)))
+
+
+def cast_state(state: nnx.State, casts: Mapping[str, Any]) -> nnx.State:
+    """`state` with the arrays named in `casts` cast to their dtype, the others untouched.
+
+    Inside the jitted step the cast runs on each device's shard of a parameter, so the all-gather FSDP
+    then needs moves the compute dtype (bfloat16: half the bytes of the float32 master copy). The cast is
+    differentiable: the gradient reaching the float32 parameter is the compute-dtype one, converted back."""
+
+    def cast(path, x):
+        dtype = casts.get(path_string(path))
+        return x if dtype is None else x.astype(dtype)
+
+    return jax.tree_util.tree_map_with_path(cast, state)
+
+
+def merge_for_compute(
+    graphdef: nnx.GraphDef, params: nnx.State, frozen: nnx.State, rest: nnx.State, casts: Mapping[str, Any]
+) -> nnx.Module:
+    """The model from its states, trainable and frozen parameters cast per `casts` (`compute_casts`) first;
+    fresh Variable objects for `rest` (dropout mutates its RNG count at this trace level)."""
+    if casts:
+        params, frozen = cast_state(params, casts), cast_state(frozen, casts)
+    return nnx.merge(graphdef, params, frozen, jax.tree.map(lambda x: x, rest))

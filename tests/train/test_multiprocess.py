@@ -1,4 +1,5 @@
-"""2 processes x 4 fake devices (launch/local.sh, gloo) train exactly like 1 process x 8 devices."""
+"""2 processes x 4 fake devices (launch/local.sh, gloo) train exactly like 1 process x 8 devices, with the
+default mesh and with a hybrid one (`mesh.dcn`: data across the processes, fsdp inside each)."""
 
 import json
 import os
@@ -51,11 +52,11 @@ def _params(directory):
     return leaves
 
 
-@pytest.mark.slow
-def test_two_processes_equal_one_process(tmp_path):
+def _train_single_and_multi(tmp_path, single_args=(), multi_args=()):
+    """Train ARGS as 1 process x 8 devices and as 2 processes x 4 (launch/local.sh); the two stage folders."""
     single, multi = tmp_path / "single", tmp_path / "multi"
     subprocess.run(
-        [sys.executable, *ARGS, f"--config.workdir={single}"],
+        [sys.executable, *ARGS, *single_args, f"--config.workdir={single}"],
         env=_env(8),
         check=True,
         capture_output=True,
@@ -63,7 +64,7 @@ def test_two_processes_equal_one_process(tmp_path):
         cwd=ROOT,
     )
     result = subprocess.run(
-        [str(ROOT / "launch" / "local.sh"), "2", "4", sys.executable, *ARGS, f"--config.workdir={multi}"],
+        [str(ROOT / "launch" / "local.sh"), "2", "4", sys.executable, *ARGS, *multi_args, f"--config.workdir={multi}"],
         env=dict(_env(4), LOCAL_LOG_DIR=str(tmp_path / "logs")),
         capture_output=True,
         text=True,
@@ -72,17 +73,43 @@ def test_two_processes_equal_one_process(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Rank 1 is connected" in result.stdout or (tmp_path / "logs" / "process_1.log").exists()
-    expected = [json.loads(line) for line in (single / "stage1" / "metrics.jsonl").read_text().splitlines()]
-    got = [json.loads(line) for line in (multi / "stage1" / "metrics.jsonl").read_text().splitlines()]
+    return single / "stage1", multi / "stage1"
+
+
+def _assert_same_training(single, multi, params_rtol=1e-4):
+    """metrics.jsonl equal step by step (1e-5) and the step-5 checkpoint's params equal (atol 1e-5)."""
+    expected = [json.loads(line) for line in (single / "metrics.jsonl").read_text().splitlines()]
+    got = [json.loads(line) for line in (multi / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in got] == [1, 2, 3, 4, 5]
     for a, b in zip(expected, got):
         assert a.keys() == b.keys()
         for key in a:
             np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6, err_msg=f"step {a['step']} {key}")
-    single_params, multi_params = _params(single / "stage1" / "checkpoints"), _params(multi / "stage1" / "checkpoints")
+    single_params, multi_params = _params(single / "checkpoints"), _params(multi / "checkpoints")
     assert single_params.keys() == multi_params.keys()
     for name in single_params:
-        np.testing.assert_allclose(multi_params[name], single_params[name], rtol=1e-4, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(multi_params[name], single_params[name], rtol=params_rtol, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process(tmp_path):
+    _assert_same_training(*_train_single_and_multi(tmp_path))
+
+
+@pytest.mark.slow
+def test_hybrid_mesh_two_hosts_equal_one_host(tmp_path):
+    """`mesh.dcn.data=2` on 2 processes x 4 devices (data 2 across them, fsdp 4 inside each) against one
+    process of 8 devices with the single-level mesh data 2 x fsdp 4: the same training, 1e-5."""
+    single, multi = _train_single_and_multi(
+        tmp_path,
+        single_args=("--config.mesh.data=2", "--config.mesh.fsdp=4"),
+        multi_args=("--config.mesh.data=1", "--config.mesh.fsdp=-1", "--config.mesh.dcn.data=2"),
+    )
+    checkpointer = StageCheckpointer(multi / "checkpoints", every=1, keep=10)
+    mesh = checkpointer.metadata(5)["config"]["mesh"]  # the settings the multi-process run trained with
+    checkpointer.close()
+    assert mesh["dcn"]["data"] == 2 and mesh["fsdp"] == -1 and mesh["data"] == 1, mesh
+    _assert_same_training(single, multi, params_rtol=1e-5)
 
 
 def test_local_launcher_fails_when_a_process_fails(tmp_path):

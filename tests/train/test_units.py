@@ -67,6 +67,7 @@ def test_config_overrides_are_typed():
         [
             "stages.stage3.lr=1e-5",
             "mesh.fsdp=4",
+            "mesh.dcn.data=2",  # the paper config has the across-host block (data across hosts)
             "model.remat=false",
             "activation_sharding=false",
             "stages.stage1.trainable=('a/.*', 'b/.*')",
@@ -74,6 +75,7 @@ def test_config_overrides_are_typed():
         ],
     )
     assert config.stages.stage3.lr == 1e-5 and config.mesh.fsdp == 4 and config.activation_sharding is False
+    assert config.mesh.dcn.data == 2 and config.mesh.dcn.fsdp == 1
     assert config.stages.stage1.trainable == ("a/.*", "b/.*") and config.data.shuffle_seed == 7
     assert config.stages.stage4.vision.image_tokens == 300
     with pytest.raises(KeyError, match="no field 'lrr'"):
