@@ -76,6 +76,15 @@ def padded_batch_size(global_batch_size: int, mesh: jax.sharding.Mesh | None) ->
 ENDLESS_ROWS = 2**61  # "repeat forever": rows of a finite repeat, far beyond any run (see `repeat_epochs`)
 
 
+def ignore_sigterm(worker_index: int = 0, worker_count: int = 1) -> None:
+    """Grain worker processes ignore SIGTERM: a scheduler that signals the whole process group (SLURM) must
+    not end them before the trainer has saved its preemption checkpoint (`train.preemption`); they end
+    with the trainer."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def repeat_epochs(dataset: grain.MapDataset, num_epochs: int | None) -> grain.MapDataset:
     """`dataset.repeat(num_epochs)`, with None ("forever") as enough whole epochs for `ENDLESS_ROWS` rows.
 
@@ -372,7 +381,9 @@ def make_train_iterator(
 
         if not flags.FLAGS.is_parsed():  # Grain reads absl flags; outside absl.app.run nobody parsed them
             flags.FLAGS.mark_as_parsed()
-        iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_processes))
+        iter_dataset = iter_dataset.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=worker_processes), worker_init_fn=ignore_sigterm
+        )
     fingerprint = {
         "texts_sha256": store.manifest["texts"]["sha256"],
         "rows": len(store),

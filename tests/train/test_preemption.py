@@ -129,3 +129,26 @@ def test_a_sigterm_during_a_step_saves_that_step_and_asks_for_a_requeue(tmp_path
     assert error.value.exit_code == EXIT_REQUEUE and "preempted (SIGTERM) at step 3" in str(error.value)
     assert ("save", 3) in events and ("dispatch", 4) not in events
     assert signal.getsignal(signal.SIGTERM) == handler
+
+
+def test_grain_worker_processes_outlive_a_sigterm_to_the_process_group(tmp_path):
+    """SLURM signals every process of a step: the pipeline's worker processes ignore SIGTERM, so the
+    trainer can still read batches while it reaches its checkpoint."""
+    import multiprocessing
+    import os
+    import signal
+
+    from jasper_jax.data.pipeline import make_train_iterator
+    from jasper_jax.train.synthetic import generate_tiny_data
+
+    tokenizer, store = generate_tiny_data(tmp_path / "data")
+    iterator = make_train_iterator(store, tokenizer, global_batch_size=4, mesh=None, worker_processes=1, prefetch=1)
+    first = next(iterator)
+    workers = multiprocessing.active_children()
+    assert workers
+    for worker in workers:
+        os.kill(worker.pid, signal.SIGTERM)
+    for _ in range(5):
+        batch = next(iterator)
+    assert all(worker.is_alive() for worker in workers)
+    assert batch["input_ids"].shape[0] == first["input_ids"].shape[0] == 4
