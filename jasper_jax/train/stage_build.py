@@ -391,7 +391,8 @@ def stage_input(run: RunSettings, stage: StageSettings, paths: DataPaths, mesh, 
     if stage.is_pair_stage:
         from jasper_jax.train.pair_stage import pair_iterator
 
-        return pair_iterator(run, stage, paths, mesh, compression_sampling(run, stage, built.config))
+        compression = None if built is None else compression_sampling(run, stage, built.config)
+        return pair_iterator(run, stage, paths, mesh, compression)
     if not stage.is_image_stage:
         from jasper_jax.data.store import TeacherStore
 
@@ -405,7 +406,7 @@ def stage_input(run: RunSettings, stage: StageSettings, paths: DataPaths, mesh, 
             packing=run.data.packing,
             start_row=start_row,
             micro_batch_size=stage.micro_batch_size,
-            compression=compression_sampling(run, stage, built.config),
+            compression=None if built is None else compression_sampling(run, stage, built.config),
         )
     from jasper_jax.data.images import make_image_caption_iterator
 

@@ -96,10 +96,16 @@ def partitioned_hlo(step, args, folder: Path) -> str:
     """The step's HLO as the SPMD partitioner leaves it (before the backend's own dtype passes).
 
     The dump options are not part of JAX's persistent-cache key: a process whose first compile ran with the
-    cache on (`train()` enables it) may load this step from disk and dump nothing, hence the message."""
-    step.lower(*args).compile(
-        compiler_options={"xla_dump_to": str(folder), "xla_dump_hlo_pass_re": "spmd-partitioning"}
-    )
+    cache on (`train()` enables it) may load this step from disk and dump nothing: the cache is switched off
+    for this compile."""
+    previous = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)  # compile here, whatever ran before in this process
+    try:
+        step.lower(*args).compile(
+            compiler_options={"xla_dump_to": str(folder), "xla_dump_hlo_pass_re": "spmd-partitioning"}
+        )
+    finally:
+        jax.config.update("jax_enable_compilation_cache", previous)
     dumps = [path for path in folder.iterdir() if "after_spmd-partitioning" in path.name]
     assert len(dumps) == 1, f"no single HLO dump in {folder} (persistent compilation cache hit?): {dumps}"
     return dumps[0].read_text()
