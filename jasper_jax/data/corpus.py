@@ -5,7 +5,8 @@ data, with 30% of the documents split into chunks of 1-10 sentences and 0.08% of
 `build_corpus` does this for any sources:
 
 - a source is a file (.txt: one document per line; .jsonl/.json: a field, default `text` then `query`;
-  .csv: a column, default `text`; .parquet: a column, default `text`) or a TensorFlow Datasets dataset
+  .csv: a column, default `text`; .parquet: a column, default `text`; .xml/.xml.bz2: a MediaWiki dump, each
+  article's prose paragraphs a document, `jasper_jax.data.wikipedia`) or a TensorFlow Datasets dataset
   `tfds:NAME[/CONFIG]` read with `tfds.data_source` over ArrayRecord (random access, no TensorFlow);
 - each source is read in its order; per document (seeded, one `random.Random` per source):
   held-out texts (the exclusion list) are dropped; with probability `chunk_fraction` the document is
@@ -34,6 +35,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from jasper_jax.data import wikipedia
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[.!?][\"')\]])\s+|\n+")
 WHITESPACE = re.compile(r"\s+")
@@ -151,7 +154,9 @@ def read_documents(source: SourceSpec) -> Iterator[str]:
                 yield text
         return
     suffix = Path(path).suffix.lower()
-    if suffix in (".jsonl", ".json"):
+    if wikipedia.is_dump(path):
+        yield from wikipedia.article_paragraphs(path)
+    elif suffix in (".jsonl", ".json"):
         with open(path, encoding="utf-8") as handle:
             for number, line in enumerate(handle, 1):
                 if line.strip():
