@@ -7,8 +7,10 @@ skips finished stages; export and each evaluation are redone only when their che
 2. `corpus`   `OUT/data/corpus.jsonl`: NewsArticles without the 1,000 held-out articles
               (`eval.tasks.news_split`), each title right before its article (the retrieval queries are
               titles; the trainer keeps the store's order, as the official code does, so a title and its
-              article share a batch and the similarity losses see their teacher similarity), 90%, plus the
-              Lee background documents (10%), through `jasper_jax.data.corpus.build_corpus`
+              article share a batch and the similarity losses see their teacher similarity), 72%, plus
+              general-domain paragraphs of the kit's Wikipedia dump spread over its 106 articles (20%,
+              `jasper_jax.data.wikipedia`) and the Lee background documents (8%), through
+              `jasper_jax.data.corpus.build_corpus`
               (paper preprocessing, `--corpus-size` texts); the held-out articles and titles and the 50 Lee
               test documents are on its exclusion list. `OUT/settings.json` records what the data are made
               from; a rerun with other settings is refused.
@@ -27,7 +29,8 @@ skips finished stages; export and each evaluation are redone only when their che
               the student after each stage (JAX) and the export (PyTorch), plus held-out agreement.
 8. `report`   `OUT/report/REPORT.md`, `OUT/report/losses_stage{N}.png`, `OUT/report/score_vs_dim.png`.
 
-    jasper-jax demo [--out artifacts/demo] [--corpus-size 2400] [--max-length 64] [--config configs/minilm_demo.py]
+    jasper-jax demo [--out artifacts/demo] [--corpus-size 3000] [--wikipedia-ratio 0.2] [--max-length 64]
+                    [--config configs/minilm_demo.py]
                     [--data-from RUN] [--config.FIELD=VALUE ...]
 """
 
@@ -65,9 +68,12 @@ class DemoSettings:
     teachers: list[Teacher] | None = None  # default: MiniLM (jax) + MPNet (torch) from the offline kit
     lee: Path | None = None  # default: offline kit
     news: Path | None = None
+    wikipedia: Path | None = None  # a MediaWiki dump; default: the offline kit's shortened English Wikipedia
     heldout_size: int = 1000
-    corpus_size: int = 2400
-    lee_background_ratio: float = 0.1
+    corpus_size: int = 3000
+    lee_background_ratio: float = 0.08
+    # general-domain text beside the news: paragraphs spread over the dump's articles (`broad_paragraphs`)
+    wikipedia_ratio: float = 0.2
     pair_titles: bool = True  # each title right before its article (they share a batch); False: titles a source
     news_titles_ratio: float = 0.3  # with pair_titles=False: the titles' share of the corpus
     # the share of documents replaced by their 1-10-sentence chunks. The paper's 0.3 splits long documents for
@@ -77,7 +83,10 @@ class DemoSettings:
     max_length: int = 64  # tokens per text everywhere (corpus texts are news passages; 64 keeps the run in budget)
     batch_size: int = 32
     stages: list[int] | None = None  # default: every stage of the config
-    pair_negatives: int = 3  # hard negatives mined per title for a contrastive stage
+    # hard negatives mined per title for a contrastive stage: 1 keeps stage 4 at 96 texts a step (32 titles, 64
+    # articles; 3 made it 160 and 9.6 of the 25 minutes, benchmarks/RESULTS.md); the other titles' articles are
+    # in-batch negatives too
+    pair_negatives: int = 1
     pair_threshold: float = 0.95  # the false-negative guard: no negative above this fraction of the positive's score
     progress: bool = True
     data_from: Path | None = None  # another run folder made with the same data settings: start from its data
@@ -129,6 +138,7 @@ def data_settings(settings: DemoSettings) -> dict[str, Any]:
         "corpus_size": settings.corpus_size,
         "heldout_size": settings.heldout_size,
         "lee_background_ratio": settings.lee_background_ratio,
+        "wikipedia_ratio": settings.wikipedia_ratio,
         "news_titles_ratio": settings.news_titles_ratio,
         "pair_titles": settings.pair_titles,
         "chunk_fraction": settings.chunk_fraction,
@@ -146,6 +156,12 @@ def check_data_settings(settings: DemoSettings) -> None:
         CorpusConfig(size=settings.corpus_size, chunk_fraction=settings.chunk_fraction)
     except ValueError as error:
         raise DemoError(f"corpus settings (--corpus-size, --chunk-fraction): {error}") from None
+    news_share = 1 - settings.wikipedia_ratio - settings.lee_background_ratio
+    if not 0 <= settings.wikipedia_ratio < 1 or news_share <= 0:
+        raise DemoError(
+            f"--wikipedia-ratio {settings.wikipedia_ratio}: give a share in [0, 1) that leaves the news a part "
+            f"of the corpus (the Lee background takes {settings.lee_background_ratio})"
+        )
     path = settings.out / "settings.json"
     wanted = data_settings(settings)
     if not path.exists():
@@ -229,6 +245,7 @@ def fetch_assets(settings: DemoSettings) -> None:
 
     settings.lee = settings.lee or assets.fetch_lee()
     settings.news = settings.news or assets.fetch_news()
+    settings.wikipedia = settings.wikipedia or assets.fetch_wikipedia()
     if settings.teachers is None:
         settings.teachers = [
             Teacher("minilm", str(assets.minilm_path()), "jax"),
@@ -245,6 +262,7 @@ def _write_jsonl(path: Path, texts: list[str]) -> None:
 
 def build_demo_corpus(settings: DemoSettings) -> None:
     from jasper_jax.data.corpus import CorpusConfig, SourceSpec, build_corpus, write_corpus
+    from jasper_jax.data.wikipedia import broad_paragraphs
     from jasper_jax.eval.tasks import news_split, read_lee, read_lee_background
 
     data = settings.out / "data"
@@ -253,20 +271,23 @@ def build_demo_corpus(settings: DemoSettings) -> None:
     _write_jsonl(data / "lee_background.jsonl", read_lee_background(settings.lee))
     _write_jsonl(data / "excluded.jsonl", [a.text for a in held_out] + [a.title for a in held_out] + lee_documents)
     lee = SourceSpec(str(data / "lee_background.jsonl"), ratio=settings.lee_background_ratio, name="lee_background")
+    others = [lee]
+    if settings.wikipedia_ratio > 0:
+        # a fifth more paragraphs than the quota: the length filter and the deduplication drop a few
+        wanted = round(settings.corpus_size * settings.wikipedia_ratio * 1.2) + 1
+        _write_jsonl(data / "wikipedia.jsonl", broad_paragraphs(settings.wikipedia, wanted))
+        others.append(SourceSpec(str(data / "wikipedia.jsonl"), ratio=settings.wikipedia_ratio, name="wikipedia"))
+    news_ratio = 1 - sum(source.ratio for source in others)
     if settings.pair_titles:
         _write_jsonl(data / "news_paired_train.jsonl", [text for a in train for text in (a.title, a.text)])
-        sources = [
-            SourceSpec(str(data / "news_paired_train.jsonl"), ratio=1 - settings.lee_background_ratio, name="news"),
-            lee,
-        ]
+        sources = [SourceSpec(str(data / "news_paired_train.jsonl"), ratio=news_ratio, name="news"), *others]
     else:
         _write_jsonl(data / "news_train.jsonl", [a.text for a in train])
         _write_jsonl(data / "news_titles_train.jsonl", [a.title for a in train])
-        news = 1 - settings.lee_background_ratio - settings.news_titles_ratio
         sources = [
-            SourceSpec(str(data / "news_train.jsonl"), ratio=news, name="news"),
+            SourceSpec(str(data / "news_train.jsonl"), ratio=news_ratio - settings.news_titles_ratio, name="news"),
             SourceSpec(str(data / "news_titles_train.jsonl"), ratio=settings.news_titles_ratio, name="news_titles"),
-            lee,
+            *others,
         ]
     config = CorpusConfig(
         size=settings.corpus_size, chunk_fraction=settings.chunk_fraction, exclude=[str(data / "excluded.jsonl")]
@@ -708,6 +729,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DemoSettings.chunk_fraction,
         help="share of corpus documents replaced by their 1-10-sentence chunks",
     )
+    parser.add_argument(
+        "--wikipedia-ratio",
+        type=float,
+        default=DemoSettings.wikipedia_ratio,
+        help="share of the corpus taken from Wikipedia paragraphs (general-domain text beside the news; 0: none)",
+    )
     parser.add_argument("--max-length", type=int, default=DemoSettings.max_length, help="tokens per text everywhere")
     parser.add_argument("--stages", default="", help="comma-separated stages (default: every configured stage)")
     parser.add_argument("--no-progress", action="store_true")
@@ -730,6 +757,7 @@ def run(args: argparse.Namespace) -> int:
         overrides=list(getattr(args, "config_overrides", [])),
         corpus_size=args.corpus_size,
         chunk_fraction=args.chunk_fraction,
+        wikipedia_ratio=args.wikipedia_ratio,
         max_length=args.max_length,
         stages=[int(s) for s in args.stages.split(",") if s.strip()] or None,
         progress=not args.no_progress,

@@ -63,6 +63,10 @@ def test_every_artifact_exists_and_loads(demo_run):
     assert 20 <= len(corpus) <= 48  # the tiny sources run out before the requested size
     held_out = {json.loads(line)["text"] for line in (out / "data" / "excluded.jsonl").read_text().splitlines()}
     assert not held_out & {row["text"] for row in corpus}, "held-out texts leaked into the training corpus"
+    # general-domain text beside the news: the kit's Wikipedia paragraphs at their share, without markup
+    wikipedia = [row["text"] for row in corpus if row["source"] == "wikipedia"]
+    assert len(wikipedia) == round(settings.corpus_size * settings.wikipedia_ratio)
+    assert not [text for text in wikipedia if re.search(r"\[\[|\{\{|<ref|'{3}", text)]
     # each training title comes right before (the start of) its own article among the news rows, so the two
     # share a batch in the trainer's store order
     paired = [json.loads(line)["text"] for line in (out / "data" / "news_paired_train.jsonl").read_text().splitlines()]
@@ -322,6 +326,10 @@ def test_corpus_settings_out_of_range_are_refused_before_anything(demo_run):
         check_data_settings(dataclasses.replace(settings, chunk_fraction=2.0))
     with pytest.raises(DemoError, match=r"chunk_fraction: 0.0 there, 0.5 now"):
         check_data_settings(dataclasses.replace(settings, chunk_fraction=0.5))
+    with pytest.raises(DemoError, match=r"--wikipedia-ratio 0.95: give a share in \[0, 1\) that leaves the news"):
+        check_data_settings(dataclasses.replace(settings, wikipedia_ratio=0.95))
+    with pytest.raises(DemoError, match=r"wikipedia_ratio: 0.2 there, 0.3 now"):
+        check_data_settings(dataclasses.replace(settings, wikipedia_ratio=0.3))
     assert path.read_text() == recorded
 
 

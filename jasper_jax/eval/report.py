@@ -248,9 +248,10 @@ def write_report(out: Path, results: list[dict], config, step_seconds: dict[str,
         f"- artifacts: `{out}`; training config `{settings.config}` (workdir `{out / 'train'}`)",
         f"- teachers: {', '.join(f'{t.name} ({t.backend}, `{t.path}`)' for t in settings.teachers)}",
         f"- corpus: {settings.corpus_size} texts requested (NewsArticles minus the {settings.heldout_size} held-out "
-        f"articles: {_titles_line(settings)}; Lee background "
-        f"{settings.lee_background_ratio:.0%}; {settings.chunk_fraction:.0%} of the documents split into "
-        f"1-10-sentence chunks); max length {settings.max_length} tokens in training and evaluation; no prompts",
+        f"articles: {_titles_line(settings)}; Wikipedia paragraphs {settings.wikipedia_ratio:.0%}; "
+        f"Lee background {settings.lee_background_ratio:.0%}; {settings.chunk_fraction:.0%} of the documents "
+        f"split into 1-10-sentence chunks); max length {settings.max_length} tokens in training and evaluation; "
+        "no prompts",
         *_pair_stage_lines(config),
         "- time per step (seconds, summed over the runs that did the work): "
         + ", ".join(f"{k} {v:.0f}" for k, v in step_seconds.items())
