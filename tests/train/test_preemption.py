@@ -16,14 +16,20 @@ import numpy as np
 import pytest
 
 from jasper_jax.errors import EXIT_REQUEUE
-from tests.train.test_multiprocess import ARGS, ROOT, _env
+from tests.train.test_multiprocess import ARGS, ROOT, _env, _params
 
 STEPS = 14
 TRAIN = [*ARGS, f"--config.stages.stage1.steps={STEPS}", "--config.checkpoint.every=10"]
 
 
+class _Metrics(list):
+    """metrics.jsonl rows, and the run's workdir."""
+
+    workdir = None
+
+
 def _metrics(workdir):
-    return [json.loads(line) for line in (workdir / "stage1" / "metrics.jsonl").read_text().splitlines()]
+    return _Metrics(json.loads(line) for line in (workdir / "stage1" / "metrics.jsonl").read_text().splitlines())
 
 
 def _single(workdir, *extra):
@@ -50,10 +56,13 @@ def _two_processes(workdir, logs, *extra):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
+    """The uninterrupted 1-process run: its metrics (and its workdir, for the final params)."""
     workdir = tmp_path_factory.mktemp("uninterrupted")
     result = _single(workdir)
     assert result.returncode == 0, result.stderr[-3000:]
-    return _metrics(workdir)
+    metrics = _metrics(workdir)
+    metrics.workdir = workdir
+    return metrics
 
 
 def _assert_same_metrics(got, expected):
@@ -99,6 +108,12 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path, uninte
     resumed = _two_processes(workdir, tmp_path / "logs2")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     _assert_same_metrics(_metrics(workdir), uninterrupted)
+    # 2 processes x 4 devices (default mesh) end at the 1-process run's parameters (as test_multiprocess)
+    expected = _params(uninterrupted.workdir / "stage1" / "checkpoints", STEPS)
+    got = _params(workdir / "stage1" / "checkpoints", STEPS)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-4, atol=1e-5, err_msg=name)
 
 
 def test_a_sigterm_during_a_step_saves_that_step_and_asks_for_a_requeue(tmp_path):
