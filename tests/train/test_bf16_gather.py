@@ -96,9 +96,13 @@ def partitioned_hlo(step, args, folder: Path) -> str:
     """The step's HLO as the SPMD partitioner leaves it (before the backend's own dtype passes).
 
     The dump options are not part of JAX's persistent-cache key: a process whose first compile ran with the
-    cache on (`train()` enables it) may load this step from disk and dump nothing: the cache is switched off
-    for this compile."""
+    cache on (`train()` enables it, in a folder that outlives the run) may load this step from disk and dump
+    nothing. So the cache is off for this compile; JAX decides once per process whether it uses the cache
+    (`is_cache_used` memoises it), hence the resets around the switch."""
+    from jax.experimental.compilation_cache import compilation_cache
+
     previous = jax.config.jax_enable_compilation_cache
+    compilation_cache.reset_cache()
     jax.config.update("jax_enable_compilation_cache", False)  # compile here, whatever ran before in this process
     try:
         step.lower(*args).compile(
@@ -106,6 +110,7 @@ def partitioned_hlo(step, args, folder: Path) -> str:
         )
     finally:
         jax.config.update("jax_enable_compilation_cache", previous)
+        compilation_cache.reset_cache()
     dumps = [path for path in folder.iterdir() if "after_spmd-partitioning" in path.name]
     assert len(dumps) == 1, f"no single HLO dump in {folder} (persistent compilation cache hit?): {dumps}"
     return dumps[0].read_text()
