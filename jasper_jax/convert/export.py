@@ -94,7 +94,10 @@ def export_model(
         )
     heads = dict(config.heads)
     if active_head is not None and active_head not in heads:
-        raise ValueError(f"active head {active_head!r} is not one of the model's heads {sorted(heads)}")
+        raise ConversionError(
+            f"active head {active_head!r} is not one of the model's heads {sorted(heads)}; pass one of them "
+            "to --head, or leave --head out for the first"
+        )
     active_head = active_head or (next(iter(heads)) if heads else None)
     if config.token_compression is not None:
         return _export_compressed(model, config, tokenizer_folder, out, prompts, max_seq_length)
