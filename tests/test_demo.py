@@ -65,7 +65,7 @@ def test_every_artifact_exists_and_loads(demo_run):
     assert not held_out & {row["text"] for row in corpus}, "held-out texts leaked into the training corpus"
     # general-domain text beside the news: the kit's Wikipedia paragraphs at their share, without markup
     wikipedia = [row["text"] for row in corpus if row["source"] == "wikipedia"]
-    assert len(wikipedia) == round(settings.corpus_size * settings.wikipedia_ratio)
+    assert abs(len(wikipedia) - settings.corpus_size * settings.wikipedia_ratio) < 1  # its share, to one text
     assert not [text for text in wikipedia if re.search(r"\[\[|\{\{|<ref|'{3}", text)]
     # each training title comes right before (the start of) its own article among the news rows, so the two
     # share a batch in the trainer's store order
