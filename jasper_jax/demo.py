@@ -147,6 +147,13 @@ def data_settings(settings: DemoSettings) -> dict[str, Any]:
     }
 
 
+def news_share(settings: DemoSettings) -> float:
+    """The news articles' share of the corpus: what the Wikipedia paragraphs, the Lee background and (without
+    paired titles) the titles source leave."""
+    titles = 0.0 if settings.pair_titles else settings.news_titles_ratio
+    return 1 - settings.wikipedia_ratio - settings.lee_background_ratio - titles
+
+
 def check_data_settings(settings: DemoSettings) -> None:
     """`OUT/settings.json` records `data_settings`; a rerun with other ones would mix two runs (a store
     encoded at one length, a student trained at another): refuse, and leave the folder as it is."""
@@ -156,8 +163,7 @@ def check_data_settings(settings: DemoSettings) -> None:
         CorpusConfig(size=settings.corpus_size, chunk_fraction=settings.chunk_fraction)
     except ValueError as error:
         raise DemoError(f"corpus settings (--corpus-size, --chunk-fraction): {error}") from None
-    news_share = 1 - settings.wikipedia_ratio - settings.lee_background_ratio
-    if not 0 <= settings.wikipedia_ratio < 1 or news_share <= 0:
+    if not 0 <= settings.wikipedia_ratio < 1 or news_share(settings) <= 0:
         raise DemoError(
             f"--wikipedia-ratio {settings.wikipedia_ratio}: give a share in [0, 1) that leaves the news a part "
             f"of the corpus (the Lee background takes {settings.lee_background_ratio})"
@@ -277,15 +283,14 @@ def build_demo_corpus(settings: DemoSettings) -> None:
         wanted = round(settings.corpus_size * settings.wikipedia_ratio * 1.2) + 1
         _write_jsonl(data / "wikipedia.jsonl", broad_paragraphs(settings.wikipedia, wanted))
         others.append(SourceSpec(str(data / "wikipedia.jsonl"), ratio=settings.wikipedia_ratio, name="wikipedia"))
-    news_ratio = 1 - sum(source.ratio for source in others)
     if settings.pair_titles:
         _write_jsonl(data / "news_paired_train.jsonl", [text for a in train for text in (a.title, a.text)])
-        sources = [SourceSpec(str(data / "news_paired_train.jsonl"), ratio=news_ratio, name="news"), *others]
+        sources = [SourceSpec(str(data / "news_paired_train.jsonl"), ratio=news_share(settings), name="news"), *others]
     else:
         _write_jsonl(data / "news_train.jsonl", [a.text for a in train])
         _write_jsonl(data / "news_titles_train.jsonl", [a.title for a in train])
         sources = [
-            SourceSpec(str(data / "news_train.jsonl"), ratio=news_ratio - settings.news_titles_ratio, name="news"),
+            SourceSpec(str(data / "news_train.jsonl"), ratio=news_share(settings), name="news"),
             SourceSpec(str(data / "news_titles_train.jsonl"), ratio=settings.news_titles_ratio, name="news_titles"),
             *others,
         ]

@@ -36,19 +36,20 @@ SPACE_BEFORE_PUNCTUATION = re.compile(r"\s+([,.;:])")
 
 
 def _drop_nested(text: str, opening: str, closing: str) -> str:
-    """`text` without every (possibly nested) `opening ... closing` span, e.g. `{{ }}` templates, `{| |}` tables."""
-    out, depth, index = [], 0, 0
-    while index < len(text):
-        if text.startswith(opening, index):
+    """`text` without every (possibly nested) `opening ... closing` span, e.g. `{{ }}` templates, `{| |}` tables.
+    Scans from delimiter to delimiter (a full dump is gigabytes: no per-character Python loop)."""
+    out, depth, kept_from = [], 0, 0
+    for match in re.finditer(re.escape(opening) + "|" + re.escape(closing), text):
+        if match.group() == opening:
+            if depth == 0:
+                out.append(text[kept_from : match.start()])
             depth += 1
-            index += len(opening)
-        elif depth and text.startswith(closing, index):
+        elif depth:
             depth -= 1
-            index += len(closing)
-        else:
-            if not depth:
-                out.append(text[index])
-            index += 1
+            if depth == 0:
+                kept_from = match.end()
+    if depth == 0:
+        out.append(text[kept_from:])
     return "".join(out)
 
 
@@ -121,7 +122,7 @@ def read_articles(path: str | Path) -> Iterator[tuple[str, str]]:
                     if text and not text.lstrip().lower().startswith("#redirect"):
                         yield fields["title"].text or "", text
                 element.clear()
-        except ElementTree.ParseError as error:
+        except (ElementTree.ParseError, OSError, EOFError) as error:  # OSError, EOFError: a broken bz2 stream
             raise ValueError(f"{path}: not a MediaWiki XML dump ({error})") from None
 
 

@@ -114,6 +114,10 @@ def test_a_file_that_is_not_a_dump_is_named(tmp_path):
     bad.write_text("<mediawiki><page><title>x</title>")
     with pytest.raises(ValueError, match="broken.xml: not a MediaWiki XML dump"):
         list(read_articles(bad))
+    not_bz2 = tmp_path / "plain.xml.bz2"
+    not_bz2.write_text("<mediawiki></mediawiki>")
+    with pytest.raises(ValueError, match="plain.xml.bz2: not a MediaWiki XML dump"):
+        list(read_articles(not_bz2))
 
 
 def test_the_kit_dump_gives_broad_clean_prose():
