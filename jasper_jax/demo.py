@@ -240,7 +240,18 @@ def reuse_data(settings: DemoSettings) -> None:
             else:
                 shutil.copy2(path, target)
     (settings.out / "settings.json").write_text(json.dumps(data_settings(settings), indent=1) + "\n")
+    _record_copied_evaluations(source, settings.out)
     log(f"data: corpus, teacher store and teacher evaluations copied from {source}")
+
+
+def _record_copied_evaluations(source: Path, out: Path) -> None:
+    """Record the time the copied evaluations took in `source` as a step of their own
+    (`done/copied_evaluations.json`), so that the report's total is the time a fresh run would take: the
+    copied corpus and teacher steps already carry their seconds, and the evaluations this run skips must too."""
+    copied = [out / "eval" / p.name for p in sorted((source / "eval").glob("*.json"))]
+    seconds = sum(json.loads(p.read_text()).get("seconds", 0.0) for p in copied if p.exists())
+    record = {"seconds": seconds, "finished": time.time(), "runs": 1, "copied_from": str(source)}
+    (out / "done" / "copied_evaluations.json").write_text(json.dumps(record) + "\n")
 
 
 # ------------------------------------------------------------------------------------------------ steps

@@ -305,13 +305,20 @@ def test_data_from_another_run_skips_the_data_steps_and_refuses_other_data_setti
         run_demo(dataclasses.replace(again, max_length=16))
     assert not [p for p in again.out.rglob("*") if p.is_file()]  # refused before anything was written
     capsys.readouterr()
-    assert run_demo(again).exists()
+    again_report = run_demo(again)
+    assert again_report.exists()
     printed = capsys.readouterr().out
     for step in ("corpus", "teachers", "eval teacher_minilm", "eval teachers_concatenated", "eval undistilled"):
         assert f"{step}: done before; skipped" in printed, printed
     assert "stage 1: done" in printed and "eval stage1\n" in printed.replace("\r", ""), printed
     store = sorted(p.relative_to(settings.out) for p in (settings.out / "teachers").rglob("*") if p.is_file())
     assert store and all((again.out / p).read_bytes() == (settings.out / p).read_bytes() for p in store)
+    # the evaluations it skipped count in its total with the time they took in the source run
+    copied = [p for p in (settings.out / "eval").glob("*.json") if p.stem.startswith(("teacher", "undistilled"))]
+    expected = sum(json.loads(p.read_text())["seconds"] for p in copied)
+    record = json.loads((again.out / "done" / "copied_evaluations.json").read_text())
+    assert len(copied) >= 3 and expected > 0 and record["seconds"] == pytest.approx(expected, rel=1e-9)
+    assert f"copied_evaluations {record['seconds']:.0f}" in again_report.read_text()
 
 
 def test_corpus_settings_out_of_range_are_refused_before_anything(demo_run):
