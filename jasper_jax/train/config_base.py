@@ -124,6 +124,18 @@ def _parse_value(text: str, current):
     return value
 
 
+_NO_FIELD = object()
+
+
+def _stage_objective_default(config: ml_collections.ConfigDict, parents: list[str], leaf: str):
+    """A stage's `objective` holds only the fields it overrides: a field of the global `objective` that the
+    stage leaves out can still be set there (`stages.stage4.objective.score_kl_weight=4`); its current value
+    is the global one (`_NO_FIELD`: not such a field)."""
+    if len(parents) == 3 and parents[0] == "stages" and parents[2] == "objective" and "objective" in config:
+        return config.objective.get(leaf, _NO_FIELD)
+    return _NO_FIELD
+
+
 def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
     """Apply one `a.b.c=value` override (the value is parsed to the current field's type)."""
     if "=" not in override:
@@ -136,9 +148,9 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
         if part not in node:
             raise ConfigFieldError(f"config override {override!r}: no field {part!r} (known: {sorted(node.keys())})")
         node = node[part]
-    if leaf not in node:
+    current = node[leaf] if leaf in node else _stage_objective_default(config, parents, leaf)
+    if current is _NO_FIELD:
         raise ConfigFieldError(f"config override {override!r}: no field {leaf!r} (known: {sorted(node.keys())})")
-    current = node[leaf]
     try:
         value = _parse_value(text, current)
     except ValueError as error:

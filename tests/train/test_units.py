@@ -80,6 +80,16 @@ def test_config_overrides_are_typed():
     assert config.stages.stage4.vision.image_tokens == 300
     with pytest.raises(KeyError, match="no field 'lrr'"):
         apply_override(config, "stages.stage3.lrr=1")
+    # a stage's objective holds only what it overrides; any objective field can still be set there, typed as
+    # the global one, and reaches that stage's settings only
+    assert "score_kl_weight" not in config.stages.stage3.objective
+    apply_override(config, "stages.stage3.objective.score_kl_weight=4")
+    assert config.stages.stage3.objective.score_kl_weight == 4.0
+    assert isinstance(config.stages.stage3.objective.score_kl_weight, float)
+    run = settings_from_config(config)
+    assert run.stages[3].objective.score_kl_weight == 4.0 and run.stages[2].objective.score_kl_weight == 1.0
+    with pytest.raises(KeyError, match="no field 'score_kl_weigth'"):
+        apply_override(config, "stages.stage3.objective.score_kl_weigth=4")
     with pytest.raises(ValueError, match="true/false"):
         apply_override(config, "activation_sharding=maybe")
     # model.remat takes a policy name; the booleans of configs from before the policies still read
