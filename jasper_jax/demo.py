@@ -247,9 +247,9 @@ def reuse_data(settings: DemoSettings) -> None:
 def _record_copied_evaluations(source: Path, out: Path) -> None:
     """Record the time the copied evaluations took in `source` as a step of their own
     (`done/copied_evaluations.json`), so that the report's total is the time a fresh run would take: the
-    copied corpus and teacher steps already carry their seconds, and the evaluations this run skips must too."""
-    copied = [out / "eval" / p.name for p in sorted((source / "eval").glob("*.json"))]
-    seconds = sum(json.loads(p.read_text()).get("seconds", 0.0) for p in copied if p.exists())
+    copied corpus and teacher steps already carry their seconds, and the evaluations this run skips must too.
+    Called right after the copy, when `out/eval` holds only the copied results."""
+    seconds = sum(json.loads(p.read_text()).get("seconds", 0.0) for p in (out / "eval").glob("*.json"))
     record = {"seconds": seconds, "finished": time.time(), "runs": 1, "copied_from": str(source)}
     (out / "done" / "copied_evaluations.json").write_text(json.dumps(record) + "\n")
 

@@ -25,6 +25,7 @@ BLOCK_TAG = re.compile(
 )
 TAG = re.compile(r"</?[a-zA-Z][^>]*>")
 FILE_LINK = re.compile(r"\[\[(?:File|Image|Category|Media|[a-z]{2,3}(?:-[a-z]+)?):", re.I)  # and its nested links
+LINK_DELIMITER = re.compile(r"\[\[|\]\]")
 LINK = re.compile(r"\[\[([^\[\]|]*)\|?([^\[\]]*)\]\]")
 EXTERNAL_LINK = re.compile(r"\[(?:https?|ftp)://[^\s\]]+\s*([^\]]*)\]")
 EMPHASIS = re.compile(r"'{2,}")
@@ -59,14 +60,12 @@ def _drop_file_links(text: str) -> str:
     out, index = [], 0
     while (match := FILE_LINK.search(text, index)) is not None:
         out.append(text[index : match.start()])
-        depth, index = 1, match.end()
-        while depth and index < len(text):
-            if text.startswith("[[", index):
-                depth, index = depth + 1, index + 2
-            elif text.startswith("]]", index):
-                depth, index = depth - 1, index + 2
-            else:
-                index += 1
+        depth, index = 1, len(text)  # unclosed: dropped to the end
+        for delimiter in LINK_DELIMITER.finditer(text, match.end()):  # delimiter to delimiter, as _drop_nested
+            depth += 1 if delimiter.group() == "[[" else -1
+            if depth == 0:
+                index = delimiter.end()
+                break
     out.append(text[index:])
     return "".join(out)
 
