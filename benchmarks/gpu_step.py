@@ -177,6 +177,7 @@ def measure_stage(run, steps: int, peak_tflops: float | None, rng, small: bool) 
         step_lib.place(frozen, shardings.frozen),
         step_lib.place(rest, shardings.rest),
     )
+    state, frozen = step.stacking.to_step(state, frozen)  # scanned layers: the step takes them stacked
     encoder = built.config.encoder
     teacher_dim = stage.heads[stage.objective.full_head]
     made = [

@@ -97,9 +97,10 @@ def compile_stage_step(config, stage_number: int, *, batch_size: int = 0, length
     def with_sharding(tree, tree_shardings):
         return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, tree_shardings)
 
+    layout = step.stacking  # the states as the step takes them (stacked layers when scanned)
     args = (
-        with_sharding(step.abstract_state, step.shardings.state),
-        with_sharding(step.frozen, step.shardings.frozen),
+        with_sharding(layout.abstract_state, layout.shardings.state),
+        with_sharding(layout.abstract_frozen, layout.shardings.frozen),
         with_sharding(step.rest, step.shardings.rest),
         abstract_stage_batch(run, stage, built, step, batch, length),
     )
@@ -121,6 +122,8 @@ def compile_stage_step(config, stage_number: int, *, batch_size: int = 0, length
         "compute_dtype": built.config.compute_dtype,
         "remat": built.config.remat,
         "scan_layers": built.config.scan_layers,
+        "parameter_arrays": len(jax.tree.leaves(layout.abstract_state.params))
+        + len(jax.tree.leaves(layout.abstract_frozen)),
         "attention": built.config.attention,
         **{  # a token compressor: the compiled compressed length T of each kind of text
             key.replace("compressed_mask", "compressed_length"): value.shape[-1]

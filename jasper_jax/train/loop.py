@@ -381,11 +381,24 @@ def run_stage(
     check_heads(stage, None if stage.is_image_stage else store_dim(paths, run.data))
     step = build_stage_step(run, stage, built, mesh)
     iterator = stage_input(run, stage, paths, mesh, built)
-    state, frozen = initial_state(run, stage, start, step, checkpointer, iterator, paths, mesh)
+    state, frozen = step.stacking.to_step(*initial_state(run, stage, start, step, checkpointer, iterator, paths, mesh))
     rest = step_lib.place(step.rest, step.shardings.rest)
     metadata = stage_metadata(run, stage, paths, built, step)
     throughput = stage_throughput(run, stage, built, step)
-    train_loop(run, stage, checkpointer, step.step_fn, state, frozen, rest, iterator, metadata, throughput, guards)
+    train_loop(
+        run,
+        stage,
+        checkpointer,
+        step.step_fn,
+        state,
+        frozen,
+        rest,
+        iterator,
+        metadata,
+        throughput,
+        guards,
+        to_checkpoint=step.stacking.to_checkpoint,
+    )
 
 
 class MetricsWriter:
@@ -515,8 +528,12 @@ def train_loop(
     metadata: dict[str, Any],
     throughput: Throughput | None = None,
     guards: RunGuards | None = None,
+    to_checkpoint=None,
 ) -> None:
     """Steps from the state's step to the stage's last, checkpointing as configured; metrics on process 0.
+
+    `to_checkpoint(state, frozen)`: the step's states in a checkpoint's per-layer layout
+    (`LayerStacking.to_checkpoint`; default: they are already).
 
     The host never waits for the device between two steps: step N's metrics are fetched after step N+1 is
     dispatched (one step late), so the device runs N+1 while the host logs N and prepares the next batch.
@@ -528,6 +545,7 @@ def train_loop(
     the hang guard and is timed by the slow-step monitor."""
     from tqdm import tqdm
 
+    to_checkpoint = to_checkpoint or (lambda state, frozen: (state, frozen))
     number, steps, start = stage.number, stage.steps, int(state.step)
     main = distributed.is_main_process()
     writer = MetricsWriter(run.stage_dir(number), start, main)
@@ -593,7 +611,7 @@ def train_loop(
             if checkpointer.should_save(step) or step == steps or preempted:
                 report(*pending)
                 pending = None
-                checkpointer.save(step, state, frozen, iterator, metadata)
+                checkpointer.save(step, *to_checkpoint(state, frozen), iterator, metadata)
                 last_saved = step
                 slow.restart_clock()
             if preempted:

@@ -18,6 +18,7 @@ import optax
 from flax import nnx
 
 from jasper_jax.models.params import path_string
+from jasper_jax.train.layer_stacking import is_stacked_path
 from jasper_jax.train.settings import OptimizerSettings
 
 
@@ -70,8 +71,13 @@ def split_model(model: nnx.Module, patterns: Sequence[str]):
 
 
 def decay_mask(params: Any) -> Any:
-    """True where weight decay applies: matrices (kernels, embeddings), not biases nor norm scales."""
-    return jax.tree.map(lambda x: getattr(x, "ndim", 0) >= 2, params)
+    """True where weight decay applies: matrices (kernels, embeddings), not biases nor norm scales. A stack
+    of layers (`layer_stacking`: a leading layer axis) is judged by the rank of one layer's parameter."""
+
+    def decays(path, x) -> bool:
+        return getattr(x, "ndim", 0) - is_stacked_path(path) >= 2
+
+    return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def learning_rate_schedule(peak: float, steps: int, warmup_fraction: float, end_fraction: float = 0.0):

@@ -19,6 +19,7 @@ from flax import nnx
 from jasper_jax.models import JasperStudent, StudentConfig
 from jasper_jax.models.student import ENCODER_FAMILIES
 from jasper_jax.train import image_stage as image_lib
+from jasper_jax.train import layer_stacking
 from jasper_jax.train import optimizer as optimizer_lib
 from jasper_jax.train import sharding as sharding_lib
 from jasper_jax.train import step as step_lib
@@ -46,7 +47,11 @@ class StageModel:
 
 @dataclasses.dataclass
 class StageStep:
-    """The model split by the stage's trainable regexes, the optimizer and the jitted step."""
+    """The model split by the stage's trainable regexes, the optimizer and the jitted step.
+
+    `trainable`, `frozen`, `abstract_state`, `abstract_frozen` and `shardings` name one parameter per layer
+    (what checkpoints hold and the loop's start-up works on); `stacking` is the layout `step_fn` takes:
+    the same, or with scanned layers their parameters stacked (`jasper_jax.train.layer_stacking`)."""
 
     graphdef: nnx.GraphDef
     trainable: nnx.State
@@ -59,6 +64,7 @@ class StageStep:
     abstract_frozen: nnx.State
     shardings: step_lib.StepShardings
     step_fn: Any
+    stacking: layer_stacking.LayerStacking
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -250,7 +256,14 @@ def build_stage_step(run: RunSettings, stage: StageSettings, built: StageModel, 
 
         batch_keys = pair_batch_keys(built.config)
     rules = sharding_lib.rules_from_config(run.sharding_rules)
-    shardings = step_lib.step_shardings(mesh, rules, abstract_state, abstract_frozen, rest, batch_keys=batch_keys)
+
+    def make_shardings(state, frozen):
+        return step_lib.step_shardings(mesh, rules, state, frozen, rest, batch_keys=batch_keys)
+
+    shardings = make_shardings(abstract_state, abstract_frozen)
+    stacking = layer_stacking.layer_stacking(
+        built.config.scan_layers, abstract_state, abstract_frozen, shardings, make_shardings
+    )
     objective, forward = stage_objective(stage)
     step_fn = step_lib.jit_train_step(
         step_lib.train_step_fn(
@@ -265,11 +278,22 @@ def build_stage_step(run: RunSettings, stage: StageSettings, built: StageModel, 
             micro_batch_size=stage.micro_batch_size,
             batch_shards=batch_size_divisor(mesh),
         ),
-        shardings,
+        stacking.shardings,
         mesh,
     )
     return StageStep(
-        graphdef, trainable, frozen, rest, patterns, tx, schedule, abstract_state, abstract_frozen, shardings, step_fn
+        graphdef,
+        trainable,
+        frozen,
+        rest,
+        patterns,
+        tx,
+        schedule,
+        abstract_state,
+        abstract_frozen,
+        shardings,
+        step_fn,
+        stacking,
     )
 
 

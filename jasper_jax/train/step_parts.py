@@ -16,6 +16,7 @@ from jax.sharding import NamedSharding
 
 from jasper_jax.models.layers import compute_dtype_casts
 from jasper_jax.models.params import path_string
+from jasper_jax.train.layer_stacking import per_layer_name, unstack_state
 
 # `objective(head_outputs, teacher, row_mask) -> (loss, metrics)`
 Objective = Callable[[Mapping[str, jax.Array], jax.Array, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
@@ -60,8 +61,10 @@ def constrain_layer_inputs(model: nnx.Module, sharding: NamedSharding) -> None:
 
 def compute_casts(graphdef: nnx.GraphDef, params: nnx.State, frozen: nnx.State, rest: nnx.State) -> dict[str, Any]:
     """`{parameter path: dtype}` of the parameters the model casts to its compute dtype at use
-    (`layers.compute_dtype_casts`; empty for a float32 model). Read from a throwaway merge at trace time."""
-    return compute_dtype_casts(nnx.merge(graphdef, params, frozen, jax.tree.map(lambda x: x, rest)))
+    (`layers.compute_dtype_casts`; empty for a float32 model). Read from a throwaway merge at trace time
+    (per-layer names: stacked states, `layer_stacking`, are split for it; the unused slices are dropped)."""
+    merged = nnx.merge(graphdef, unstack_state(params), unstack_state(frozen), jax.tree.map(lambda x: x, rest))
+    return compute_dtype_casts(merged)
 
 
 def cast_state(state: nnx.State, casts: Mapping[str, Any]) -> nnx.State:
@@ -69,10 +72,11 @@ def cast_state(state: nnx.State, casts: Mapping[str, Any]) -> nnx.State:
 
     Inside the jitted step the cast runs on each device's shard of a parameter, so the all-gather FSDP
     then needs moves the compute dtype (bfloat16: half the bytes of the float32 master copy). The cast is
-    differentiable: the gradient reaching the float32 parameter is the compute-dtype one, converted back."""
+    differentiable: the gradient reaching the float32 parameter is the compute-dtype one, converted back.
+    A stack of layers (`layer_stacking`) is cast whole, as its first layer's name says."""
 
     def cast(path, x):
-        dtype = casts.get(path_string(path))
+        dtype = casts.get(per_layer_name(path_string(path)))
         return x if dtype is None else x.astype(dtype)
 
     return jax.tree_util.tree_map_with_path(cast, state)
@@ -81,8 +85,9 @@ def cast_state(state: nnx.State, casts: Mapping[str, Any]) -> nnx.State:
 def merge_for_compute(
     graphdef: nnx.GraphDef, params: nnx.State, frozen: nnx.State, rest: nnx.State, casts: Mapping[str, Any]
 ) -> nnx.Module:
-    """The model from its states, trainable and frozen parameters cast per `casts` (`compute_casts`) first;
-    fresh Variable objects for `rest` (dropout mutates its RNG count at this trace level)."""
+    """The model from its states, trainable and frozen parameters cast per `casts` (`compute_casts`) first,
+    stacked layers (`layer_stacking`) split into per-layer arrays after the cast; fresh Variable objects for
+    `rest` (dropout mutates its RNG count at this trace level)."""
     if casts:
         params, frozen = cast_state(params, casts), cast_state(frozen, casts)
-    return nnx.merge(graphdef, params, frozen, jax.tree.map(lambda x: x, rest))
+    return nnx.merge(graphdef, unstack_state(params), unstack_state(frozen), jax.tree.map(lambda x: x, rest))
