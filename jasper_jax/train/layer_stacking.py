@@ -15,8 +15,9 @@ layer storage").
 
 Inside the step `unstack_state` splits the stacks back into per-layer arrays before `nnx.merge` (the model
 is unchanged), and the scan of `layers.run_layers` stacks them again: XLA folds the slices and the
-concatenation. The split has a custom VJP whose backward pass is one `stack` of the layer gradients (the
-default transpose, one pad per layer and leaf added up, costs a third of the compile time saved).
+concatenation. The split has a custom VJP whose backward pass is one `stack` of the layer gradients: the
+default transpose (one pad per layer and leaf, added up) doubled the stacked step's compile time when
+measured (RESULTS.md).
 
 Everything outside the step keeps per-layer names: `LayerStacking.to_step` stacks a placed state when a
 stage starts, `LayerStacking.to_checkpoint` unstacks it for a checkpoint save, so checkpoints, exports and
