@@ -17,7 +17,7 @@ import jax
 import optax
 from flax import nnx
 
-from jasper_jax.models.params import path_string
+from jasper_jax.models.params import path_names, path_string
 from jasper_jax.train.layer_stacking import is_stacked_path
 from jasper_jax.train.settings import OptimizerSettings
 
@@ -70,11 +70,18 @@ def split_model(model: nnx.Module, patterns: Sequence[str]):
     return graphdef, trainable, frozen, rest
 
 
+NO_DECAY_NAMES = ("bias", "scale")  # biases (q/k/v biases are (heads, head_dim)) and norm scales
+
+
 def decay_mask(params: Any) -> Any:
-    """True where weight decay applies: matrices (kernels, embeddings), not biases nor norm scales. A stack
-    of layers (`layer_stacking`: a leading layer axis) is judged by the rank of one layer's parameter."""
+    """True where weight decay applies: matrices (kernels, embeddings), not biases nor norm scales, whatever
+    their rank (the attention's q/k/v biases are (heads, head_dim)). A stack of layers (`layer_stacking`: a
+    leading layer axis) is judged by the rank of one layer's parameter."""
 
     def decays(path, x) -> bool:
+        names = path_names(path)
+        if names and names[-1] in NO_DECAY_NAMES:
+            return False
         return getattr(x, "ndim", 0) - is_stacked_path(path) >= 2
 
     return jax.tree_util.tree_map_with_path(decays, params)
