@@ -6,31 +6,15 @@ import pytest
 from flax import nnx
 
 from jasper_jax.losses import ObjectiveConfig
-from jasper_jax.models import BertConfig, JasperStudent, StudentConfig
-from jasper_jax.models.qwen2 import Qwen2Config
+from jasper_jax.models import JasperStudent, StudentConfig
 from jasper_jax.train import optimizer as optimizer_lib
 from jasper_jax.train import sharding as sharding_lib
 from jasper_jax.train import step as step_lib
 from jasper_jax.train.mesh import make_mesh
 from jasper_jax.train.settings import OptimizerSettings
+from tests.models.test_student import TINY_BERT, TINY_QWEN2
 from tests.train.train_helpers import make_batch, make_student, simple_objective
 
-QWEN2_ENCODER = Qwen2Config(
-    vocab_size=64,
-    hidden_size=32,
-    num_hidden_layers=1,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    intermediate_size=64,
-)
-BERT_ENCODER = BertConfig(
-    vocab_size=64,
-    hidden_size=32,
-    num_hidden_layers=1,
-    num_attention_heads=4,
-    intermediate_size=64,
-    max_position_embeddings=16,
-)
 OPT = OptimizerSettings(warmup_fraction=0.2, clip_norm=1.0, weight_decay=0.01)
 
 
@@ -128,7 +112,7 @@ def test_weight_decay_mask_and_schedule():
     assert flags["heads/fc1/kernel"] and flags["encoder/embed/embedding"]
     assert not flags["heads/fc1/bias"] and not flags["encoder/layers/0/norm/scale"]
     # a real encoder: every bias and norm scale is left alone, also the (heads, head_dim) q/k/v biases
-    for encoder in (QWEN2_ENCODER, BERT_ENCODER):
+    for encoder in (TINY_QWEN2, TINY_BERT):
         with nnx.use_eager_sharding(False):
             student = JasperStudent(StudentConfig(encoder=encoder, heads={"fc1": 8}), rngs=nnx.Rngs(0))
         mask = optimizer_lib.decay_mask(nnx.state(student, nnx.Param))
