@@ -63,7 +63,7 @@ def get_config():
         heads={"fc1": TEACHER_DIM},
         batch_size=32,
         lr=5e-5,
-        steps=100,
+        steps=60,
     )
     # lr 2e-5: held-out agreement still rises in stage 3 (at 4e-5 it fell). The reduced heads start
     # at fc1's principal directions on 2,048 texts (as many as fc1's fit); their terms weigh 0.1, which sets
@@ -72,10 +72,10 @@ def get_config():
         trainable=(".*",),
         heads={"fc1": TEACHER_DIM, "fc2": 256, "fc3": 128, "fc4": 64},
         head_init="fit",
-        head_fit_batches=64,
+        head_fit_batches=32,
         batch_size=32,
         lr=2e-5,
-        steps=80,
+        steps=40,
         objective={"reduced_head_weight": 0.1},
     )
     # the contrastive stage: InfoNCE of each title against every article of the global batch (its own, the
@@ -85,7 +85,7 @@ def get_config():
         heads={"fc1": TEACHER_DIM, "fc2": 256, "fc3": 128, "fc4": 64},
         batch_size=32,
         lr=1e-4,
-        steps=60,
+        steps=45,
         pairs=PAIRS,
         objective={"infonce_weight": 4.0, "score_kl_weight": 4.0, "reduced_head_weight": 0.1},
     )
@@ -103,6 +103,6 @@ def get_config():
         heads={"fc1": TEACHER_DIM, "fc2": 256, "fc3": 128, "fc4": 64},
         batch_size=32,
         lr=1e-3,
-        steps=100,
+        steps=50,
     )
     return config

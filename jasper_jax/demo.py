@@ -86,7 +86,7 @@ class DemoSettings:
     # hard negatives mined per title for a contrastive stage: 1 keeps stage 4 at 96 texts a step (32 titles, 64
     # articles; 3 made it 160 and 9.6 of the 25 minutes, benchmarks/RESULTS.md); the other titles' articles are
     # in-batch negatives too
-    pair_negatives: int = 1
+    pair_negatives: int = 2
     pair_threshold: float = 0.95  # the false-negative guard: no negative above this fraction of the positive's score
     progress: bool = True
     data_from: Path | None = None  # another run folder made with the same data settings: start from its data
