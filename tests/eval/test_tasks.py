@@ -78,6 +78,43 @@ def test_retrieval_of_identical_texts_is_perfect(eval_files):
     assert scores["pooled"]["news_mrr_at_10"] == pytest.approx(1.0)
 
 
+def test_retrieval_scores_at_10_equal_a_numpy_reference_and_mtebs_full_ranking(eval_files):
+    """NewsTitleRetrieval ranks only 10 documents per query (`RANKED`); its nDCG@10 and MRR@10 must equal a
+    NumPy reference from the cosine matrix (one relevant document per query: 1/log2(1 + rank) and 1/rank
+    within the top 10, else 0; mteb rounds to 5 decimals, hence 1e-5) and mteb's scores over its default
+    ranking of every document. Noisy vectors put many own articles below rank 10 and some at ranks 2-10."""
+    from jasper_jax.eval.encoders import VectorSource, normalize_rows
+    from jasper_jax.eval.run import evaluate_heads
+    from jasper_jax.eval.tasks import news_task
+
+    _, news = eval_files
+    held_out, _ = news_split(news, 30)
+    rng = np.random.default_rng(0)
+    topics = rng.normal(size=(30, 16))
+    vectors = {a.text: topics[i] for i, a in enumerate(held_out)}
+    vectors |= {a.title: topics[i] + 1.2 * rng.normal(size=16) for i, a in enumerate(held_out)}
+
+    def compute(texts):
+        return {"pooled": normalize_rows(np.stack([vectors[t] for t in texts]))}
+
+    titles = normalize_rows(np.stack([vectors[a.title] for a in held_out]))
+    articles = normalize_rows(np.stack([vectors[a.text] for a in held_out]))
+    similarity = titles @ articles.T
+    ranks = 1 + np.sum(similarity > np.diag(similarity)[:, None], axis=1)
+    assert (ranks > 10).any() and ((ranks > 1) & (ranks <= 10)).any(), "the vectors must exercise the cut-off"
+    ndcg = np.mean(np.where(ranks <= 10, 1 / np.log2(1 + ranks), 0.0))
+    mrr = np.mean(np.where(ranks <= 10, 1 / ranks, 0.0))
+
+    source = VectorSource(compute, ["pooled"], "noisy")
+    ranked = evaluate_heads(source, [news_task(news, 30)])["pooled"]
+    full_task = news_task(news, 30)
+    full_task.k_values, full_task._top_k = (1, 3, 5, 10, 20, 100, 1000), 1000  # mteb's default depth
+    full = evaluate_heads(source, [full_task])["pooled"]
+    assert ranked["news_ndcg_at_10"] == pytest.approx(ndcg, abs=1e-5)
+    assert ranked["news_mrr_at_10"] == pytest.approx(mrr, abs=1e-5)
+    assert ranked == full
+
+
 def test_eval_command_writes_results(eval_files, tiny_plain_folder, tmp_path):
     from jasper_jax.cli import main
 
