@@ -6,17 +6,19 @@
 Heads: fc1 at the teachers' 1152 dims (3 losses), started at its ridge-regression fit of the teacher's
 directions on 2,048 texts (head_init="fit"; the MiniLM teacher's block fits exactly, as the identity),
 and reduced fc2 256 / fc3 128 / fc4 64 added in stage 3 (similarity + relative similarity), started at
-fc1's principal directions. Stage 2 trains fc1 and the last 2 of MiniLM's 6 layers. Texts are cut at 64
-tokens, so that the whole run fits in about 25 minutes on 2 CPU cores; for that budget stages 2, 3 and 5 run
-100, 80 and 100 steps (150, 150 and 200 before the contrastive stage and the Wikipedia text joined the run).
-The runs that chose these settings, with their scores, are in benchmarks/RESULTS.md ("make demo").
+fc1's principal directions (on 1,024 texts). Stage 2 trains fc1 and the last 2 of MiniLM's 6 layers. Texts
+are cut at 64 tokens, so that the whole run fits in 25 minutes on 2 CPU cores, with a cold XLA cache and at the
+machine's slower hours; for that budget stages 2, 3, 4 and 5 run 60, 40, 45 and 50 steps (100, 80, 60 and 100
+until 2026-12-07, which took 28.4 minutes at such an hour; 150, 150, 60 and 200 before that). The runs that chose
+these settings, with their scores, are in benchmarks/RESULTS.md ("make demo").
 Stage 4 is the contrastive stage of the successor recipe (arXiv 2511.14405): the training NewsArticles
-titles as queries, their articles as positives and 1 hard negative each mined by teacher similarity
-(`jasper-jax pairs mine`; the demo's `pair_negatives`), every text already in the store. `pairs` is
-relative to the workdir: the demo writes `OUT/train/pairs/news_mined`; without the demo, build it as the
-README says under "Pair data". InfoNCE and the score KL to the teacher weigh 4 each at lr 1e-4 (the Jasper
-terms at their defaults; the reduced heads at 0.1 as in stage 3): against lr 5e-5 and score KL 1 the retrieval
-gap closes 52% instead of 45% at the same cost (benchmarks/RESULTS.md).
+titles as queries, their articles as positives and 2 hard negatives each mined by teacher similarity
+(`jasper-jax pairs mine`; the demo's `pair_negatives`), every text already in the store: 32 titles and 96
+articles a step. `pairs` is relative to the workdir: the demo writes `OUT/train/pairs/news_mined`; without the
+demo, build it as the README says under "Pair data". InfoNCE and the score KL to the teacher weigh 4 each at
+lr 1e-4 (the Jasper terms at their defaults; the reduced heads at 0.1 as in stage 3). At the same cost per run,
+2 mined negatives for 45 steps close 53% of the retrieval gap where 1 for 60 steps closed 43% and in-batch
+negatives alone 32% (benchmarks/RESULTS.md, "the demo in its budget").
 Stage 5 adds a small random SigLIP tower (64 x 64 images, 8 x 8 patches, 4 layers of 128) and 16 image
 tokens, and trains only the tower on generated coloured-shape scenes (`workdir/images`, held-out captions
 for `jasper-jax eval --images`): the image of each pair learns the student's own caption vector per head.
